@@ -1,0 +1,68 @@
+"""Address lists: which peers may use sockd (xinetd's only_from / no_access)."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class AccessError(ValueError):
+    """A CIDR block that is not one; the message names it."""
+
+
+def parseNetworks(blocks: Iterable[str], what: str) -> tuple[Network, ...]:
+    networks = []
+    for block in blocks:
+        if block.strip().lower() == "none":
+            continue
+        try:
+            networks.append(ipaddress.ip_network(block.strip(), strict=False))
+        except ValueError:
+            raise AccessError(f"{what}: {block!r} is not an address or CIDR block such as 192.0.2.0/24") from None
+    return tuple(networks)
+
+
+def parseHost(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An IP address object; IPv4-mapped IPv6 addresses (dual-stack sockets) become IPv4."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def contains(networks: tuple[Network, ...], address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    return any(address in network for network in networks if network.version == address.version)
+
+
+class AccessList:
+    """Allow-then-deny check: a host must match an allow block (if any) and no deny block."""
+
+    def __init__(self, allow: Iterable[str] = (), deny: Iterable[str] = ()) -> None:
+        self.allow = parseNetworks(allow, "--allow")
+        self.deny = parseNetworks(deny, "--deny")
+        self._cache: dict[str, bool] = {}
+
+    def allows(self, host: str | None) -> bool:
+        """Whether C{host} may connect; peers without an IP address (Unix sockets) always may."""
+        if host is None:
+            return True
+        verdict = self._cache.get(host)
+        if verdict is None:
+            verdict = self._decide(host)
+            if len(self._cache) >= 4096:
+                self._cache.clear()
+            self._cache[host] = verdict
+        return verdict
+
+    def _decide(self, host: str) -> bool:
+        address = parseHost(host)
+        if address is None:
+            return False
+        if self.allow and not contains(self.allow, address):
+            return False
+        return not contains(self.deny, address)

@@ -1,0 +1,36 @@
+"""Short, readable forms of the addresses Twisted hands us, for logs and errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+
+
+def formatAddress(address: Any) -> str:
+    """Return C{host:port}, C{[v6]:port} or the Unix path for an address object or tuple."""
+    if isinstance(address, IPv4Address):
+        return f"{address.host}:{address.port}"
+    if isinstance(address, IPv6Address):
+        return f"[{address.host}]:{address.port}"
+    if isinstance(address, UNIXAddress):
+        name = address.name
+        if isinstance(name, bytes):
+            name = name.decode("utf-8", "backslashreplace")
+        return name or "unix:(unnamed)"
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    hostOf = getattr(address, "host", None)
+    if hostOf is not None:
+        return f"{hostOf}:{getattr(address, 'port', '?')}"
+    return str(address)
+
+
+def hostOf(address: Any) -> str | None:
+    """The IP address of a peer, or None for peers without one (Unix sockets)."""
+    if isinstance(address, (IPv4Address, IPv6Address)):
+        return address.host
+    if isinstance(address, tuple) and address:
+        return address[0]
+    return None

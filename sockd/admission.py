@@ -1,0 +1,104 @@
+"""Who may open a stream connection: access lists, connection counts and rates.
+
+One L{Admission} is shared by every stream listener, so the totals are the
+daemon's totals (xinetd's instances, per_source and cps) and a reload changes
+them in one place.  Its memory is bounded whatever the number of peers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.logger import Logger
+
+from sockd.access import AccessList, contains, parseHost, parseNetworks
+from sockd.ratelimit import KeyedBuckets, LogThrottle
+from sockd.settings import Settings
+
+log = Logger(namespace="sockd.admission")
+
+
+class Limits:
+    """The admission rules of one configuration; replaced whole on reload."""
+
+    def __init__(self, settings: Settings, seconds: Callable[[], float]) -> None:
+        self.access = AccessList(settings.allow, settings.deny)
+        self.exempt = parseNetworks(settings.exempt, "--exempt")
+        self.maxConnections = settings.max_connections
+        self.maxPerSource = settings.max_per_source
+        self.rates = KeyedBuckets(settings.connection_rate, settings.connection_burst, seconds)
+        self._exemptCache: dict[str, bool] = {}
+
+    def isExempt(self, host: str) -> bool:
+        verdict = self._exemptCache.get(host)
+        if verdict is None:
+            address = parseHost(host)
+            verdict = address is not None and contains(self.exempt, address)
+            if len(self._exemptCache) >= 4096:
+                self._exemptCache.clear()
+            self._exemptCache[host] = verdict
+        return verdict
+
+
+def sourceKey(host: str) -> str:
+    """Count IPv4-mapped IPv6 peers (dual-stack listeners) as the IPv4 address they are."""
+    address = parseHost(host)
+    return str(address) if address is not None else host
+
+
+class Admission:
+    """Admits or refuses new connections and keeps the counts they are judged by."""
+
+    def __init__(self, settings: Settings, seconds: Callable[[], float]) -> None:
+        self.seconds = seconds
+        self.limits = Limits(settings, seconds)
+        self.refusalLog = LogThrottle(settings.refusal_log_interval, seconds)
+        self.total = 0
+        self.perSource: dict[str, int] = {}
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Apply new limits at once; connections already open are counted on."""
+        self.limits = Limits(settings, self.seconds)
+        self.refusalLog.interval = settings.refusal_log_interval
+
+    def admit(self, host: str | None) -> str | None:
+        """Count a new connection from C{host} and return None, or return why it is refused."""
+        limits = self.limits
+        if host is not None and not limits.access.allows(host):
+            return "access"
+        if limits.maxConnections and self.total >= limits.maxConnections:
+            return "max-connections"
+        key = None
+        if host is not None:
+            key = sourceKey(host)
+            if not limits.isExempt(key):
+                if limits.maxPerSource and self.perSource.get(key, 0) >= limits.maxPerSource:
+                    return "per-source"
+                if not limits.rates.take(key):
+                    return "rate"
+            self.perSource[key] = self.perSource.get(key, 0) + 1
+        self.total += 1
+        return None
+
+    def release(self, host: str | None) -> None:
+        """Forget one connection from C{host} that L{admit} counted."""
+        self.total -= 1
+        if host is not None:
+            key = sourceKey(host)
+            left = self.perSource.get(key, 1) - 1
+            if left > 0:
+                self.perSource[key] = left
+            else:
+                self.perSource.pop(key, None)
+
+    def noteRefusal(self, service: str, transport: str, host: str | None, reason: str) -> None:
+        """Log a refusal, at most once per source and interval, so logs do not become the flood."""
+        if self.refusalLog.allow((host, reason)):
+            log.warn(
+                "{service}/{transport}: refused {peer} ({reason}); further refusals of it are not logged"
+                " for {interval:g}s",
+                service=service, transport=transport, peer=host or "unix", reason=reason,
+                interval=self.refusalLog.interval,
+            )
+
+

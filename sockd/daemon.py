@@ -1,0 +1,70 @@
+"""The top of sockd's service tree: binds every listener, then drains at shutdown."""
+
+from __future__ import annotations
+
+import resource
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from sockd.errors import StartupError
+from sockd.listeners import DatagramListener
+from sockd.policies import ConnectionRegistry
+from sockd.udpguard import DatagramPolicy
+
+log = Logger(namespace="sockd.daemon")
+
+
+def raiseFileLimit() -> None:
+    """Let the daemon use every descriptor it may: each connection costs one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+
+
+class SockdService(MultiService):
+    """All listeners, started together and stopped gracefully.
+
+    Start-up is all or nothing: if one listener cannot bind, those already
+    bound are closed (removing their Unix socket files) before the error is
+    raised.  Stopping closes every listener first, so nothing new arrives,
+    then lets open connections finish within the grace period.
+    """
+
+    def __init__(self, reactor: Any, registry: ConnectionRegistry, datagramPolicy: DatagramPolicy,
+                 grace: float) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.registry = registry
+        self.datagramPolicy = datagramPolicy
+        self.grace = grace
+
+    def privilegedStartService(self) -> None:
+        raiseFileLimit()
+        bound = []
+        try:
+            for listener in self:
+                listener.privilegedStartService()
+                bound.append(listener)
+        except StartupError:
+            for listener in reversed(bound):
+                listener.stopService()
+            raise
+        for listener in bound:
+            if isinstance(listener, DatagramListener):
+                self.datagramPolicy.addOwnPort(listener.boundPort)
+
+    def stopService(self) -> defer.Deferred[None]:
+        if self.running:
+            log.info("stopping: closing listeners, then finishing open connections (grace {grace:g}s)",
+                     grace=self.grace)
+        stopping = [defer.maybeDeferred(listener.stopService) for listener in reversed(list(self))]
+        self.running = 0
+        d = defer.DeferredList(stopping, consumeErrors=True)
+        d.addCallback(lambda _: self.registry.drain(self.reactor, self.grace))
+        return d

@@ -1,0 +1,27 @@
+"""Discard (RFC 863): read and throw away; never answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+
+
+class DiscardProtocol(Protocol):
+    """Throw away all data; the connection lasts until the peer (or a timeout) ends it."""
+
+    def dataReceived(self, data: bytes) -> None:
+        """Discarded, as RFC 863 asks."""
+
+
+class DiscardFactory(Factory):
+    noisy = False
+    protocol = DiscardProtocol
+
+
+class DiscardDatagramProtocol(DatagramProtocol):
+    """Throw away every datagram."""
+
+    noisy = False
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        """Discarded, as RFC 863 asks."""

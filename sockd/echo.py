@@ -1,0 +1,32 @@
+"""Echo (RFC 862): send back every byte received, and every datagram."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+
+from sockd.flow import pauseReadingWhileBlocked
+
+
+class EchoProtocol(Protocol):
+    """Return every byte, reading no faster than the peer reads its echo."""
+
+    def connectionMade(self) -> None:
+        pauseReadingWhileBlocked(self.transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+class EchoFactory(Factory):
+    noisy = False
+    protocol = EchoProtocol
+
+
+class EchoDatagramProtocol(DatagramProtocol):
+    """Return each datagram to its sender."""
+
+    noisy = False
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        self.transport.write(datagram, addr)

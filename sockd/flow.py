@@ -1,0 +1,37 @@
+"""Flow control shared by the stream services that answer what they read.
+
+A service that writes in answer to reads (echo, ack) must stop reading while its
+peer is not reading, or a client that sends and never reads makes the daemon
+buffer without bound.  The transport tells a registered streaming producer to
+pause when its write buffer is full; this producer then pauses the transport's
+reading, and resumes it once the buffer has drained.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
+
+
+@implementer(IPushProducer)
+class ReadPauser:
+    """Pause reading from C{transport} while its own write buffer is full."""
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """Nothing to stop: the transport is closing and takes its reading with it."""
+
+
+def pauseReadingWhileBlocked(transport: Any) -> None:
+    """Make C{transport} stop reading whenever its peer stops reading."""
+    transport.registerProducer(ReadPauser(transport), True)

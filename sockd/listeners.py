@@ -1,0 +1,186 @@
+"""Listeners: one service each, bound in privilegedStartService.
+
+Binding happens in C{privilegedStartService}, before twistd drops to
+C{--uid/--gid}, so ports below 1024 work for an unprivileged daemon.  Each
+listener logs one line naming its service, transport and the address actually
+bound (port 0 becomes a real port), and any failure becomes a
+L{StartupError} that names the service and the address.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from sockd.addresses import formatAddress
+from sockd.describe import DatagramAddress, DescriptionError, parseDatagram, split, transportName
+from sockd.errors import StartupError
+
+log = Logger(namespace="sockd.listeners")
+
+#: Twisted's default maxPacketSize (8192) silently truncates larger datagrams.
+MAX_DATAGRAM = 65535
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, CannotListenError) and error.socketError is not None:
+        inner = error.socketError
+        return getattr(inner, "strerror", None) or str(inner)
+    if isinstance(error, OSError) and error.strerror:
+        name = f" {error.filename}" if error.filename else ""
+        return f"{error.strerror}{name}"
+    return str(error) or error.__class__.__name__
+
+
+def withUnixDefaults(description: str, mode: int) -> str:
+    """Give a C{unix:} description the daemon's default socket mode unless it names one."""
+    kind, _, kwargs = split(description)
+    if kind == "unix" and "mode" not in kwargs:
+        return f"{description}:mode={mode:o}"
+    return description
+
+
+def unixPath(description: str) -> str | None:
+    kind, args, kwargs = split(description)
+    if kind != "unix":
+        return None
+    return kwargs.get("address") or (args[0] if args else None)
+
+
+def clearStaleSocket(path: str) -> None:
+    """Remove a socket file left by a dead daemon; refuse to touch a live one or a non-socket."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise StartupError(f"{path} exists and is not a socket; not replacing it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)
+        log.info("removed stale socket file {path} (no process listening on it)", path=path)
+        return
+    except OSError as e:
+        if e.errno in (errno.ENOENT,):
+            return
+        raise StartupError(f"{path}: cannot check the existing socket file: {e.strerror}") from None
+    finally:
+        probe.close()
+    raise StartupError(f"{path} is in use by a running process (another sockd?)")
+
+
+class StreamListener(Service):
+    """Listen with a Twisted server endpoint string for one service's stream flavour."""
+
+    port: Any = None
+
+    def __init__(self, reactor: Any, serviceName: str, description: str, factory: Any) -> None:
+        self.reactor = reactor
+        self.serviceName = serviceName
+        self.description = description
+        self.factory = factory
+        self.name = f"{serviceName} {description}"
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        if self.port is not None:
+            return
+        where = f"{self.serviceName} {self.description}"
+        path = unixPath(self.description)
+        if path is not None:
+            try:
+                clearStaleSocket(path)
+            except StartupError as e:
+                raise StartupError(f"{where}: {e}") from None
+        try:
+            endpoint = serverFromString(self.reactor, self.description)
+        except (ValueError, TypeError, KeyError) as e:
+            raise StartupError(f"{where}: bad listen description: {e}") from None
+        except Exception as e:
+            raise StartupError(f"{where}: {_reason(e)}") from None
+        outcome: list[Any] = []
+        endpoint.listen(self.factory).addBoth(outcome.append)
+        if not outcome:
+            raise StartupError(f"{where}: the endpoint did not listen at once")
+        result = outcome[0]
+        if isinstance(result, Failure):
+            raise StartupError(f"{where}: cannot listen: {_reason(result.value)}")
+        self.port = result
+        log.info(
+            "{service} listening on {transport} {address}",
+            service=self.serviceName,
+            transport=transportName(self.description),
+            address=formatAddress(self.port.getHost()),
+            description=self.description,
+        )
+
+    def stopService(self) -> defer.Deferred[None] | None:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is not None:
+            return defer.maybeDeferred(port.stopListening)
+        return None
+
+
+class DatagramListener(Service):
+    """Listen on UDP (or adopt an inherited datagram socket) for one service."""
+
+    port: Any = None
+
+    def __init__(self, reactor: Any, serviceName: str, description: str, protocol: DatagramProtocol) -> None:
+        self.reactor = reactor
+        self.serviceName = serviceName
+        self.description = description
+        self.protocol = protocol
+        self.name = f"{serviceName} {description}"
+        try:
+            self.address: DatagramAddress = parseDatagram(description)
+        except DescriptionError as e:
+            raise StartupError(f"{serviceName}: {e}") from None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        if self.port is not None:
+            return
+        address = self.address
+        try:
+            if address.fd is not None:
+                self.port = self.reactor.adoptDatagramPort(address.fd, address.family, self.protocol, MAX_DATAGRAM)
+            else:
+                self.port = self.reactor.listenUDP(
+                    address.port, self.protocol, interface=address.interface, maxPacketSize=MAX_DATAGRAM
+                )
+        except Exception as e:
+            raise StartupError(f"{self.serviceName} {self.description}: cannot listen: {_reason(e)}") from None
+        log.info(
+            "{service} listening on {transport} {address}",
+            service=self.serviceName,
+            transport="udp",
+            address=formatAddress(self.port.getHost()),
+            description=self.description,
+        )
+
+    @property
+    def boundPort(self) -> int:
+        return self.port.getHost().port if self.port is not None else 0
+
+    def stopService(self) -> defer.Deferred[None] | None:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is not None:
+            return defer.maybeDeferred(port.stopListening)
+        return None

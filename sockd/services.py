@@ -1,0 +1,101 @@
+"""The table of services: each described once, by what it builds and where it listens.
+
+Adding a service is one entry here: its stream factory, its datagram protocol
+(or None), its default listeners, and whether it speaks first (which matters
+to wrappers that must know the real peer before the service says anything).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from twisted.internet.interfaces import IProtocolFactory, IReactorTime
+from twisted.internet.protocol import DatagramProtocol
+
+from sockd.ack import AckDatagramProtocol, AckFactory
+from sockd.chargen import ChargenDatagramProtocol, ChargenFactory
+from sockd.clock import clockAnswer, daytimeLine, timeBytes
+from sockd.discard import DiscardDatagramProtocol, DiscardFactory
+from sockd.echo import EchoDatagramProtocol, EchoFactory
+from sockd.messagelog import MessageLog
+from sockd.oneshot import AnswerDatagramProtocol, SpeakFirstFactory
+from sockd.qotd import QuotePicker, builtinQuotes
+from sockd.settings import Settings
+
+
+@dataclass
+class Context:
+    """What the builders need: the settings, a clock and the shared quote list."""
+
+    settings: Settings
+    clock: IReactorTime
+    quotes: QuotePicker = field(default_factory=lambda: QuotePicker(builtinQuotes()))
+    now: Callable[[], float] = time.time
+
+    def messageLog(self, service: str) -> MessageLog:
+        return MessageLog(service, self.settings.log_messages)
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    summary: str
+    stream: Callable[[Context], IProtocolFactory]
+    datagram: Callable[[Context], DatagramProtocol] | None
+    defaults: tuple[str, ...]
+    speaksFirst: bool = False
+
+
+def _ackStream(c: Context) -> IProtocolFactory:
+    s = c.settings
+    return AckFactory(c.clock, c.messageLog("ack"), s.max_message, s.quiet_time, s.ack_once)
+
+
+SERVICES: tuple[Service, ...] = (
+    Service(
+        "ack", "the tutorial's server: logs each message, answers 'I got your message'",
+        _ackStream,
+        lambda c: AckDatagramProtocol(c.messageLog("ack")),
+        ("tcp:51717", "udp:51717", "unix:sockd.sock"),
+    ),
+    Service(
+        "echo", "RFC 862: returns every byte and datagram",
+        lambda c: EchoFactory(), lambda c: EchoDatagramProtocol(),
+        ("tcp:50007", "udp:50007"),
+    ),
+    Service(
+        "discard", "RFC 863: throws everything away",
+        lambda c: DiscardFactory(), lambda c: DiscardDatagramProtocol(),
+        ("tcp:50009", "udp:50009"),
+    ),
+    Service(
+        "daytime", "RFC 867: one ASCII date-time line",
+        lambda c: SpeakFirstFactory(clockAnswer(daytimeLine, c.now)),
+        lambda c: AnswerDatagramProtocol(clockAnswer(daytimeLine, c.now)),
+        ("tcp:50013", "udp:50013"), speaksFirst=True,
+    ),
+    Service(
+        "qotd", "RFC 865: a quote under 512 bytes",
+        lambda c: SpeakFirstFactory(c.quotes), lambda c: AnswerDatagramProtocol(c.quotes),
+        ("tcp:50017", "udp:50017"), speaksFirst=True,
+    ),
+    Service(
+        "chargen", "RFC 864: the rotating printable-ASCII pattern (UDP only when asked: it amplifies)",
+        lambda c: ChargenFactory(), lambda c: ChargenDatagramProtocol(),
+        ("tcp:50019",), speaksFirst=True,
+    ),
+    Service(
+        "time", "RFC 868: 32-bit seconds since 1900",
+        lambda c: SpeakFirstFactory(clockAnswer(timeBytes, c.now)),
+        lambda c: AnswerDatagramProtocol(clockAnswer(timeBytes, c.now)),
+        ("tcp:50037", "udp:50037"), speaksFirst=True,
+    ),
+)
+
+BY_NAME: dict[str, Service] = {s.name: s for s in SERVICES}
+
+#: The well-known ports of the UDP small services: answering datagrams from
+#: them is how echo/chargen loops start (CERT CA-1996-01).
+SMALL_SERVICE_PORTS = frozenset({7, 9, 13, 17, 19, 37})

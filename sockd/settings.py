@@ -1,0 +1,93 @@
+"""Every tunable of sockd, described once.
+
+The command line (L{sockd.tap.Options}), the configuration file and the
+README's option reference are all derived from L{FIELDS}, so a setting is
+added in one place.  Each setting names the threat or need it answers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+LOOPBACK = ("127.0.0.0/8", "::1/128")
+
+
+def _setting(default: Any, help: str, coerce: Callable[[str], Any] | None = None, flag: bool = False,
+             repeat: bool = False) -> Any:
+    meta = {"help": help, "coerce": coerce, "flag": flag, "repeat": repeat}
+    if repeat:
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def positiveInt(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"{text} is not a positive whole number")
+    return value
+
+
+def nonNegativeInt(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"{text} is negative")
+    return value
+
+
+def nonNegativeFloat(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise ValueError(f"{text} is not a non-negative number")
+    return value
+
+
+def octalMode(text: str) -> int:
+    value = int(text, 8)
+    if not 0 <= value <= 0o777:
+        raise ValueError(f"{text} is not a file mode such as 660")
+    return value
+
+
+@dataclass
+class Settings:
+    """sockd's behaviour, apart from where it listens."""
+
+    # The ack service (the tutorial's server).
+    max_message: int = _setting(255, "ack: longest message in bytes; longer input is split (the tutorial's 255-byte buffer)", positiveInt)
+    quiet_time: float = _setting(0.1, "ack: seconds a partial message may sit quiet before it is answered anyway", nonNegativeFloat)
+    ack_once: bool = _setting(False, "ack: close each stream connection after its first answer, as the tutorial's server does", flag=True)
+    log_messages: bool = _setting(True, "log every message received (turn off with --no-log-messages for load tests)", flag=True)
+    quotes: str | None = _setting(None, "qotd: file of quotes separated by '%' lines or blank lines (default: built-in)")
+
+    # Stream hardening.
+    idle_timeout: float = _setting(120.0, "close a stream connection idle this many seconds (slow-loris); 0 disables", nonNegativeFloat)
+    tls_handshake_timeout: float = _setting(10.0, "close a TLS connection whose handshake has not finished within this many seconds", nonNegativeFloat)
+    max_connections: int = _setting(2000, "most stream connections open at once, over all listeners (xinetd instances); 0 is unlimited", nonNegativeInt)
+    max_per_source: int = _setting(64, "most stream connections open at once from one address (xinetd per_source); 0 is unlimited", nonNegativeInt)
+    connection_rate: float = _setting(20.0, "new connections per second allowed from one address (xinetd cps); 0 is unlimited", nonNegativeFloat)
+    connection_burst: int = _setting(40, "connections one address may open in a burst above --connection-rate", positiveInt)
+    refusal_log_interval: float = _setting(10.0, "log a refused address at most once per this many seconds", nonNegativeFloat)
+
+    # Access control.
+    allow: list[str] = _setting((), "only these CIDR blocks may use sockd (repeatable; default: everyone)", repeat=True)
+    deny: list[str] = _setting((), "these CIDR blocks are refused, even if allowed (repeatable)", repeat=True)
+    exempt: list[str] = _setting(LOOPBACK, "CIDR blocks free of the per-address limits (repeatable; default loopback; 'none' clears)", repeat=True)
+
+    # Datagram (reflection) hardening.
+    udp_rate: float = _setting(20.0, "datagram answers per second to one address (token bucket); 0 is unlimited", nonNegativeFloat)
+    udp_burst: int = _setting(40, "datagram answers one address may get in a burst above --udp-rate", positiveInt)
+    udp_budget: float = _setting(5000.0, "datagram answers per second over all addresses; 0 is unlimited", nonNegativeFloat)
+
+    # Unix sockets and shutdown.
+    unix_mode: int = _setting(0o660, "mode of Unix socket files unless the listen description sets mode=", octalMode)
+    grace: float = _setting(5.0, "seconds to finish answering and close connections at shutdown", nonNegativeFloat)
+
+
+FIELDS: tuple[dataclasses.Field, ...] = dataclasses.fields(Settings)
+
+
+def optionName(fieldName: str) -> str:
+    return fieldName.replace("_", "-")

@@ -1,0 +1,125 @@
+"""The datagram policies: access lists and the reflection defences.
+
+UDP small services are the classic reflection and loop tools (CERT CA-1996-01):
+a forged source address makes sockd answer a victim, and a forged source port
+of another echo or chargen service starts a loop.  L{GuardedDatagramProtocol}
+wraps any service's datagram protocol and drops, unanswered:
+
+  - datagrams from addresses the access lists refuse;
+  - datagrams from source port 0, from the small services' ports (7, 9, 13,
+    17, 19, 37) and from sockd's own listening ports;
+  - datagrams beyond a per-source token bucket of answers;
+  - datagrams beyond a global answer budget per second.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from sockd import metrics
+from sockd.access import AccessList, contains, parseHost, parseNetworks
+from sockd.ratelimit import GlobalBucket, KeyedBuckets, LogThrottle
+from sockd.settings import Settings
+
+log = Logger(namespace="sockd.udpguard")
+
+
+class DatagramPolicy:
+    """The datagram rules of one configuration, shared by every datagram listener."""
+
+    def __init__(self, settings: Settings, seconds: Callable[[], float], blockedPorts: Iterable[int]) -> None:
+        self.seconds = seconds
+        self.blockedPorts = set(blockedPorts)
+        self.refusalLog = LogThrottle(settings.refusal_log_interval, seconds)
+        self.reconfigure(settings)
+
+    def reconfigure(self, settings: Settings) -> None:
+        self.access = AccessList(settings.allow, settings.deny)
+        self.exempt = parseNetworks(settings.exempt, "--exempt")
+        self.perSource = KeyedBuckets(settings.udp_rate, settings.udp_burst, self.seconds)
+        self.budget = GlobalBucket(settings.udp_budget, self.seconds)
+        self.refusalLog.interval = settings.refusal_log_interval
+        self._exemptCache: dict[str, bool] = {}
+
+    def addOwnPort(self, port: int) -> None:
+        """A port sockd listens on: datagrams from it would be another sockd answering us."""
+        if port:
+            self.blockedPorts.add(port)
+
+    def _isExempt(self, host: str) -> bool:
+        verdict = self._exemptCache.get(host)
+        if verdict is None:
+            address = parseHost(host)
+            verdict = address is not None and contains(self.exempt, address)
+            if len(self._exemptCache) >= 4096:
+                self._exemptCache.clear()
+            self._exemptCache[host] = verdict
+        return verdict
+
+    def verdict(self, host: str, port: int) -> str | None:
+        """None to answer, or the reason to drop a datagram from C{host}:C{port}."""
+        if not self.access.allows(host):
+            return "access"
+        if port == 0 or port in self.blockedPorts:
+            return "source-port"
+        if not self._isExempt(host) and not self.perSource.take(host):
+            return "rate"
+        if not self.budget.take():
+            return "budget"
+        return None
+
+
+class GuardedDatagramProtocol(DatagramProtocol):
+    """Check every datagram against a L{DatagramPolicy} before the service sees it."""
+
+    noisy = False
+
+    def __init__(self, inner: DatagramProtocol, policy: DatagramPolicy, service: str, transport: str = "udp") -> None:
+        self.inner = inner
+        self.policy = policy
+        self.service = service
+        labels = {"service": service, "transport": transport}
+        self._received = metrics.datagramsReceived.labels(**labels)
+        self._bytesIn = metrics.bytesReceived.labels(**labels)
+        self._labels = labels
+
+    def makeConnection(self, transport: Any) -> None:
+        super().makeConnection(transport)
+        self.inner.makeConnection(_CountingTransport(transport, self._labels))
+
+    def doStop(self) -> None:
+        self.inner.doStop()
+        super().doStop()
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        self._received.inc()
+        self._bytesIn.inc(len(datagram))
+        reason = self.policy.verdict(addr[0], addr[1])
+        if reason is None:
+            self.inner.datagramReceived(datagram, addr)
+            return
+        metrics.datagramsDropped.labels(reason=reason, **self._labels).inc()
+        if self.policy.refusalLog.allow((addr[0], reason)):
+            log.warn("{service}/udp: dropping datagrams from {peer} ({reason}); not logged again for {interval:g}s",
+                     service=self.service, peer=addr[0], reason=reason, interval=self.policy.refusalLog.interval)
+
+
+class _CountingTransport:
+    """The datagram transport as the service sees it: counts answers and bytes sent."""
+
+    def __init__(self, transport: Any, labels: dict[str, str]) -> None:
+        self._transport = transport
+        self._answers = metrics.answers.labels(**labels)
+        self._bytesOut = metrics.bytesSent.labels(**labels)
+
+    def write(self, datagram: bytes, addr: Any = None) -> None:
+        self._answers.inc()
+        self._bytesOut.inc(len(datagram))
+        self._transport.write(datagram, addr)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)

@@ -1,0 +1,152 @@
+"""Run the installed C{twistd sockd} as a subprocess and find its listeners.
+
+Every test that needs a whole daemon uses L{Daemon}: it starts
+C{twistd -n --pidfile= sockd ...} from the same environment as the tests, waits
+for the one log line per listener that sockd writes at start-up, and tells the
+test where each listener actually bound (port 0 gives an ephemeral port).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+TWISTD = str(BIN / "twistd")
+
+LISTENING = re.compile(r"\[sockd\.listeners#info\] (\w+) listening on (\w+) (\S+)")
+
+
+class DaemonFailed(AssertionError):
+    pass
+
+
+class Daemon:
+    """One running sockd; C{listeners[(service, transport)]} is a list of bound addresses."""
+
+    def __init__(self, args: list[str], cwd: Path, expect: int | None = None, timeout: float = 15.0,
+                 twistdArgs: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+        self.cwd = Path(cwd)
+        self.logPath = self.cwd / "sockd.log"
+        self.command = [TWISTD, "-n", "--pidfile=", "--logfile", str(self.logPath), *(twistdArgs or []),
+                        "sockd", *args]
+        if expect is None:
+            expect = sum(1 for a in args if a.split("=")[0].lstrip("-") in SERVICE_NAMES)
+        self.expect = expect
+        self.stderrPath = self.cwd / "sockd.stderr"
+        self._stderr = open(self.stderrPath, "wb")
+        self.process = subprocess.Popen(self.command, cwd=self.cwd, stdout=subprocess.DEVNULL,
+                                        stderr=self._stderr, env={**os.environ, **(env or {})})
+        self.listeners: dict[tuple[str, str], list[str]] = {}
+        self._wait(timeout)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log(self) -> str:
+        try:
+            return self.logPath.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stderr(self) -> str:
+        return self.stderrPath.read_text(errors="replace")
+
+    def _wait(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = LISTENING.findall(self.log())
+            if len(found) >= self.expect:
+                for service, transport, address in found:
+                    self.listeners.setdefault((service, transport), []).append(address)
+                return
+            if self.process.poll() is not None:
+                raise DaemonFailed(f"sockd exited with {self.process.returncode}:\n{self.stderr()}\n{self.log()}")
+            time.sleep(0.05)
+        self.stop()
+        raise DaemonFailed(f"sockd did not report {self.expect} listeners in {timeout}s:\n{self.log()}")
+
+    def address(self, service: str, transport: str = "tcp", index: int = 0) -> tuple[str, int]:
+        text = self.listeners[(service, transport)][index]
+        host, _, port = text.rpartition(":")
+        host = host.strip("[]")
+        if host in ("0.0.0.0", ""):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        return host, int(port)
+
+    def path(self, service: str, index: int = 0) -> str:
+        path = self.listeners[(service, "unix")][index]
+        return str(self.cwd / path) if not os.path.isabs(path) else path
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self._stderr.close()
+        return self.process.returncode
+
+    def rss(self) -> int:
+        """Resident set size in bytes, from /proc."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+    def fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+
+SERVICE_NAMES = {"ack", "echo", "discard", "chargen", "daytime", "time", "qotd"}
+
+
+def connect(address: tuple[str, int], timeout: float = 5.0) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    sock.connect(address)
+    return sock
+
+
+def recvExactly(sock: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def recvAll(sock: socket.socket, limit: int = 1 << 20) -> bytes:
+    """Read until end of stream (or C{limit} bytes)."""
+    data = b""
+    while len(data) < limit:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def udpExchange(address: tuple[str, int], payload: bytes, timeout: float = 3.0,
+                bind: tuple[str, int] | None = None) -> bytes:
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        if bind:
+            sock.bind(bind)
+        sock.sendto(payload, address)
+        return sock.recvfrom(65535)[0]
