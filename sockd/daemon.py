@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import resource
+import signal
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -43,6 +45,8 @@ class SockdService(MultiService):
         self.registry = registry
         self.datagramPolicy = datagramPolicy
         self.grace = grace
+        #: Called on SIGHUP: re-read the configuration (set by the wiring).
+        self.reload: Callable[[], None] | None = None
 
     def privilegedStartService(self) -> None:
         raiseFileLimit()
@@ -58,6 +62,16 @@ class SockdService(MultiService):
         for listener in bound:
             if isinstance(listener, DatagramListener):
                 self.datagramPolicy.addOwnPort(listener.boundPort)
+
+    def startService(self) -> None:
+        super().startService()
+        if self.reload is not None:
+            signal.signal(signal.SIGHUP, self._onHangup)
+
+    def _onHangup(self, signum: int, frame: Any) -> None:
+        log.info("SIGHUP: reloading the configuration")
+        assert self.reload is not None
+        self.reactor.callFromThread(self.reload)
 
     def stopService(self) -> defer.Deferred[None]:
         if self.running:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from twisted.logger import Logger
 
+from sockd.addresses import formatAddress
 from sockd.logsafe import escape
 
 log = Logger(namespace="sockd.messages")
@@ -39,7 +40,7 @@ class MessageLog:
                 message=escape(withoutLineEnd(message)),
                 service=self.service,
                 transport="stream",
-                peer=str(peer),
+                peer=formatAddress(peer),
                 bytes=len(message),
             )
 
@@ -51,6 +52,6 @@ class MessageLog:
                 message=escape(withoutLineEnd(message)),
                 service=self.service,
                 transport="udp",
-                peer=str(peer),
+                peer=formatAddress(peer),
                 bytes=len(message),
             )

@@ -81,6 +81,9 @@ class Settings:
     udp_burst: int = _setting(40, "datagram answers one address may get in a burst above --udp-rate", positiveInt)
     udp_budget: float = _setting(5000.0, "datagram answers per second over all addresses; 0 is unlimited", nonNegativeFloat)
 
+    # Observability.
+    metrics: str | None = _setting(None, "serve Prometheus metrics at /metrics on this endpoint, e.g. tcp:9101:interface=127.0.0.1")
+
     # Unix sockets and shutdown.
     unix_mode: int = _setting(0o660, "mode of Unix socket files unless the listen description sets mode=", octalMode)
     grace: float = _setting(5.0, "seconds to finish answering and close connections at shutdown", nonNegativeFloat)

@@ -2,7 +2,10 @@
 
 L{makeService} builds the whole service tree from L{Options}: the service
 table gives each service's factory and datagram protocol, the policies wrap
-them, and listeners bind them where the options say.
+them, and listeners bind them where the options (or the configuration file)
+say.  L{Assembly} keeps what it built, so a reload (SIGHUP) can apply new
+limits, access lists and quotes, and open or close listeners, without
+dropping established connections.
 """
 
 from __future__ import annotations
@@ -13,13 +16,15 @@ from typing import Any
 from twisted.python import usage
 
 from sockd import __version__
-from sockd.describe import DescriptionError, isDatagram, parseDatagram, transportName
+from sockd.config import ConfigError, loadConfig
+from sockd.describe import DescriptionError, isDatagram, parseDatagram, split, transportName
 from sockd.errors import StartupError, installExceptHook
 from sockd.services import BY_NAME, SERVICES
 from sockd.settings import FIELDS, Settings, optionName
 
 STREAM_HELP = (
-    "tcp:PORT[:interface=ADDR], tcp6:, unix:PATH[:mode=660], ssl:, tls:, systemd:, or udp:PORT[:interface=ADDR]"
+    "tcp:PORT[:interface=ADDR], tcp6:, unix:PATH[:mode=660], ssl:, tls:, systemd:, haproxy:, "
+    "or udp:PORT[:interface=ADDR] / udp:index=N"
 )
 
 
@@ -33,7 +38,7 @@ def _serviceOption(name: str) -> Any:
 
 def _listOption(fieldName: str) -> Any:
     def opt(self: Options, value: str) -> None:
-        self._lists.setdefault(fieldName, []).append(value)
+        self.given.setdefault(fieldName, []).append(value)
 
     opt.__doc__ = next(f.metadata["help"] for f in FIELDS if f.name == fieldName)
     return opt
@@ -44,11 +49,13 @@ def _shownDefault(f: Any) -> str:
 
 
 class Options(usage.Options):
-    synopsis = "[--ack DESC ...] [--echo DESC ...] [options]"
+    synopsis = "[--config FILE] [--ack DESC ...] [--echo DESC ...] [options]"
     longdesc = (
         "Serve the sockets tutorial's ack server and the inetd small services (echo, discard, "
         "chargen, daytime, time, qotd) over TCP, UDP and Unix sockets. With no service option "
-        "the defaults run: " + "; ".join(f"{s.name} on {', '.join(s.defaults)}" for s in SERVICES) + "."
+        "(and no [listen] table in --config) the defaults run: "
+        + "; ".join(f"{s.name} on {', '.join(s.defaults)}" for s in SERVICES)
+        + ". Options given on the command line win over the configuration file; SIGHUP re-reads it."
     )
     optFlags = [
         ["ack-once", None, "ack: close each stream connection after its first answer (as the tutorial's server)"],
@@ -56,6 +63,8 @@ class Options(usage.Options):
         ["version", "V", "print sockd's version and exit"],
     ]
     optParameters = [
+        ["config", "c", None, "read settings and listeners from this TOML file (re-read on SIGHUP)"],
+    ] + [
         [optionName(f.name), None, None, f"{f.metadata['help']} [default: {_shownDefault(f)}]"]
         for f in FIELDS
         if not f.metadata["flag"] and not f.metadata["repeat"]
@@ -64,7 +73,8 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self.listeners: list[tuple[str, str]] = []
-        self._lists: dict[str, list[str]] = {}
+        #: Settings given on the command line, by field name; they win over the file.
+        self.given: dict[str, Any] = {}
         self.settings = Settings()
 
     def opt_version(self) -> None:
@@ -78,51 +88,61 @@ class Options(usage.Options):
             raise SystemExit(f"sockd: error: {e} (see twistd sockd --help)") from None
 
     def postOptions(self) -> None:
-        settings = self.settings
         for f in FIELDS:
             meta = f.metadata
-            if meta["flag"]:
-                continue
-            if meta["repeat"]:
-                if f.name in self._lists:
-                    setattr(settings, f.name, list(self._lists[f.name]))
+            if meta["flag"] or meta["repeat"]:
                 continue
             raw = self[optionName(f.name)]
             if raw is None:
                 continue
             coerce = meta["coerce"] or str
             try:
-                setattr(settings, f.name, coerce(raw))
+                self.given[f.name] = coerce(raw)
             except ValueError as e:
                 raise usage.UsageError(f"--{optionName(f.name)} {raw}: {e}") from None
-        settings.ack_once = bool(self["ack-once"])
-        settings.log_messages = not self["no-log-messages"]
-        for name, description in self.listeners:
-            checkDescription(name, description)
+        if self["ack-once"]:
+            self.given["ack_once"] = True
+        if self["no-log-messages"]:
+            self.given["log_messages"] = False
         try:
-            checkSettings(settings)
-        except StartupError as e:
+            self.settings, self.active = self.resolve()
+        except (StartupError, ConfigError) as e:
             raise usage.UsageError(str(e)) from None
 
-    def activeListeners(self) -> list[tuple[str, str]]:
-        """The listeners asked for, or every service's defaults when none was."""
-        if self.listeners:
-            return list(self.listeners)
-        return [(s.name, d) for s in SERVICES for d in s.defaults]
+    def resolve(self) -> tuple[Settings, list[tuple[str, str]]]:
+        """Settings and listeners: defaults, then the file, then the command line.
+
+        Called at start and again on every reload, so a changed file takes effect
+        while command-line choices keep winning.
+        """
+        settings = Settings()
+        fileListeners = None
+        if self["config"]:
+            config = loadConfig(self["config"], set(BY_NAME))
+            for name, value in config.values.items():
+                setattr(settings, name, value)
+            fileListeners = config.listeners
+        for name, value in self.given.items():
+            setattr(settings, name, list(value) if isinstance(value, list) else value)
+        listeners = self.listeners or fileListeners or [(s.name, d) for s in SERVICES for d in s.defaults]
+        for name, description in listeners:
+            checkDescription(name, description)
+        checkSettings(settings)
+        return settings, list(dict.fromkeys(listeners))
 
 
 def checkDescription(name: str, description: str) -> None:
     """Reject a description that cannot work before anything is bound."""
     if ":" not in description:
         example = BY_NAME[name].defaults[0]
-        raise usage.UsageError(f"--{name} {description!r}: expected a listen description such as {example}")
+        raise StartupError(f"--{name} {description!r}: expected a listen description such as {example}")
     if isDatagram(description):
         if BY_NAME[name].datagram is None:
-            raise usage.UsageError(f"--{name} {description}: {name} has no datagram flavour")
+            raise StartupError(f"--{name} {description}: {name} has no datagram flavour")
         try:
             parseDatagram(description)
         except DescriptionError as e:
-            raise usage.UsageError(f"--{name}: {e}") from None
+            raise StartupError(f"--{name}: {e}") from None
 
 
 def checkSettings(settings: Settings) -> None:
@@ -140,6 +160,166 @@ def checkSettings(settings: Settings) -> None:
             loadQuotes(settings.quotes)
         except QuoteError as e:
             raise StartupError(str(e)) from None
+    if settings.metrics and ":" not in settings.metrics:
+        raise StartupError(f"--metrics {settings.metrics!r}: expected an endpoint such as tcp:9101:interface=127.0.0.1")
+
+
+class Assembly:
+    """What makeService built, kept so that a reload can change it in place."""
+
+    def __init__(self, options: Options, reactor: Any) -> None:
+        from sockd.admission import Admission
+        from sockd.daemon import SockdService
+        from sockd.policies import ConnectionRegistry
+        from sockd.qotd import QuotePicker
+        from sockd.services import SMALL_SERVICE_PORTS, Context
+        from sockd.udpguard import DatagramPolicy
+
+        self.options = options
+        self.reactor = reactor
+        settings = options.settings
+        self.settings = settings
+        self.context = Context(settings, reactor, QuotePicker(_quotes(settings)))
+        self.admission = Admission(settings, reactor.seconds)
+        self.registry = ConnectionRegistry()
+        self.datagramPolicy = DatagramPolicy(settings, reactor.seconds, SMALL_SERVICE_PORTS)
+        self.top = SockdService(reactor, self.registry, self.datagramPolicy, settings.grace)
+        self.top.reload = self.reload
+        self.listeners: dict[tuple[str, str], Any] = {}
+        for name, description in options.active:
+            self._add(name, description)
+        if settings.metrics:
+            self._addMetrics(settings.metrics)
+
+    def _add(self, name: str, description: str) -> Any:
+        from sockd.listeners import DatagramListener, StreamListener, withUnixDefaults
+        from sockd.policies import PolicyFactory
+        from sockd.udpguard import GuardedDatagramProtocol
+
+        service = BY_NAME[name]
+        settings = self.settings
+        if isDatagram(description):
+            assert service.datagram is not None
+            protocol = GuardedDatagramProtocol(service.datagram(self.context), self.datagramPolicy, name)
+            listener = DatagramListener(self.reactor, name, description, protocol)
+        else:
+            transport = transportName(description)
+            factory: Any = PolicyFactory(
+                service.stream(self.context),
+                service=name,
+                transport=transport,
+                admission=self.admission,
+                registry=self.registry,
+                clock=self.reactor,
+                idleTimeout=settings.idle_timeout,
+                handshakeTimeout=settings.tls_handshake_timeout if _isTLS(description) else 0,
+            )
+            bindTo = description
+            if transport == "haproxy":
+                # Twisted's own haproxy: wrapper drops split headers (twisted#8287) and starts the service
+                # before the real peer is known (twisted#12501); sockd's wrapper does neither.
+                from sockd.proxyprotocol import ProxyProtocolFactory
+
+                factory = ProxyProtocolFactory(factory, clock=self.reactor)
+                bindTo = description.split(":", 1)[1]
+            listener = StreamListener(self.reactor, name, withUnixDefaults(bindTo, settings.unix_mode), factory)
+        self.listeners[(name, description)] = listener
+        listener.setServiceParent(self.top)
+        return listener
+
+    def _named(self, key: tuple[str, str]) -> Any:
+        try:
+            return self.top.getServiceNamed(" ".join(key))
+        except KeyError:
+            return None
+
+    def _addMetrics(self, description: str) -> None:
+        from prometheus_client.twisted import MetricsResource
+        from twisted.web.resource import Resource
+        from twisted.web.server import Site
+
+        from sockd.listeners import StreamListener
+        from sockd.metrics import REGISTRY
+
+        root = Resource()
+        root.putChild(b"metrics", MetricsResource(registry=REGISTRY))
+        site = Site(root)
+        site.noisy = False
+        StreamListener(self.reactor, "metrics", description, site).setServiceParent(self.top)
+
+    def reload(self) -> None:
+        """Re-read the configuration: new rules at once, listeners opened or closed, connections kept."""
+        from twisted.logger import Logger
+
+        from sockd import metrics
+
+        log = Logger(namespace="sockd.reload")
+        try:
+            settings, active = self.options.resolve()
+        except (StartupError, ConfigError) as e:
+            metrics.reloads.labels(result="failed").inc()
+            log.error("reload failed, keeping the running configuration: {why}", why=str(e))
+            return
+        self.settings = settings
+        self.context.settings = settings
+        self.context.quotes.quotes = _quotes(settings)
+        self.admission.reconfigure(settings)
+        self.datagramPolicy.reconfigure(settings)
+        self.top.grace = settings.grace
+        wanted = list(dict.fromkeys(active))
+        for key in [k for k in self.listeners if k not in wanted]:
+            listener = self.listeners.pop(key)
+            listener.disownServiceParent()
+            log.info("reload: closed {service} {description}", service=key[0], description=key[1])
+        opened = 0
+        for key, listener in list(self.listeners.items()):
+            self._refresh(key, listener)
+        for key in wanted:
+            if key in self.listeners:
+                continue
+            try:
+                listener = self._add(*key)  # the running parent binds and starts it at once
+            except StartupError as e:
+                stray = self.listeners.pop(key, None) or self._named(key)
+                if stray is not None and stray.parent is not None:
+                    stray.disownServiceParent()
+                log.error("reload: cannot open {what}: {why}", what=" ".join(key), why=str(e))
+                continue
+            if isinstance(getattr(listener, "boundPort", None), int):
+                self.datagramPolicy.addOwnPort(listener.boundPort)
+            opened += 1
+        metrics.reloads.labels(result="ok").inc()
+        log.info("reloaded {path}: {count} listeners ({opened} opened)", path=self.options["config"] or "options",
+                 count=len(self.listeners), opened=opened)
+
+    def _refresh(self, key: tuple[str, str], listener: Any) -> None:
+        """Give a kept listener a service built from the new settings; open connections keep theirs."""
+        name, description = key
+        service = BY_NAME[name]
+        if isDatagram(description):
+            assert service.datagram is not None
+            listener.protocol.replaceInner(service.datagram(self.context))
+            return
+        from sockd.policies import PolicyFactory
+
+        policy = listener.factory
+        while not isinstance(policy, PolicyFactory):
+            policy = policy.wrappedFactory
+        policy.wrappedFactory = service.stream(self.context)
+        policy.idleTimeout = self.settings.idle_timeout
+        if policy.handshakeTimeout:
+            policy.handshakeTimeout = self.settings.tls_handshake_timeout
+
+
+def _isTLS(description: str) -> bool:
+    kind, args, _ = split(description)
+    return kind in ("ssl", "tls") or (kind == "haproxy" and bool(args) and args[0].lower() in ("ssl", "tls"))
+
+
+def _quotes(settings: Settings) -> tuple[bytes, ...]:
+    from sockd.qotd import builtinQuotes, loadQuotes
+
+    return loadQuotes(settings.quotes) if settings.quotes else builtinQuotes()
 
 
 def makeService(options: Options) -> Any:
@@ -147,41 +327,7 @@ def makeService(options: Options) -> Any:
     installExceptHook()
     from twisted.internet import reactor
 
-    from sockd.admission import Admission
-    from sockd.daemon import SockdService
-    from sockd.listeners import DatagramListener, StreamListener, withUnixDefaults
-    from sockd.policies import ConnectionRegistry, PolicyFactory
-    from sockd.qotd import QuotePicker, builtinQuotes, loadQuotes
-    from sockd.services import SMALL_SERVICE_PORTS, Context
-    from sockd.udpguard import DatagramPolicy, GuardedDatagramProtocol
-
-    settings = options.settings
-    quotes = QuotePicker(loadQuotes(settings.quotes) if settings.quotes else builtinQuotes())
-    context = Context(settings, reactor, quotes)
-    admission = Admission(settings, reactor.seconds)
-    registry = ConnectionRegistry()
-    datagramPolicy = DatagramPolicy(settings, reactor.seconds, SMALL_SERVICE_PORTS)
-    top = SockdService(reactor, registry, datagramPolicy, settings.grace)
-    for name, description in options.activeListeners():
-        service = BY_NAME[name]
-        if isDatagram(description):
-            assert service.datagram is not None
-            protocol = GuardedDatagramProtocol(service.datagram(context), datagramPolicy, name)
-            DatagramListener(reactor, name, description, protocol).setServiceParent(top)
-            continue
-        transport = transportName(description)
-        factory = PolicyFactory(
-            service.stream(context),
-            service=name,
-            transport=transport,
-            admission=admission,
-            registry=registry,
-            clock=reactor,
-            idleTimeout=settings.idle_timeout,
-            handshakeTimeout=settings.tls_handshake_timeout if transport in ("ssl", "tls") else 0,
-        )
-        StreamListener(reactor, name, withUnixDefaults(description, settings.unix_mode), factory).setServiceParent(top)
-    return top
+    return Assembly(options, reactor).top
 
 
 for _service in SERVICES:

@@ -91,6 +91,13 @@ class GuardedDatagramProtocol(DatagramProtocol):
         super().makeConnection(transport)
         self.inner.makeConnection(_CountingTransport(transport, self._labels))
 
+    def replaceInner(self, inner: DatagramProtocol) -> None:
+        """Serve with a new service protocol from now on (a reload); the socket stays open."""
+        old, self.inner = self.inner, inner
+        if self.transport is not None:
+            inner.makeConnection(_CountingTransport(self.transport, self._labels))
+            old.doStop()
+
     def doStop(self) -> None:
         self.inner.doStop()
         super().doStop()
