@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from sockd.errors import StartupError
 from sockd.listeners import DatagramListener
 from sockd.policies import ConnectionRegistry
+from sockd.sdnotify import notify
 from sockd.udpguard import DatagramPolicy
 
 log = Logger(namespace="sockd.daemon")
@@ -67,6 +68,9 @@ class SockdService(MultiService):
         super().startService()
         if self.reload is not None:
             signal.signal(signal.SIGHUP, self._onHangup)
+        # Every listener was bound in privilegedStartService and is started now: only now may a
+        # Type=notify unit (contrib/systemd) count sockd as up and start what depends on it.
+        notify("READY=1")
 
     def _onHangup(self, signum: int, frame: Any) -> None:
         log.info("SIGHUP: reloading the configuration")
@@ -75,6 +79,7 @@ class SockdService(MultiService):
 
     def stopService(self) -> defer.Deferred[None]:
         if self.running:
+            notify("STOPPING=1")
             log.info("stopping: closing listeners, then finishing open connections (grace {grace:g}s)",
                      grace=self.grace)
         stopping = [defer.maybeDeferred(listener.stopService) for listener in reversed(list(self))]

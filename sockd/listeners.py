@@ -83,16 +83,34 @@ def clearStaleSocket(path: str) -> None:
     raise StartupError(f"{path} is in use by a running process (another sockd?)")
 
 
+def checkCertificates(description: str) -> None:
+    """C{tls:} endpoints read their PEM directory lazily; fail at start, clearly, if it is unusable."""
+    kind, args, kwargs = split(description)
+    if kind != "tls":
+        return
+    path = kwargs.get("path") or (args[0] if args else "")
+    if not os.path.isdir(path):
+        raise StartupError(f"certificate directory {path!r} does not exist")
+    pems = [name for name in os.listdir(path) if name.endswith(".pem")]
+    if not pems:
+        raise StartupError(f"certificate directory {path!r} holds no .pem files")
+    for name in pems:
+        if not os.access(os.path.join(path, name), os.R_OK):
+            raise StartupError(f"cannot read certificate {os.path.join(path, name)}")
+
+
 class StreamListener(Service):
     """Listen with a Twisted server endpoint string for one service's stream flavour."""
 
     port: Any = None
 
-    def __init__(self, reactor: Any, serviceName: str, description: str, factory: Any) -> None:
+    def __init__(self, reactor: Any, serviceName: str, description: str, factory: Any,
+                 transport: str | None = None) -> None:
         self.reactor = reactor
         self.serviceName = serviceName
         self.description = description
         self.factory = factory
+        self.transport = transport or transportName(description)
         self.name = f"{serviceName} {description}"
 
     def privilegedStartService(self) -> None:
@@ -100,12 +118,13 @@ class StreamListener(Service):
         if self.port is not None:
             return
         where = f"{self.serviceName} {self.description}"
-        path = unixPath(self.description)
-        if path is not None:
-            try:
+        try:
+            path = unixPath(self.description)
+            if path is not None:
                 clearStaleSocket(path)
-            except StartupError as e:
-                raise StartupError(f"{where}: {e}") from None
+            checkCertificates(self.description)
+        except StartupError as e:
+            raise StartupError(f"{where}: {e}") from None
         try:
             endpoint = serverFromString(self.reactor, self.description)
         except (ValueError, TypeError, KeyError) as e:
@@ -123,7 +142,7 @@ class StreamListener(Service):
         log.info(
             "{service} listening on {transport} {address}",
             service=self.serviceName,
-            transport=transportName(self.description),
+            transport=self.transport,
             address=formatAddress(self.port.getHost()),
             description=self.description,
         )

@@ -136,6 +136,12 @@ def checkDescription(name: str, description: str) -> None:
     if ":" not in description:
         example = BY_NAME[name].defaults[0]
         raise StartupError(f"--{name} {description!r}: expected a listen description such as {example}")
+    kind, args, _ = split(description)
+    if kind == "haproxy" and args and args[0].lower() in ("ssl", "tls"):
+        raise StartupError(
+            f"--{name} {description}: PROXY protocol over TLS is not supported (the balancer sends the header"
+            " before the TLS handshake); terminate TLS at the balancer, or use haproxy:tcp:..."
+        )
     if isDatagram(description):
         if BY_NAME[name].datagram is None:
             raise StartupError(f"--{name} {description}: {name} has no datagram flavour")
@@ -212,7 +218,7 @@ class Assembly:
                 registry=self.registry,
                 clock=self.reactor,
                 idleTimeout=settings.idle_timeout,
-                handshakeTimeout=settings.tls_handshake_timeout if _isTLS(description) else 0,
+                handshakeTimeout=settings.tls_handshake_timeout if transport in ("ssl", "tls") else 0,
             )
             bindTo = description
             if transport == "haproxy":
@@ -222,7 +228,8 @@ class Assembly:
 
                 factory = ProxyProtocolFactory(factory, clock=self.reactor)
                 bindTo = description.split(":", 1)[1]
-            listener = StreamListener(self.reactor, name, withUnixDefaults(bindTo, settings.unix_mode), factory)
+            listener = StreamListener(self.reactor, name, withUnixDefaults(bindTo, settings.unix_mode), factory,
+                                      transport=transport)
         self.listeners[(name, description)] = listener
         listener.setServiceParent(self.top)
         return listener
@@ -309,11 +316,6 @@ class Assembly:
         policy.idleTimeout = self.settings.idle_timeout
         if policy.handshakeTimeout:
             policy.handshakeTimeout = self.settings.tls_handshake_timeout
-
-
-def _isTLS(description: str) -> bool:
-    kind, args, _ = split(description)
-    return kind in ("ssl", "tls") or (kind == "haproxy" and bool(args) and args[0].lower() in ("ssl", "tls"))
 
 
 def _quotes(settings: Settings) -> tuple[bytes, ...]:
