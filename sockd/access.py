@@ -18,10 +18,29 @@ def parseNetworks(blocks: Iterable[str], what: str) -> tuple[Network, ...]:
         if block.strip().lower() == "none":
             continue
         try:
-            networks.append(ipaddress.ip_network(block.strip(), strict=False))
+            network = ipaddress.ip_network(block.strip(), strict=False)
         except ValueError:
             raise AccessError(f"{what}: {block!r} is not an address or CIDR block such as 192.0.2.0/24") from None
+        networks.append(_unmapped(network))
     return tuple(networks)
+
+
+_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
+
+
+def _unmapped(network: Network) -> Network:
+    """An IPv4-mapped IPv6 block is the IPv4 block it maps, as peers are (see L{parseHost})."""
+    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_MAPPED):
+        first = network.network_address.ipv4_mapped
+        assert first is not None
+        return ipaddress.ip_network(f"{first}/{network.prefixlen - 96}")
+    return network
+
+
+def sourceKey(host: str) -> str:
+    """One key per peer for counting: IPv4-mapped IPv6 peers count as the IPv4 address they are."""
+    address = parseHost(host)
+    return str(address) if address is not None else host
 
 
 def parseHost(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

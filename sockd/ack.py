@@ -33,6 +33,7 @@ class AckProtocol(Protocol):
 
     factory: AckFactory
     _quietCall: IDelayedCall | None = None
+    _closing = False
 
     def __init__(self) -> None:
         self._pending = b""
@@ -42,6 +43,8 @@ class AckProtocol(Protocol):
         self._peer = self.transport.getPeer()
 
     def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
         factory = self.factory
         maxLength = factory.maxLength
         buffer = self._pending + data if self._pending else data
@@ -58,9 +61,7 @@ class AckProtocol(Protocol):
             self._answer(buffer[start:stop])
             start = stop
             if factory.closeAfterFirst:
-                self._pending = b""
-                self._cancelQuietCall()
-                self.transport.loseConnection()
+                self._close()
                 return
         self._pending = buffer[start:] if start else buffer
         if self._pending:
@@ -82,7 +83,7 @@ class AckProtocol(Protocol):
             pending, self._pending = self._pending, b""
             self._answer(pending)
             if self.factory.closeAfterFirst:
-                self.transport.loseConnection()
+                self._close()
 
     def _quiet(self) -> None:
         self._quietCall = None
@@ -94,9 +95,23 @@ class AckProtocol(Protocol):
                 self._quietCall.cancel()
             self._quietCall = None
 
+    def _close(self) -> None:
+        """Stop reading, forget what is pending, and close once the answers are written.
+
+        The read-pausing producer is unregistered first: a transport (TLS in
+        particular) does not finish closing while a producer is registered.
+        """
+        if self._closing:
+            return
+        self._closing = True
+        self._pending = b""
+        self._cancelQuietCall()
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
+
     def readConnectionLost(self) -> None:
         self.flushPending()
-        self.transport.loseConnection()
+        self._close()
 
     def writeConnectionLost(self) -> None:
         """We never half-close our side, so there is nothing to do."""

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from twisted.logger import Logger
 
-from sockd.access import AccessList, contains, parseHost, parseNetworks
+from sockd.access import AccessList, contains, parseHost, parseNetworks, sourceKey
 from sockd.ratelimit import KeyedBuckets, LogThrottle
 from sockd.settings import Settings
 
@@ -38,12 +38,6 @@ class Limits:
                 self._exemptCache.clear()
             self._exemptCache[host] = verdict
         return verdict
-
-
-def sourceKey(host: str) -> str:
-    """Count IPv4-mapped IPv6 peers (dual-stack listeners) as the IPv4 address they are."""
-    address = parseHost(host)
-    return str(address) if address is not None else host
 
 
 class Admission:

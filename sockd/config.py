@@ -40,7 +40,7 @@ _BY_NAME = {f.name: f for f in FIELDS}
 
 
 def _lineOf(text: str, key: str) -> int | None:
-    pattern = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=", re.MULTILINE)
+    pattern = re.compile(r"^[ \t]*[\"']?" + re.escape(key) + r"[\"']?[ \t]*=", re.MULTILINE)
     match = pattern.search(text)
     return text.count("\n", 0, match.start()) + 1 if match else None
 
@@ -66,8 +66,7 @@ def _coerce(name: str, value: Any, where: str) -> Any:
     if isinstance(value, bool):
         raise ConfigError(f"{where}: {name} must not be true/false")
     coerce = meta["coerce"] or str
-    if name.endswith("mode") and isinstance(value, int):
-        value = f"{value:o}" if value > 0o777 or value == 0 else str(value)
+    # A mode is written as chmod takes it: unix_mode = 660 (or "660") means 0o660.
     try:
         return coerce(str(value))
     except ValueError as e:

@@ -10,6 +10,7 @@ rules (colons separate, backslash escapes) are Twisted's own.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from dataclasses import dataclass
 
@@ -19,28 +20,34 @@ class DescriptionError(ValueError):
 
 
 def split(description: str) -> tuple[str, list[str], dict[str, str]]:
-    """Split C{kind:arg:key=value} into its kind, positional and keyword parts."""
-    parts: list[str] = []
+    """Split C{kind:arg:key=value} into its kind, positional and keyword parts.
+
+    As in Twisted, a backslash makes the next character literal, so an escaped
+    colon or equals sign belongs to the value.
+    """
+    parts: list[tuple[str, int | None]] = []  # (text, index of the first unescaped "=")
     current: list[str] = []
+    equals: int | None = None
     chars = iter(description)
     for char in chars:
         if char == "\\":
             current.append(next(chars, "\\"))
         elif char == ":":
-            parts.append("".join(current))
-            current = []
+            parts.append(("".join(current), equals))
+            current, equals = [], None
         else:
+            if char == "=" and equals is None:
+                equals = len(current)
             current.append(char)
-    parts.append("".join(current))
-    kind, rest = parts[0].lower(), parts[1:]
+    parts.append(("".join(current), equals))
+    kind = parts[0][0].lower()
     args: list[str] = []
     kwargs: dict[str, str] = {}
-    for part in rest:
-        key, eq, value = part.partition("=")
-        if eq:
-            kwargs[key] = value
+    for text, eq in parts[1:]:
+        if eq is None:
+            args.append(text)
         else:
-            args.append(part)
+            kwargs[text[:eq]] = text[eq + 1 :]
     return kind, args, kwargs
 
 
@@ -80,9 +87,17 @@ SD_LISTEN_FDS_START = 3
 _FAMILIES = {"inet": socket.AF_INET, "inet6": socket.AF_INET6, "ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}
 
 
+_BARE_INTERFACE = re.compile(r"interface=([^\\]*?)(?=:(?:fd|index|family)=|$)")
+
+
 def parseDatagram(description: str) -> DatagramAddress:
-    """Parse a C{udp:} description; raise L{DescriptionError} naming what is wrong."""
-    kind, args, kwargs = split(description)
+    """Parse a C{udp:} description; raise L{DescriptionError} naming what is wrong.
+
+    C{udp:} takes one port and nothing else positional, so an IPv6 interface may
+    be written with or without Twisted's escaped colons (C{interface=::1}).
+    """
+    kind, args, kwargs = split(_BARE_INTERFACE.sub(lambda m: "interface=" + m.group(1).replace(":", "\\:"),
+                                                   description))
     if kind != "udp":
         raise DescriptionError(f"{description!r} is not a udp: description")
     unknown = set(kwargs) - {"interface", "fd", "index", "family"}

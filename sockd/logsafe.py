@@ -12,9 +12,15 @@ from __future__ import annotations
 def _table() -> dict[int, str]:
     table: dict[int, str] = {ord("\\"): "\\\\"}
     named = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-    for code in list(range(0x20)) + list(range(0x7F, 0xA0)):
+    for code in range(0x20):
         table[code] = named.get(chr(code), f"\\x{code:02x}")
-    for code in (0x2028, 0x2029, 0xFEFF, 0x200E, 0x200F, 0x202A, 0x202B, 0x202C, 0x202D, 0x202E):
+    table[0x7F] = "\\x7f"
+    # C1 controls are characters, not bytes: \u0085 stays distinct from an undecodable byte 0x85 (\x85).
+    for code in range(0x80, 0xA0):
+        table[code] = f"\\u{code:04x}"
+    # Line and paragraph separators, BOM, and the bidirectional controls that can disguise text.
+    bidi = [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+    for code in (0x2028, 0x2029, 0xFEFF, *bidi):
         table[code] = f"\\u{code:04x}"
     # Undecodable bytes arrive as lone surrogates U+DC80..U+DCFF (surrogateescape).
     for byte in range(0x80, 0x100):

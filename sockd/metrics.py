@@ -22,9 +22,6 @@ bytesReceived = Counter("sockd_bytes_received", "Bytes received", _LABELS, regis
 bytesSent = Counter("sockd_bytes_sent", "Bytes sent", _LABELS, registry=REGISTRY)
 answers = Counter(
     "sockd_answers", "Answers sent: stream writes and datagrams", _LABELS, registry=REGISTRY)
-messages = Counter(
-    "sockd_messages", "Messages received by the ack service (stream messages and datagrams)", _LABELS,
-    registry=REGISTRY)
 datagramsReceived = Counter("sockd_datagrams_received", "Datagrams received", _LABELS, registry=REGISTRY)
 datagramsDropped = Counter(
     "sockd_datagrams_dropped", "Datagrams dropped unanswered, by reason", _LABELS + ("reason",), registry=REGISTRY)

@@ -68,6 +68,7 @@ class PolicyProtocol(ProtocolWrapper, TimeoutMixin):
     factory: PolicyFactory
     _draining = False
     _handshakeCall: Any = None
+    _producer: Any = None
 
     def __init__(self, factory: PolicyFactory, wrappedProtocol: Any, host: str | None, peerName: str) -> None:
         super().__init__(factory, wrappedProtocol)
@@ -99,6 +100,20 @@ class PolicyProtocol(ProtocolWrapper, TimeoutMixin):
 
     def writeSequence(self, data: Any) -> None:
         self.write(b"".join(data))
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self._producer = producer
+        self.transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        if self._producer is not None:
+            self._producer = None
+            self.transport.unregisterProducer()
+
+    def loseConnection(self) -> None:
+        """Close once written; a registered producer would keep some transports (TLS) open, so drop it."""
+        self.unregisterProducer()
+        super().loseConnection()
 
     def readConnectionLost(self) -> None:
         if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):

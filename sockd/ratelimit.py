@@ -24,7 +24,8 @@ class TokenBucket:
 
     def take(self, now: float, cost: float = 1.0) -> bool:
         """Spend C{cost} tokens if there are enough; refill first by the time elapsed."""
-        tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        # max(): a wall clock stepped back must not drain the bucket.
+        tokens = min(self.burst, self.tokens + max(0.0, now - self.stamp) * self.rate)
         self.stamp = now
         if tokens >= cost:
             self.tokens = tokens - cost

@@ -21,7 +21,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from sockd import metrics
-from sockd.access import AccessList, contains, parseHost, parseNetworks
+from sockd.access import AccessList, contains, parseHost, parseNetworks, sourceKey
 from sockd.ratelimit import GlobalBucket, KeyedBuckets, LogThrottle
 from sockd.settings import Settings
 
@@ -66,7 +66,7 @@ class DatagramPolicy:
             return "access"
         if port == 0 or port in self.blockedPorts:
             return "source-port"
-        if not self._isExempt(host) and not self.perSource.take(host):
+        if not self._isExempt(host) and not self.perSource.take(sourceKey(host)):
             return "rate"
         if not self.budget.take():
             return "budget"

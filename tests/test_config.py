@@ -1,0 +1,131 @@
+"""The configuration file: parsing, precedence over defaults, command line winning, and SIGHUP reload."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from sockd.config import ConfigError, parseConfig
+from sockd.services import BY_NAME
+from sockd.tap import Options
+from tests.daemon import connect, recvAll, recvExactly, udpExchange
+
+SERVICES = set(BY_NAME)
+
+
+def test_settings_at_top_level_and_in_tables():
+    config = parseConfig(
+        'max_connections = 10\n[limits]\nmax-per-source = 3\nallow = ["10.0.0.0/8"]\n[ack]\nquiet_time = 0.5\n'
+        "unix_mode = 600\n",
+        "x.toml", SERVICES,
+    )
+    assert config.values == {"max_connections": 10, "max_per_source": 3, "allow": ["10.0.0.0/8"],
+                             "quiet_time": 0.5, "unix_mode": 0o600}
+    assert config.listeners is None
+
+
+def test_listen_table():
+    config = parseConfig('[listen]\nack = ["tcp:1", "udp:1"]\ntime = "udp:37"\n', "x.toml", SERVICES)
+    assert config.listeners == [("ack", "tcp:1"), ("ack", "udp:1"), ("time", "udp:37")]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("a = 1\nbogus_setting = 3\n", "x.toml:2: unknown setting 'bogus_setting'"),
+        ("\n\nmax_connections = -1\n", "x.toml:3: max_connections = -1"),
+        ("[listen]\nfinger = ['tcp:79']\n", "x.toml:2: unknown service 'finger'"),
+        ("ack_once = 1\n", "x.toml:1: ack_once must be true or false"),
+        ("allow = 7\n", "x.toml:1: allow must be a list of strings"),
+        ("max_connections = \n", "x.toml: Invalid value (at line 1, column 19)"),
+    ],
+)
+def test_errors_name_file_line_and_problem(text, expected):
+    with pytest.raises(ConfigError) as e:
+        parseConfig(text.replace("a = 1\n", "max_message = 1\n"), "x.toml", SERVICES)
+    assert str(e.value).startswith(expected)
+
+
+def test_command_line_wins_over_file(tmp_path: Path):
+    path = tmp_path / "sockd.toml"
+    path.write_text('max_per_source = 3\nidle_timeout = 7\n[listen]\necho = ["tcp:7007"]\n')
+    options = Options()
+    options.parseOptions(["--config", str(path), "--max-per-source", "9"])
+    assert options.settings.max_per_source == 9
+    assert options.settings.idle_timeout == 7
+    assert options.active == [("echo", "tcp:7007")]
+    options = Options()
+    options.parseOptions(["--config", str(path), "--ack", "tcp:1"])
+    assert options.active == [("ack", "tcp:1")]
+
+
+def test_bad_file_is_one_line_and_nonzero(daemon, tmp_path: Path):
+    import subprocess
+
+    from tests.daemon import TWISTD
+
+    path = tmp_path / "bad.toml"
+    path.write_text("[limits]\nmax_connections = 'many'\n")
+    result = subprocess.run([TWISTD, "-n", "--pidfile=", "sockd", "--config", str(path)], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        f"sockd: error: {path}:2: max_connections = 'many': invalid literal for int() with base 10: 'many'"
+        " (see twistd sockd --help)"
+    ]
+
+
+def _wait(predicate, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_sighup_reload_keeps_connections_and_applies_changes(daemon, tmp_path: Path):
+    quotes = tmp_path / "quotes.txt"
+    quotes.write_text("first quote\n")
+    path = tmp_path / "sockd.toml"
+    path.write_text(
+        f'quotes = "{quotes}"\n[listen]\nack = ["tcp:0:interface=127.0.0.1"]\nqotd = ["udp:0:interface=127.0.0.1"]\n'
+        'discard = ["udp:0:interface=127.0.0.1"]\n'
+    )
+    d = daemon("--config", str(path), "--exempt", "none", expect=3)
+    ack = d.address("ack", "tcp")
+    qotd = d.address("qotd", "udp")
+    assert udpExchange(qotd, b"?") == b"first quote\r\n"
+    held = connect(ack)
+    held.sendall(b"before\n")
+    assert recvExactly(held, 18) == b"I got your message"
+
+    # New quotes, a deny list that refuses us, the discard listener dropped and an echo listener added.
+    quotes.write_text("second quote\n")
+    path.write_text(
+        f'quotes = "{quotes}"\ndeny = ["127.0.0.1/32"]\n[listen]\nack = ["tcp:0:interface=127.0.0.1"]\n'
+        'qotd = ["udp:0:interface=127.0.0.1"]\necho = ["tcp:0:interface=127.0.0.1"]\n'
+    )
+    os.kill(d.pid, signal.SIGHUP)
+    _wait(lambda: "reloaded" in d.log(), "no reload line:\n" + d.log())
+    assert "reload: closed discard udp:0:interface=127.0.0.1" in d.log()
+    assert "echo listening on tcp 127.0.0.1:" in d.log()
+
+    held.sendall(b"after\n")  # the established connection survives the reload
+    assert recvExactly(held, 18) == b"I got your message"
+    held.close()
+    with connect(ack) as refused:  # the new deny list applies to new connections at once
+        assert recvAll(refused) == b""
+
+    # A broken file keeps the running configuration and says why.
+    path.write_text("[limits\n")
+    os.kill(d.pid, signal.SIGHUP)
+    _wait(lambda: "reload failed, keeping the running configuration" in d.log(), "no failure line:\n" + d.log())
+    with connect(ack) as still:
+        assert recvAll(still) == b""
+    path.write_text(f'quotes = "{quotes}"\n[listen]\nqotd = ["udp:0:interface=127.0.0.1"]\n')
+    os.kill(d.pid, signal.SIGHUP)
+    _wait(lambda: d.log().count("reloaded") == 2, "no second reload:\n" + d.log())
+    assert udpExchange(qotd, b"?") == b"second quote\r\n"
