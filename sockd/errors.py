@@ -12,8 +12,10 @@ class StartupError(Exception):
 
 def _hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
     if isinstance(value, StartupError):
-        sys.stderr.write(f"sockd: error: {value}\n")
-        sys.stderr.flush()
+        # twistd has replaced sys.stderr with a logging shim by now: write to the real one.
+        stream = sys.__stderr__ or sys.stderr
+        stream.write(f"sockd: error: {value}\n")
+        stream.flush()
         return
     _previous(kind, value, tb)
 

@@ -27,7 +27,7 @@ def eventAsRecord(event: dict[str, Any]) -> dict[str, Any]:
     level = event.get("log_level")
     stamp = event.get("log_time")
     record: dict[str, Any] = {
-        "time": datetime.fromtimestamp(stamp, UTC).isoformat() if stamp else None,
+        "time": datetime.fromtimestamp(stamp, UTC).isoformat() if stamp is not None else None,
         "level": getattr(level, "name", "info"),
         "namespace": event.get("log_namespace", ""),
         "text": formatEvent(event),
