@@ -84,7 +84,11 @@ def streamExchange(family: int, address: object, message: bytes, timeout: float,
             sock.sendall(message)
             sock.shutdown(socket.SHUT_WR)
         except OSError as e:
-            raise ClientError(f"cannot send to {what}: {e.strerror or e}") from None
+            # A service that speaks first may have answered and closed already; its answer is still readable.
+            try:
+                return _readStream(sock, deadline, what)
+            except ClientError:
+                raise ClientError(f"cannot send to {what}: {e.strerror or e}") from None
         return _readStream(sock, deadline, what)
 
 

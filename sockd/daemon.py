@@ -58,7 +58,7 @@ class SockdService(MultiService):
                 bound.append(listener)
         except StartupError:
             for listener in reversed(bound):
-                listener.stopService()
+                listener.abandon()
             raise
         for listener in bound:
             if isinstance(listener, DatagramListener):
@@ -68,9 +68,10 @@ class SockdService(MultiService):
         super().startService()
         if self.reload is not None:
             signal.signal(signal.SIGHUP, self._onHangup)
-        # Every listener was bound in privilegedStartService and is started now: only now may a
-        # Type=notify unit (contrib/systemd) count sockd as up and start what depends on it.
-        notify("READY=1")
+        # Every listener was bound in privilegedStartService: a Type=notify unit (contrib/systemd) may
+        # count sockd as up.  Not before the reactor runs: twistd calls startService before
+        # reactor.run() installs the SIGTERM handler, and a stop right after READY=1 would kill sockd.
+        self.reactor.callWhenRunning(notify, "READY=1")
 
     def _onHangup(self, signum: int, frame: Any) -> None:
         log.info("SIGHUP: reloading the configuration")

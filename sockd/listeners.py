@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from sockd.addresses import formatAddress
 from sockd.describe import DatagramAddress, DescriptionError, parseDatagram, split, transportName
 from sockd.errors import StartupError
+from sockd.sendnow import installSendAtOnce
 
 log = Logger(namespace="sockd.listeners")
 
@@ -38,7 +39,9 @@ def _reason(error: BaseException) -> str:
         inner = error.socketError
         return getattr(inner, "strerror", None) or str(inner)
     if isinstance(error, OSError) and error.strerror:
-        name = f" {error.filename}" if error.filename else ""
+        # A unix: lockfile error names the pid written in the lock link, which is no file name.
+        filename = str(error.filename) if error.filename is not None else ""
+        name = f" {filename}" if filename and not filename.isdigit() else ""
         return f"{error.strerror}{name}"
     return str(error) or error.__class__.__name__
 
@@ -139,6 +142,7 @@ class StreamListener(Service):
         if isinstance(result, Failure):
             raise StartupError(f"{where}: cannot listen: {_reason(result.value)}")
         self.port = result
+        installSendAtOnce(self.port)
         log.info(
             "{service} listening on {transport} {address}",
             service=self.serviceName,
@@ -153,6 +157,20 @@ class StreamListener(Service):
         if port is not None:
             return defer.maybeDeferred(port.stopListening)
         return None
+
+    def abandon(self) -> None:
+        """Start-up failed elsewhere: close now and remove our socket file before the process exits.
+
+        Twisted removes it only on the reactor's next turn, which a failed start never reaches.
+        """
+        self.stopService()
+        path = unixPath(self.description)
+        if path is not None:
+            for leftover in (path, path + ".lock"):
+                try:
+                    os.unlink(leftover)
+                except OSError:
+                    pass
 
 
 class DatagramListener(Service):
@@ -192,6 +210,10 @@ class DatagramListener(Service):
             address=formatAddress(self.port.getHost()),
             description=self.description,
         )
+
+    def abandon(self) -> None:
+        """Start-up failed elsewhere: close now."""
+        self.stopService()
 
     @property
     def boundPort(self) -> int:

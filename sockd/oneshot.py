@@ -2,6 +2,13 @@
 
 Daytime, Time and QOTD differ only in what they say, so each supplies a
 zero-argument callable that returns the answer's bytes.
+
+On a stream, closing a socket while the peer's bytes sit unread makes the
+kernel send a reset, which can destroy the answer before the peer reads it
+(a client that sends a line first, as the tutorial's client does).  So the
+stream flavour half-closes after speaking, discards what the peer sends,
+and closes when the peer does, or after a short linger.  Over TLS, where
+half-close is not available, it simply closes.
 """
 
 from __future__ import annotations
@@ -9,36 +16,68 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime, ISSLTransport
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
 Answer = Callable[[], bytes]
 
+#: Seconds to wait for the peer to close after we have spoken and half-closed.
+LINGER = 2.0
 
+
+@implementer(IHalfCloseableProtocol)
 class SpeakFirstProtocol(Protocol):
     """Send the factory's answer as soon as the connection opens, then close."""
 
     factory: SpeakFirstFactory
+    _linger: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
-        self.transport.write(self.factory.answer())
-        self.transport.loseConnection()
+        transport = self.transport
+        transport.write(self.factory.answer())
+        halfClose = getattr(transport, "loseWriteConnection", None)
+        if halfClose is None or ISSLTransport.providedBy(transport):
+            transport.loseConnection()
+            return
+        halfClose()
+        self._linger = self.factory.clock.callLater(self.factory.linger, transport.loseConnection)
 
     def dataReceived(self, data: bytes) -> None:
-        """Anything the peer sends is ignored: these services only speak."""
+        """Anything the peer sends is read and ignored: these services only speak."""
+
+    def readConnectionLost(self) -> None:
+        self._stopLingering()
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        """Our own half-close: nothing more to do until the peer closes."""
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._stopLingering()
+
+    def _stopLingering(self) -> None:
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
+        self._linger = None
 
 
 class SpeakFirstFactory(Factory):
-    noisy = False
     protocol = SpeakFirstProtocol
+    noisy = False
 
-    def __init__(self, answer: Answer) -> None:
+    def __init__(self, answer: Answer, clock: IReactorTime, linger: float = LINGER) -> None:
         self.answer = answer
+        self.clock = clock
+        self.linger = linger
 
 
 class AnswerDatagramProtocol(DatagramProtocol):
     """Answer any datagram, whatever it holds, with a fresh answer."""
 
     noisy = False
+
     def __init__(self, answer: Answer) -> None:
         self.answer = answer
 

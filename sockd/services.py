@@ -72,13 +72,13 @@ SERVICES: tuple[Service, ...] = (
     ),
     Service(
         "daytime", "RFC 867: one ASCII date-time line",
-        lambda c: SpeakFirstFactory(clockAnswer(daytimeLine, c.now)),
+        lambda c: SpeakFirstFactory(clockAnswer(daytimeLine, c.now), c.clock),
         lambda c: AnswerDatagramProtocol(clockAnswer(daytimeLine, c.now)),
         ("tcp:50013", "udp:50013"), speaksFirst=True,
     ),
     Service(
         "qotd", "RFC 865: a quote under 512 bytes",
-        lambda c: SpeakFirstFactory(c.quotes), lambda c: AnswerDatagramProtocol(c.quotes),
+        lambda c: SpeakFirstFactory(c.quotes, c.clock), lambda c: AnswerDatagramProtocol(c.quotes),
         ("tcp:50017", "udp:50017"), speaksFirst=True,
     ),
     Service(
@@ -88,7 +88,7 @@ SERVICES: tuple[Service, ...] = (
     ),
     Service(
         "time", "RFC 868: 32-bit seconds since 1900",
-        lambda c: SpeakFirstFactory(clockAnswer(timeBytes, c.now)),
+        lambda c: SpeakFirstFactory(clockAnswer(timeBytes, c.now), c.clock),
         lambda c: AnswerDatagramProtocol(clockAnswer(timeBytes, c.now)),
         ("tcp:50037", "udp:50037"), speaksFirst=True,
     ),

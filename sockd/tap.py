@@ -142,6 +142,11 @@ def checkDescription(name: str, description: str) -> None:
             f"--{name} {description}: PROXY protocol over TLS is not supported (the balancer sends the header"
             " before the TLS handshake); terminate TLS at the balancer, or use haproxy:tcp:..."
         )
+    inner = split(description.split(":", 1)[1]) if kind == "haproxy" else (kind, args, _)
+    if inner[0] in ("tcp", "tcp6", "ssl"):
+        port = inner[2].get("port", inner[1][0] if inner[1] else None)
+        if port is None or not port.isdigit() or int(port) > 65535:
+            raise StartupError(f"--{name} {description}: port {port!r} is not a number from 0 to 65535")
     if isDatagram(description):
         if BY_NAME[name].datagram is None:
             raise StartupError(f"--{name} {description}: {name} has no datagram flavour")

@@ -169,9 +169,9 @@ def streamFactory(name: str, clock: Clock) -> Any:
         "echo": EchoFactory,
         "discard": DiscardFactory,
         "chargen": ChargenFactory,
-        "daytime": lambda: SpeakFirstFactory(clockAnswer(daytimeLine, clock.seconds)),
-        "time": lambda: SpeakFirstFactory(clockAnswer(timeBytes, clock.seconds)),
-        "qotd": lambda: SpeakFirstFactory(QuotePicker(QUOTES, random.Random(1))),
+        "daytime": lambda: SpeakFirstFactory(clockAnswer(daytimeLine, clock.seconds), clock),
+        "time": lambda: SpeakFirstFactory(clockAnswer(timeBytes, clock.seconds), clock),
+        "qotd": lambda: SpeakFirstFactory(QuotePicker(QUOTES, random.Random(1)), clock),
     }[name]()
 
 

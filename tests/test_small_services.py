@@ -7,6 +7,7 @@ import struct
 from pathlib import Path
 
 import pytest
+from twisted.internet.task import Clock
 from twisted.internet.testing import FakeDatagramTransport, StringTransport
 
 from sockd.chargen import CHUNK, ChargenDatagramProtocol, ChargenFactory, patternBytes, patternLine
@@ -181,7 +182,7 @@ def test_time_wraps_after_2036() -> None:
 
 
 def test_daytime_stream_writes_then_closes() -> None:
-    proto, transport = connectStream(SpeakFirstFactory(clockAnswer(daytimeLine, lambda: 0.0)))
+    proto, transport = connectStream(SpeakFirstFactory(clockAnswer(daytimeLine, lambda: 0.0), Clock()))
     assert transport.value() == b"Thursday, January 01, 1970 00:00:00-UTC\r\n"
     assert transport.disconnecting
     proto.dataReceived(b"ignored")
@@ -190,7 +191,7 @@ def test_daytime_stream_writes_then_closes() -> None:
 
 def test_time_stream_writes_four_bytes_then_closes() -> None:
     now = iter([0.0, 1.0])
-    factory = SpeakFirstFactory(clockAnswer(timeBytes, lambda: next(now)))
+    factory = SpeakFirstFactory(clockAnswer(timeBytes, lambda: next(now)), Clock())
     _, first = connectStream(factory)
     _, second = connectStream(factory)
     assert first.value() == struct.pack("!I", 2208988800) and first.disconnecting
@@ -295,7 +296,7 @@ def test_qotd_stream_and_datagram() -> None:
     picker = QuotePicker(quotes, random.Random(865))
     seen = set()
     for _ in range(50):
-        _, transport = connectStream(SpeakFirstFactory(picker))
+        _, transport = connectStream(SpeakFirstFactory(picker, Clock()))
         assert transport.value() in quotes
         assert transport.disconnecting
         seen.add(transport.value())
@@ -305,3 +306,38 @@ def test_qotd_stream_and_datagram() -> None:
     proto.datagramReceived(b"", ADDR)
     [(answer, addr)] = transport.written
     assert answer in quotes and addr == ADDR
+
+
+class HalfClosingTransport(StringTransport):
+    """A StringTransport that can half-close, like a TCP or Unix transport."""
+
+    writeClosed = False
+
+    def loseWriteConnection(self) -> None:
+        self.writeClosed = True
+
+
+def test_speak_first_half_closes_and_waits_for_the_peer() -> None:
+    """Closing with the peer's bytes unread would reset the connection and could destroy the answer."""
+    clock = Clock()
+    factory = SpeakFirstFactory(lambda: b"quote\r\n", clock, linger=2.0)
+    proto = factory.buildProtocol(None)
+    transport = HalfClosingTransport()
+    proto.makeConnection(transport)
+    assert transport.value() == b"quote\r\n"
+    assert transport.writeClosed and not transport.disconnecting
+    proto.dataReceived(b"the client's line\n")  # read and ignored
+    proto.readConnectionLost()  # the peer closes: so do we
+    assert transport.disconnecting
+    assert not clock.getDelayedCalls()
+
+
+def test_speak_first_closes_after_the_linger_if_the_peer_does_not() -> None:
+    clock = Clock()
+    proto = SpeakFirstFactory(lambda: b"x", clock, linger=2.0).buildProtocol(None)
+    transport = HalfClosingTransport()
+    proto.makeConnection(transport)
+    clock.advance(1.9)
+    assert not transport.disconnecting
+    clock.advance(0.1)
+    assert transport.disconnecting
