@@ -38,7 +38,14 @@ def _unmapped(network: Network) -> Network:
 
 
 def sourceKey(host: str) -> str:
-    """One key per peer for counting: IPv4-mapped IPv6 peers count as the IPv4 address they are."""
+    """One key per peer for counting: IPv4-mapped IPv6 peers count as the IPv4 address they are.
+
+    Called for every connection and datagram, so the common forms are handled without C{ipaddress}.
+    """
+    if ":" not in host:
+        return host
+    if host.startswith("::ffff:") and "." in host:
+        return host[7:]
     address = parseHost(host)
     return str(address) if address is not None else host
 

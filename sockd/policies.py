@@ -15,7 +15,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
 from twisted.logger import Logger
-from twisted.protocols.policies import ProtocolWrapper, TimeoutMixin, WrappingFactory
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -62,40 +62,57 @@ class ConnectionRegistry:
 
 
 @implementer(IHalfCloseableProtocol)
-class PolicyProtocol(ProtocolWrapper, TimeoutMixin):
-    """Admission bookkeeping, timeouts, counting and draining around one service protocol."""
+class PolicyProtocol(ProtocolWrapper):
+    """Admission bookkeeping, timeouts, counting and draining around one service protocol.
+
+    The idle timer is one delayed call per idle period, not one reset per read
+    or write: reads and writes only note the time, and the timer, when it
+    fires, re-arms itself for the rest of the period if there was activity.
+    """
 
     factory: PolicyFactory
     _draining = False
     _handshakeCall: Any = None
+    _idleCall: Any = None
     _producer: Any = None
 
-    def __init__(self, factory: PolicyFactory, wrappedProtocol: Any, host: str | None, peerName: str) -> None:
+    def __init__(self, factory: PolicyFactory, wrappedProtocol: Any, host: str | None, peer: Any) -> None:
         super().__init__(factory, wrappedProtocol)
         self.host = host
-        self.peerName = peerName
-        self.callLater = factory.clock.callLater  # TimeoutMixin would use the global reactor
+        self.peer = peer
+        self._seconds = factory.clock.seconds
+        self._lastActive = 0.0
+        self.stats = factory.stats
+
+    @property
+    def peerName(self) -> str:
+        return formatAddress(self.peer)
 
     def makeConnection(self, transport: Any) -> None:
         factory = self.factory
         factory.registry.add(self)
-        factory.active.inc()
-        factory.accepted.inc()
-        self.setTimeout(factory.idleTimeout or None)
+        stats = self.stats
+        stats.active += 1
+        stats.accepted += 1
+        if factory.idleTimeout:
+            self._lastActive = self._seconds()
+            self._idleCall = factory.clock.callLater(factory.idleTimeout, self._checkIdle)
         if factory.handshakeTimeout:
             self._handshakeCall = factory.clock.callLater(factory.handshakeTimeout, self._checkHandshake)
         super().makeConnection(transport)
 
     def dataReceived(self, data: bytes) -> None:
-        self.resetTimeout()
-        self.factory.bytesIn.inc(len(data))
+        if self._idleCall is not None:
+            self._lastActive = self._seconds()
+        self.stats.bytesIn += len(data)
         self.wrappedProtocol.dataReceived(data)
 
     def write(self, data: bytes) -> None:
-        self.resetTimeout()
-        factory = self.factory
-        factory.bytesOut.inc(len(data))
-        factory.answers.inc()
+        if self._idleCall is not None:
+            self._lastActive = self._seconds()
+        stats = self.stats
+        stats.bytesOut += len(data)
+        stats.answers += 1
         self.transport.write(data)
 
     def writeSequence(self, data: Any) -> None:
@@ -125,11 +142,23 @@ class PolicyProtocol(ProtocolWrapper, TimeoutMixin):
         if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
             self.wrappedProtocol.writeConnectionLost()
 
-    def timeoutConnection(self) -> None:
+    def _setIdle(self, seconds: float) -> None:
+        if self._idleCall is not None and self._idleCall.active():
+            self._idleCall.cancel()
+        self._lastActive = self._seconds()
+        self._idleCall = self.factory.clock.callLater(seconds, self._checkIdle)
+
+    def _checkIdle(self) -> None:
+        limit = self._quiet if self._draining else self.factory.idleTimeout
+        left = self._lastActive + limit - self._seconds()
+        if left > 0:
+            self._idleCall = self.factory.clock.callLater(left, self._checkIdle)
+            return
+        self._idleCall = None
         if self._draining:
             self._finish()
             return
-        self.factory.timedOut("idle").inc()
+        self.stats.timedOut["idle"] += 1
         log.info("{service}/{transport}: closing {peer}: idle for {seconds:g}s",
                  service=self.factory.service, transport=self.factory.transport,
                  peer=self.peerName, seconds=self.factory.idleTimeout)
@@ -139,7 +168,7 @@ class PolicyProtocol(ProtocolWrapper, TimeoutMixin):
         self._handshakeCall = None
         handle = self.transport.getHandle()
         if getattr(handle, "get_finished", lambda: True)() is None:
-            self.factory.timedOut("tls-handshake").inc()
+            self.stats.timedOut["tls-handshake"] += 1
             log.info("{service}/{transport}: closing {peer}: TLS handshake not done in {seconds:g}s",
                      service=self.factory.service, transport=self.factory.transport,
                      peer=self.peerName, seconds=self.factory.handshakeTimeout)
@@ -148,7 +177,8 @@ class PolicyProtocol(ProtocolWrapper, TimeoutMixin):
     def drain(self, quiet: float) -> None:
         """Shutdown: keep serving until quiet for C{quiet} seconds, then answer what is pending and close."""
         self._draining = True
-        self.setTimeout(quiet)
+        self._quiet = quiet
+        self._setIdle(quiet)
 
     def _finish(self) -> None:
         flush = getattr(self.wrappedProtocol, "flushPending", None)
@@ -157,12 +187,13 @@ class PolicyProtocol(ProtocolWrapper, TimeoutMixin):
         self.loseConnection()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        self.setTimeout(None)
-        if self._handshakeCall is not None and self._handshakeCall.active():
-            self._handshakeCall.cancel()
+        for call in (self._idleCall, self._handshakeCall):
+            if call is not None and call.active():
+                call.cancel()
+        self._idleCall = self._handshakeCall = None
         factory = self.factory
         factory.admission.release(self.host)
-        factory.active.dec()
+        self.stats.active -= 1
         factory.registry.remove(self)
         super().connectionLost(reason)
 
@@ -193,29 +224,20 @@ class PolicyFactory(WrappingFactory):
         self.clock = clock
         self.idleTimeout = idleTimeout
         self.handshakeTimeout = handshakeTimeout
-        labels = {"service": service, "transport": transport}
-        self.accepted = metrics.connectionsAccepted.labels(**labels)
-        self.active = metrics.connectionsActive.labels(**labels)
-        self.bytesIn = metrics.bytesReceived.labels(**labels)
-        self.bytesOut = metrics.bytesSent.labels(**labels)
-        self.answers = metrics.answers.labels(**labels)
-        self._labels = labels
-
-    def timedOut(self, kind: str) -> Any:
-        return metrics.connectionsTimedOut.labels(kind=kind, **self._labels)
+        self.stats = metrics.statsFor(service, transport)
 
     def buildProtocol(self, addr: Any) -> PolicyProtocol | None:
         host = hostOf(addr)
         reason = self.admission.admit(host)
         if reason is not None:
-            metrics.connectionsRefused.labels(reason=reason, **self._labels).inc()
+            self.stats.refused[reason] += 1
             self.admission.noteRefusal(self.service, self.transport, host, reason)
             return None
         wrapped = self.wrappedFactory.buildProtocol(addr)
         if wrapped is None:
             self.admission.release(host)
             return None
-        return self.protocol(self, wrapped, host, formatAddress(addr))
+        return self.protocol(self, wrapped, host, addr)
 
     # WrappingFactory keeps a dict of live protocols; the registry does that job.
     def registerProtocol(self, p: Any) -> None:

@@ -315,7 +315,7 @@ class ProxyProtocolFactory(WrappingFactory):
         self.failures[kind] += 1
         service = getattr(self.wrappedFactory, "service", "unknown")
         transport = getattr(self.wrappedFactory, "transport", "haproxy")
-        metrics.connectionsRefused.labels(service=service, transport=transport, reason=f"proxy-{kind}").inc()
+        metrics.statsFor(service, transport).refused[f"proxy-{kind}"] += 1
         peer = formatAddress(balancer)
         if self._logThrottle.allow((getattr(balancer, "host", peer), kind)):
             log.warn(

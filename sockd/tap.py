@@ -269,7 +269,7 @@ class Assembly:
         try:
             settings, active = self.options.resolve()
         except (StartupError, ConfigError) as e:
-            metrics.reloads.labels(result="failed").inc()
+            metrics.RELOADS["failed"] += 1
             log.error("reload failed, keeping the running configuration: {why}", why=str(e))
             return
         self.settings = settings
@@ -300,7 +300,7 @@ class Assembly:
             if isinstance(getattr(listener, "boundPort", None), int):
                 self.datagramPolicy.addOwnPort(listener.boundPort)
             opened += 1
-        metrics.reloads.labels(result="ok").inc()
+        metrics.RELOADS["ok"] += 1
         log.info("reloaded {path}: {count} listeners ({opened} opened)", path=self.options["config"] or "options",
                  count=len(self.listeners), opened=opened)
 

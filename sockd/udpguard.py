@@ -82,20 +82,17 @@ class GuardedDatagramProtocol(DatagramProtocol):
         self.inner = inner
         self.policy = policy
         self.service = service
-        labels = {"service": service, "transport": transport}
-        self._received = metrics.datagramsReceived.labels(**labels)
-        self._bytesIn = metrics.bytesReceived.labels(**labels)
-        self._labels = labels
+        self.stats = metrics.statsFor(service, transport)
 
     def makeConnection(self, transport: Any) -> None:
         super().makeConnection(transport)
-        self.inner.makeConnection(_CountingTransport(transport, self._labels))
+        self.inner.makeConnection(_CountingTransport(transport, self.stats))
 
     def replaceInner(self, inner: DatagramProtocol) -> None:
         """Serve with a new service protocol from now on (a reload); the socket stays open."""
         old, self.inner = self.inner, inner
         if self.transport is not None:
-            inner.makeConnection(_CountingTransport(self.transport, self._labels))
+            inner.makeConnection(_CountingTransport(self.transport, self.stats))
             old.doStop()
 
     def doStop(self) -> None:
@@ -103,13 +100,14 @@ class GuardedDatagramProtocol(DatagramProtocol):
         super().doStop()
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        self._received.inc()
-        self._bytesIn.inc(len(datagram))
+        stats = self.stats
+        stats.datagrams += 1
+        stats.bytesIn += len(datagram)
         reason = self.policy.verdict(addr[0], addr[1])
         if reason is None:
             self.inner.datagramReceived(datagram, addr)
             return
-        metrics.datagramsDropped.labels(reason=reason, **self._labels).inc()
+        stats.dropped[reason] += 1
         if self.policy.refusalLog.allow((addr[0], reason)):
             log.warn("{service}/udp: dropping datagrams from {peer} ({reason}); not logged again for {interval:g}s",
                      service=self.service, peer=addr[0], reason=reason, interval=self.policy.refusalLog.interval)
@@ -118,14 +116,13 @@ class GuardedDatagramProtocol(DatagramProtocol):
 class _CountingTransport:
     """The datagram transport as the service sees it: counts answers and bytes sent."""
 
-    def __init__(self, transport: Any, labels: dict[str, str]) -> None:
+    def __init__(self, transport: Any, stats: metrics.ListenerStats) -> None:
         self._transport = transport
-        self._answers = metrics.answers.labels(**labels)
-        self._bytesOut = metrics.bytesSent.labels(**labels)
+        self._stats = stats
 
     def write(self, datagram: bytes, addr: Any = None) -> None:
-        self._answers.inc()
-        self._bytesOut.inc(len(datagram))
+        self._stats.answers += 1
+        self._stats.bytesOut += len(datagram)
         self._transport.write(datagram, addr)
 
     def __getattr__(self, name: str) -> Any:
