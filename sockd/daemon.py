@@ -58,7 +58,7 @@ class SockdService(MultiService):
                 bound.append(listener)
         except StartupError:
             for listener in reversed(bound):
-                listener.abandon()
+                getattr(listener, "abandon", listener.stopService)()
             raise
         for listener in bound:
             if isinstance(listener, DatagramListener):
@@ -83,8 +83,12 @@ class SockdService(MultiService):
             notify("STOPPING=1")
             log.info("stopping: closing listeners, then finishing open connections (grace {grace:g}s)",
                      grace=self.grace)
-        stopping = [defer.maybeDeferred(listener.stopService) for listener in reversed(list(self))]
         self.running = 0
-        d = defer.DeferredList(stopping, consumeErrors=True)
+        # Worker processes (if any) finish first, while the sockets they serve still exist.
+        first = [s for s in self if getattr(s, "stopFirst", False)]
+        rest = [s for s in reversed(list(self)) if s not in first]
+        d = defer.DeferredList([defer.maybeDeferred(s.stopService) for s in first], consumeErrors=True)
+        d.addCallback(lambda _: defer.DeferredList([defer.maybeDeferred(s.stopService) for s in rest],
+                                                   consumeErrors=True))
         d.addCallback(lambda _: self.registry.drain(self.reactor, self.grace))
         return d

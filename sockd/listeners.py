@@ -20,7 +20,7 @@ from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import DatagramProtocol
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from sockd.addresses import formatAddress
@@ -108,17 +108,22 @@ class StreamListener(Service):
     port: Any = None
 
     def __init__(self, reactor: Any, serviceName: str, description: str, factory: Any,
-                 transport: str | None = None) -> None:
+                 transport: str | None = None, inheritedFd: int | None = None, announce: bool = True) -> None:
         self.reactor = reactor
         self.serviceName = serviceName
         self.description = description
         self.factory = factory
         self.transport = transport or transportName(description)
+        self.inheritedFd = inheritedFd
+        self.announce = announce
         self.name = f"{serviceName} {description}"
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
         if self.port is not None:
+            return
+        if self.inheritedFd is not None:
+            self._adopt()
             return
         where = f"{self.serviceName} {self.description}"
         try:
@@ -143,13 +148,45 @@ class StreamListener(Service):
             raise StartupError(f"{where}: cannot listen: {_reason(result.value)}")
         self.port = result
         installSendAtOnce(self.port)
-        log.info(
+        log.emit(
+            LogLevel.info if self.announce else LogLevel.debug,
             "{service} listening on {transport} {address}",
             service=self.serviceName,
             transport=self.transport,
             address=formatAddress(self.port.getHost()),
             description=self.description,
         )
+
+    def _adopt(self) -> None:
+        """A worker: serve the socket the parent bound, wrapped (TLS) as the description says."""
+        from sockd.workers import AdoptingReactor, socketFamily
+
+        fd = self.inheritedFd
+        assert fd is not None
+        kind = split(self.description)[0]
+        if kind in ("ssl", "tls"):
+            outcome: list[Any] = []
+            serverFromString(AdoptingReactor(self.reactor, fd), self.description).listen(self.factory).addBoth(
+                outcome.append)
+            if not outcome or isinstance(outcome[0], Failure):
+                raise StartupError(f"{self.serviceName} {self.description}: cannot adopt descriptor {fd}")
+            self.port = outcome[0]
+        else:
+            self.port = self.reactor.adoptStreamPort(fd, socketFamily(fd), self.factory)
+        if hasattr(self.port, "_bindPath"):
+            # The parent owns a Unix socket's file; Twisted would unlink it when this worker stops.
+            # An abstract-namespace name is what Twisted's own check leaves alone.
+            self.port._bindPath = "\0"
+        installSendAtOnce(self.port)
+        log.debug("{service} serving inherited {transport} {address}", service=self.serviceName,
+                  transport=self.transport, address=formatAddress(self.port.getHost()))
+
+    def pauseAccepting(self) -> None:
+        """The parent of workers keeps the socket open but leaves accepting to them."""
+        self.port.stopReading()
+
+    def fileno(self) -> int:
+        return self.port.fileno()
 
     def stopService(self) -> defer.Deferred[None] | None:
         super().stopService()
@@ -178,7 +215,8 @@ class DatagramListener(Service):
 
     port: Any = None
 
-    def __init__(self, reactor: Any, serviceName: str, description: str, protocol: DatagramProtocol) -> None:
+    def __init__(self, reactor: Any, serviceName: str, description: str, protocol: DatagramProtocol,
+                 inheritedFd: int | None = None) -> None:
         self.reactor = reactor
         self.serviceName = serviceName
         self.description = description
@@ -188,6 +226,11 @@ class DatagramListener(Service):
             self.address: DatagramAddress = parseDatagram(description)
         except DescriptionError as e:
             raise StartupError(f"{serviceName}: {e}") from None
+        self.inheritedFd = inheritedFd
+        if inheritedFd is not None:
+            from sockd.workers import socketFamily
+
+            self.address = DatagramAddress(fd=inheritedFd, family=socketFamily(inheritedFd))
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -203,8 +246,10 @@ class DatagramListener(Service):
                 )
         except Exception as e:
             raise StartupError(f"{self.serviceName} {self.description}: cannot listen: {_reason(e)}") from None
-        log.info(
-            "{service} listening on {transport} {address}",
+        log.emit(
+            LogLevel.debug if self.inheritedFd is not None else LogLevel.info,
+            "{service} listening on {transport} {address}" if self.inheritedFd is None
+            else "{service} serving inherited {transport} {address}",
             service=self.serviceName,
             transport="udp",
             address=formatAddress(self.port.getHost()),
@@ -214,6 +259,12 @@ class DatagramListener(Service):
     def abandon(self) -> None:
         """Start-up failed elsewhere: close now."""
         self.stopService()
+
+    def pauseAccepting(self) -> None:
+        self.port.stopReading()
+
+    def fileno(self) -> int:
+        return self.port.fileno()
 
     @property
     def boundPort(self) -> int:

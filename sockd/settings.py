@@ -51,6 +51,12 @@ def octalMode(text: str) -> int:
     return value
 
 
+def _workerCount(text: str) -> int:
+    from sockd.workers import workerCount
+
+    return workerCount(text)
+
+
 @dataclass
 class Settings:
     """sockd's behaviour, apart from where it listens."""
@@ -83,6 +89,9 @@ class Settings:
 
     # Observability.
     metrics: str | None = _setting(None, "serve Prometheus metrics at /metrics on this endpoint, e.g. tcp:9101:interface=127.0.0.1")
+
+    # Processes.
+    workers: int = _setting(1, "worker processes sharing every listening socket ('auto': one per core)", _workerCount)
 
     # Unix sockets and shutdown.
     unix_mode: int = _setting(0o660, "mode of Unix socket files unless the listen description sets mode=", octalMode)

@@ -10,6 +10,8 @@ dropping established connections.
 
 from __future__ import annotations
 
+import json
+import signal
 import sys
 from typing import Any
 
@@ -64,6 +66,7 @@ class Options(usage.Options):
     ]
     optParameters = [
         ["config", "c", None, "read settings and listeners from this TOML file (re-read on SIGHUP)"],
+        ["worker", None, None, "(internal) run as a worker of a --workers parent: a JSON description"],
     ] + [
         [optionName(f.name), None, None, f"{f.metadata['help']} [default: {_shownDefault(f)}]"]
         for f in FIELDS
@@ -82,6 +85,8 @@ class Options(usage.Options):
         sys.exit(0)
 
     def parseOptions(self, options: Any = None) -> None:
+        #: The arguments as given, for workers started with the same command line.
+        self.rawArgs = list(sys.argv[1:] if options is None else options)
         try:
             super().parseOptions(options)
         except usage.UsageError as e:
@@ -188,7 +193,9 @@ class Assembly:
 
         self.options = options
         self.reactor = reactor
-        settings = options.settings
+        #: Set in a worker process: which sockets it inherited, and its share of the limits.
+        self.worker: dict[str, Any] | None = json.loads(options["worker"]) if options["worker"] else None
+        settings = self._share(options.settings)
         self.settings = settings
         self.context = Context(settings, reactor, QuotePicker(_quotes(settings)))
         self.admission = Admission(settings, reactor.seconds)
@@ -197,12 +204,35 @@ class Assembly:
         self.top = SockdService(reactor, self.registry, self.datagramPolicy, settings.grace)
         self.top.reload = self.reload
         self.listeners: dict[tuple[str, str], Any] = {}
+        self.supervisor: Any = None
+        if self.worker is not None:
+            for name, description, fd in self.worker["listeners"]:
+                self._add(name, description, inheritedFd=fd)
+            self._addWorkerMetrics(self.worker["metrics"])
+            return
         for name, description in options.active:
             self._add(name, description)
+        if settings.workers > 1:
+            from sockd.workers import Supervisor
+
+            self.supervisor = Supervisor(reactor, settings.workers, self._workerSockets, options.rawArgs)
+            self.supervisor.grace = settings.grace
+            self.supervisor.setServiceParent(self.top)
         if settings.metrics:
             self._addMetrics(settings.metrics)
 
-    def _add(self, name: str, description: str) -> Any:
+    def _share(self, settings: Settings) -> Settings:
+        if self.worker is None:
+            return settings
+        from sockd.workers import shareLimits
+
+        return shareLimits(settings, self.worker["count"])
+
+    def _workerSockets(self) -> list[tuple[str, str, Any]]:
+        """What workers inherit: every service listener, in a stable order."""
+        return [(name, description, listener) for (name, description), listener in self.listeners.items()]
+
+    def _add(self, name: str, description: str, inheritedFd: int | None = None) -> Any:
         from sockd.listeners import DatagramListener, StreamListener, withUnixDefaults
         from sockd.policies import PolicyFactory
         from sockd.udpguard import GuardedDatagramProtocol
@@ -212,7 +242,7 @@ class Assembly:
         if isDatagram(description):
             assert service.datagram is not None
             protocol = GuardedDatagramProtocol(service.datagram(self.context), self.datagramPolicy, name)
-            listener = DatagramListener(self.reactor, name, description, protocol)
+            listener = DatagramListener(self.reactor, name, description, protocol, inheritedFd=inheritedFd)
         else:
             transport = transportName(description)
             factory: Any = PolicyFactory(
@@ -234,7 +264,7 @@ class Assembly:
                 factory = ProxyProtocolFactory(factory, clock=self.reactor)
                 bindTo = description.split(":", 1)[1]
             listener = StreamListener(self.reactor, name, withUnixDefaults(bindTo, settings.unix_mode), factory,
-                                      transport=transport)
+                                      transport=transport, inheritedFd=inheritedFd)
         self.listeners[(name, description)] = listener
         listener.setServiceParent(self.top)
         return listener
@@ -254,10 +284,27 @@ class Assembly:
         from sockd.metrics import REGISTRY
 
         root = Resource()
-        root.putChild(b"metrics", MetricsResource(registry=REGISTRY))
+        if self.supervisor is not None:
+            from sockd.workers import AggregatedMetrics
+
+            root.putChild(b"metrics", AggregatedMetrics(self.reactor, self.supervisor))
+        else:
+            root.putChild(b"metrics", MetricsResource(registry=REGISTRY))
         site = Site(root)
         site.noisy = False
         StreamListener(self.reactor, "metrics", description, site).setServiceParent(self.top)
+
+    def _addWorkerMetrics(self, path: str) -> None:
+        """A worker answers its parent's scrapes on a private Unix socket: the exposition, then close."""
+        from prometheus_client import generate_latest
+
+        from sockd.listeners import StreamListener
+        from sockd.metrics import REGISTRY
+        from sockd.oneshot import SpeakFirstFactory
+
+        factory = SpeakFirstFactory(lambda: generate_latest(REGISTRY), self.reactor)
+        StreamListener(self.reactor, "worker-metrics", f"unix:{path}:mode=600", factory,
+                       announce=False).setServiceParent(self.top)
 
     def reload(self) -> None:
         """Re-read the configuration: new rules at once, listeners opened or closed, connections kept."""
@@ -272,6 +319,7 @@ class Assembly:
             metrics.RELOADS["failed"] += 1
             log.error("reload failed, keeping the running configuration: {why}", why=str(e))
             return
+        settings = self._share(settings)
         self.settings = settings
         self.context.settings = settings
         self.context.quotes.quotes = _quotes(settings)
@@ -279,6 +327,9 @@ class Assembly:
         self.datagramPolicy.reconfigure(settings)
         self.top.grace = settings.grace
         wanted = list(dict.fromkeys(active))
+        if self.worker is not None:
+            wanted = list(self.listeners)  # a worker serves what it inherited; the parent restarts it for more
+        before = list(self.listeners)
         for key in [k for k in self.listeners if k not in wanted]:
             listener = self.listeners.pop(key)
             listener.disownServiceParent()
@@ -300,6 +351,12 @@ class Assembly:
             if isinstance(getattr(listener, "boundPort", None), int):
                 self.datagramPolicy.addOwnPort(listener.boundPort)
             opened += 1
+        if self.supervisor is not None:
+            if list(self.listeners) != before:
+                log.info("reload: listeners changed: starting new workers on the new set")
+                self.supervisor.restartAll()
+            else:
+                self.supervisor.signalAll(signal.SIGHUP)
         metrics.RELOADS["ok"] += 1
         log.info("reloaded {path}: {count} listeners ({opened} opened)", path=self.options["config"] or "options",
                  count=len(self.listeners), opened=opened)

@@ -1,0 +1,337 @@
+"""C{--workers N}: several processes serving the same listening sockets.
+
+The parent binds every listener exactly as a single process would (so every
+description works, privileged ports included, before twistd drops
+privileges), stops accepting on them itself, and starts N worker processes
+that inherit the sockets and serve them.  The parent supervises: it restarts
+a worker that dies, forwards SIGHUP (a reload) and SIGTERM, relays the
+workers' structured logs into its own, and serves one C{/metrics} that adds
+up its workers' counts.
+
+Limits are the daemon's limits, not each worker's: every worker enforces an
+even share (L{shareLimits}), rounded down, so N workers together never admit
+more than one process would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer, protocol
+from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
+from twisted.web import resource, server
+
+from sockd.settings import Settings
+
+log = Logger(namespace="sockd.workers")
+
+#: A worker that dies within this many seconds of starting counts towards a crash loop.
+QUICK_DEATH = 5.0
+
+
+def workerCount(text: str) -> int:
+    """C{auto} is the number of cores this process may run on."""
+    if text.strip().lower() == "auto":
+        return len(os.sched_getaffinity(0)) or 1
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"{text} is not a positive number of workers (or auto)")
+    return value
+
+
+def shareLimits(settings: Settings, workers: int) -> Settings:
+    """One worker's share of the daemon-wide limits: never more, in sum, than the whole."""
+    if workers <= 1:
+        return settings
+
+    def share(value: int) -> int:
+        return max(1, value // workers) if value else 0
+
+    def rate(value: float) -> float:
+        return value / workers if value else 0.0
+
+    return replace(
+        settings,
+        max_connections=share(settings.max_connections),
+        max_per_source=share(settings.max_per_source),
+        connection_rate=rate(settings.connection_rate),
+        connection_burst=max(1, math.ceil(settings.connection_burst / workers)),
+        udp_rate=rate(settings.udp_rate),
+        udp_burst=max(1, math.ceil(settings.udp_burst / workers)),
+        udp_budget=rate(settings.udp_budget),
+    )
+
+
+def socketFamily(fd: int) -> socket.AddressFamily:
+    sock = socket.socket(fileno=fd)
+    try:
+        return sock.family
+    finally:
+        sock.detach()
+
+
+class AdoptingReactor:
+    """The reactor as an endpoint sees it, except that listening adopts an inherited socket.
+
+    C{serverFromString(AdoptingReactor(reactor, fd), "ssl:...")} builds the TLS
+    wrapping exactly as for a fresh port, but on the socket the parent bound.
+    """
+
+    def __init__(self, reactor: Any, fd: int) -> None:
+        self._reactor = reactor
+        self._fd = fd
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+        return self._reactor.adoptStreamPort(self._fd, socketFamily(self._fd), factory)
+
+    def listenSSL(self, port: int, factory: Any, contextFactory: Any, backlog: int = 50, interface: str = "") -> Any:
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        wrapped = TLSMemoryBIOFactory(contextFactory, False, factory)
+        return self._reactor.adoptStreamPort(self._fd, socketFamily(self._fd), wrapped)
+
+    def listenUNIX(self, address: Any, factory: Any, backlog: int = 50, mode: int = 0o666, wantPID: int = 0) -> Any:
+        return self._reactor.adoptStreamPort(self._fd, socket.AF_UNIX, factory)
+
+    def adoptStreamPort(self, fileDescriptor: int, addressFamily: Any, factory: Any) -> Any:
+        return self._reactor.adoptStreamPort(self._fd, socketFamily(self._fd), factory)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+
+class WorkerProcess(protocol.ProcessProtocol):
+    """One worker: relays its JSON log lines into the parent's log, and tells the supervisor when it ends."""
+
+    def __init__(self, supervisor: Supervisor, index: int) -> None:
+        self.supervisor = supervisor
+        self.index = index
+        self._partial = b""
+        self.ended: defer.Deferred[None] = defer.Deferred()
+        self.started = supervisor.reactor.seconds()
+
+    def outReceived(self, data: bytes) -> None:
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        if len(self._partial) > 1 << 20:  # a runaway line: do not buffer without bound
+            self._partial = b""
+        for line in lines:
+            self._relay(line)
+
+    def _relay(self, line: bytes) -> None:
+        try:
+            record = json.loads(line)
+            level = LogLevel.levelWithName(record.pop("level", "info"))
+        except (ValueError, KeyError, AttributeError):
+            log.info("worker {worker}: {text}", worker=self.index, text=line.decode("utf-8", "replace"))
+            return
+        text = record.pop("text", "")
+        namespace = record.pop("namespace", "sockd.worker")
+        if level < LogLevel.warn and not namespace.startswith("sockd") or level < LogLevel.info:
+            return  # each worker's own twistd start-up chatter: the parent already said it once
+        record.pop("time", None)
+        fields = {k: v for k, v in record.items() if not k.startswith("log_")}
+        Logger(namespace=namespace).emit(level, "{text}", text=text, worker=self.index, **fields)
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback(None)
+        self.supervisor.workerEnded(self, reason)
+
+
+class Supervisor(Service):
+    """Starts, restarts, signals and stops the worker processes."""
+
+    #: Stopped before the listeners, so workers finish while the sockets still exist.
+    stopFirst = True
+
+    def __init__(self, reactor: Any, count: int, listeners: Callable[[], list[Any]], argv: list[str]) -> None:
+        self.reactor = reactor
+        self.count = count
+        self.listeners = listeners
+        self.argv = argv
+        self.workers: dict[int, WorkerProcess] = {}
+        self.transports: dict[int, Any] = {}
+        self.stopping = False
+        self.quickDeaths = 0
+        self.metricsDir = ""
+        self.grace = 5.0
+
+    def metricsPath(self, index: int) -> str:
+        return os.path.join(self.metricsDir, f"worker-{index}.sock")
+
+    def startService(self) -> None:
+        super().startService()
+        self.metricsDir = tempfile.mkdtemp(prefix="sockd-workers-")
+        self.pauseAccepting()
+        for index in range(self.count):
+            self.spawn(index)
+
+    def spawn(self, index: int) -> None:
+        listeners = [(name, description, listener.fileno()) for name, description, listener in self.listeners()]
+        childFDs: dict[int, Any] = {0: "w", 1: "r", 2: 2}
+        for _, _, fd in listeners:
+            childFDs[fd] = fd
+        spec = json.dumps({"index": index, "count": self.count, "listeners": listeners,
+                           "metrics": self.metricsPath(index)})
+        args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+                "--logger", "sockd.logging.jsonLogger", "sockd", *self.argv, "--worker", spec]
+        worker = WorkerProcess(self, index)
+        self.workers[index] = worker
+        self.transports[index] = self.reactor.spawnProcess(worker, sys.executable, args, env=os.environ.copy(),
+                                                           childFDs=childFDs)
+        self.transports[index].closeStdin()
+        log.info("started worker {worker} (pid {pid})", worker=index, pid=self.transports[index].pid)
+
+    def workerEnded(self, worker: WorkerProcess, reason: Failure) -> None:
+        if self.workers.get(worker.index) is not worker:
+            return  # an old generation, replaced by a restart
+        del self.workers[worker.index]
+        self.transports.pop(worker.index, None)
+        if self.stopping:
+            return
+        quick = self.reactor.seconds() - worker.started < QUICK_DEATH
+        self.quickDeaths = self.quickDeaths + 1 if quick else 0
+        delay = min(30.0, 0.5 * 2 ** min(self.quickDeaths, 6)) if quick else 0.5
+        log.warn("worker {worker} ended ({why}); restarting it in {delay:g}s", worker=worker.index,
+                 why=reason.value, delay=delay)
+        self.reactor.callLater(delay, self._respawn, worker.index)
+
+    def _respawn(self, index: int) -> None:
+        if not self.stopping and index not in self.workers:
+            self.spawn(index)
+
+    def signalAll(self, signum: int) -> None:
+        for transport in list(self.transports.values()):
+            try:
+                transport.signalProcess(signum)
+            except Exception:  # already gone: its processEnded is on the way
+                pass
+
+    def pauseAccepting(self) -> None:
+        """The parent keeps its sockets open for the workers but never accepts on them itself."""
+        for _, _, listener in self.listeners():
+            if listener.port is not None:
+                listener.pauseAccepting()
+
+    def restartAll(self) -> defer.Deferred[None]:
+        """A new generation on the current sockets, then the old one stopped gracefully."""
+        self.pauseAccepting()
+        old = dict(self.transports)
+        oldWorkers = dict(self.workers)
+        self.workers.clear()
+        self.transports.clear()
+        for index in range(self.count):
+            self.spawn(index)
+        for transport in old.values():
+            try:
+                transport.signalProcess("TERM")
+            except Exception:
+                pass
+        return defer.DeferredList([w.ended for w in oldWorkers.values()]).addCallback(lambda _: None)
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        self.stopping = True
+        ended = defer.DeferredList([w.ended for w in self.workers.values()])
+        self.signalAll(signal.SIGTERM)
+        killer = self.reactor.callLater(self.grace + 5.0, self.signalAll, signal.SIGKILL)
+
+        def done(_: object) -> None:
+            if killer.active():
+                killer.cancel()
+            shutil.rmtree(self.metricsDir, ignore_errors=True)
+
+        return ended.addCallback(done)
+
+
+class _Slurp(protocol.Protocol):
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.done: defer.Deferred[bytes] = defer.Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self.done.callback(b"".join(self.chunks))
+
+
+def sumExpositions(texts: list[str]) -> bytes:
+    """Add up several workers' Prometheus text expositions into one."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.metrics_core import Metric
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families: dict[str, Metric] = {}
+    sums: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for text in texts:
+        for family in text_string_to_metric_families(text):
+            if family.name not in families:
+                families[family.name] = Metric(family.name, family.documentation, family.type)
+                sums[family.name] = {}
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                sums[family.name][key] = sums[family.name].get(key, 0.0) + sample.value
+
+    class Collector:
+        def collect(self) -> Any:
+            for name, family in families.items():
+                for (sampleName, labels), value in sorted(sums[name].items()):
+                    family.add_sample(sampleName, dict(labels), value)
+                yield family
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Collector())
+    return generate_latest(registry)
+
+
+class AggregatedMetrics(resource.Resource):
+    """C{/metrics} of the parent: every worker's counts, added up into one view."""
+
+    isLeaf = True
+
+    def __init__(self, reactor: Any, supervisor: Supervisor) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.supervisor = supervisor
+
+    def _scrape(self, index: int) -> defer.Deferred[str]:
+        from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
+
+        slurp = _Slurp()
+        endpoint = UNIXClientEndpoint(self.reactor, self.supervisor.metricsPath(index), timeout=5)
+        d = connectProtocol(endpoint, slurp)
+        d.addCallback(lambda _: slurp.done)
+        d.addCallback(lambda data: data.decode("utf-8"))
+        d.addErrback(lambda _: "")  # a worker being restarted: counted again at the next scrape
+        return d
+
+    def render_GET(self, request: Any) -> Any:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        d = defer.gatherResults([self._scrape(i) for i in sorted(self.supervisor.workers)])
+
+        def respond(texts: list[str]) -> None:
+            request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
+            request.write(sumExpositions([t for t in texts if t]))
+            request.finish()
+
+        def failed(f: Failure) -> None:
+            log.failure("cannot aggregate worker metrics", f)
+            request.setResponseCode(500)
+            request.finish()
+
+        d.addCallbacks(respond, failed)
+        return server.NOT_DONE_YET

@@ -1,0 +1,134 @@
+"""--workers N: processes sharing the listening sockets, supervised, with limits and metrics kept whole."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import urllib.request
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from sockd.settings import Settings
+from sockd.workers import shareLimits, sumExpositions, workerCount
+from tests.daemon import connect, recvAll, recvExactly, udpExchange
+
+
+def children(pid: int) -> set[int]:
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(entry))
+    return found
+
+
+def waitFor(predicate, what: str, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def ack(address) -> bytes:
+    with connect(address) as s:
+        s.sendall(b"hello\n")
+        return recvExactly(s, 18)
+
+
+def scrape(address) -> dict:
+    with urllib.request.urlopen(f"http://{address[0]}:{address[1]}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def test_share_never_adds_up_to_more_than_the_whole():
+    s = shareLimits(Settings(max_connections=10, max_per_source=5, connection_rate=20.0, udp_budget=100.0), 3)
+    assert (s.max_connections, s.max_per_source) == (3, 1)
+    assert s.connection_rate * 3 == 20.0 and s.udp_budget * 3 == 100.0
+    assert shareLimits(Settings(max_per_source=0), 4).max_per_source == 0  # unlimited stays unlimited
+    assert workerCount("auto") == len(os.sched_getaffinity(0))
+
+
+def test_sum_of_expositions_adds_samples_with_the_same_labels():
+    one = '# TYPE sockd_answers counter\nsockd_answers_total{service="ack",transport="tcp"} 2.0\n'
+    two = '# TYPE sockd_answers counter\nsockd_answers_total{service="ack",transport="tcp"} 3.0\n'
+    families = list(text_string_to_metric_families(sumExpositions([one, two]).decode()))
+    assert [(s.name, s.value) for s in families[0].samples] == [("sockd_answers_total", 5.0)]
+
+
+def test_workers_serve_share_sockets_restart_and_stop(daemon, tmp_path):
+    d = daemon("--workers", "2", "--ack", "tcp:0:interface=127.0.0.1", "--ack", "udp:0:interface=127.0.0.1",
+               "--ack", "unix:ack.sock", "--metrics", "tcp:0:interface=127.0.0.1", expect=4)
+    workers = waitFor(lambda: children(d.pid) if len(children(d.pid)) == 2 else None, "two workers")
+    tcp, udp = d.address("ack", "tcp"), d.address("ack", "udp")
+    answers = [ack(tcp) for _ in range(20)]
+    assert answers == [b"I got your message"] * 20
+    assert udpExchange(udp, b"hi") == b"Got your message\n"
+    with connect(tcp) as held:  # an established connection, to check the kill below only hits one worker
+        held.sendall(b"x\n")
+        assert recvExactly(held, 18) == b"I got your message"
+        samples = waitFor(lambda: (s := scrape(d.address("metrics", "tcp"))) and
+                          s.get(("sockd_connections_accepted_total", (("service", "ack"), ("transport", "tcp"))))
+                          == 21 and s, "metrics from both workers add up")
+        assert samples[("sockd_connections_active", (("service", "ack"), ("transport", "tcp")))] == 1
+
+    victim = sorted(workers)[0]
+    os.kill(victim, signal.SIGKILL)
+    replaced = waitFor(lambda: (c := children(d.pid)) and len(c) == 2 and victim not in c and c, "a new worker")
+    assert replaced - workers
+    assert "restarting it" in d.log()
+    waitFor(lambda: all(ack(tcp) == b"I got your message" for _ in range(5)), "still serving")
+
+    assert d.stop() in (0, -signal.SIGTERM)
+    assert not (tmp_path / "ack.sock").exists()
+    for pid in replaced:
+        assert not os.path.exists(f"/proc/{pid}") or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+def test_per_source_limit_is_not_multiplied_by_workers(daemon):
+    d = daemon("--workers", "2", "--ack", "tcp:0:interface=127.0.0.1", "--max-per-source", "2",
+               "--exempt", "none")
+    waitFor(lambda: len(children(d.pid)) == 2, "two workers")
+    address = d.address("ack", "tcp")
+    time.sleep(1.0)  # both workers accepting
+    held, served = [], 0
+    try:
+        for _ in range(6):
+            s = connect(address)
+            held.append(s)
+            s.sendall(b"hi\n")
+            try:
+                if recvExactly(s, 18) == b"I got your message":
+                    served += 1
+            except (ConnectionResetError, TimeoutError):
+                pass
+    finally:
+        for s in held:
+            s.close()
+    assert 1 <= served <= 2
+
+
+def test_reload_reaches_workers(daemon, tmp_path):
+    config = tmp_path / "sockd.toml"
+    config.write_text('[listen]\nack = ["tcp:0:interface=127.0.0.1"]\n')
+    d = daemon("--workers", "2", "--config", str(config), "--exempt", "none", expect=1)
+    waitFor(lambda: len(children(d.pid)) == 2, "two workers")
+    address = d.address("ack", "tcp")
+    time.sleep(1.0)
+    assert ack(address) == b"I got your message"
+    config.write_text('deny = ["127.0.0.1/32"]\n[listen]\nack = ["tcp:0:interface=127.0.0.1"]\n')
+    os.kill(d.pid, signal.SIGHUP)
+    waitFor(lambda: d.log().count("reloaded") >= 3, "parent and both workers reloaded:\n" + d.log())
+    for _ in range(6):
+        with connect(address) as s:
+            assert recvAll(s) == b""
