@@ -117,11 +117,15 @@ class ServerSpec:
     is_sockd: bool = False
 
 
-def sockd_command(logging: bool) -> Callable[[Path, tuple[str, ...], tuple[str, ...], bool], list[str]]:
+def sockd_command(logging: bool, workers: int = 1
+                  ) -> Callable[[Path, tuple[str, ...], tuple[str, ...], bool], list[str]]:
+    """sockd with every defence at its default (loopback is exempt from per-source limits and the UDP budget)."""
     def command(tmp: Path, services: tuple[str, ...], transports: tuple[str, ...], memory: bool) -> list[str]:
-        name = "sockd-log" if logging else "sockd"
+        name = ("sockd-log" if logging else "sockd") + (f"-w{workers}" if workers > 1 else "")
         args = [TWISTD, "-n", "--pidfile=", "sockd", *_six_listeners(tmp, name, services, transports),
-                "--udp-budget", "0", "--grace", "1"]
+                "--grace", "1"]
+        if workers > 1:
+            args += ["--workers", str(workers)]
         if not logging:
             args.append("--no-log-messages")
         if memory:
@@ -199,8 +203,9 @@ service echo
 """
 
 SERVERS = [
-    ServerSpec("sockd", ALL_SIX, sockd_command(False), "twistd sockd --no-log-messages --udp-budget 0",
+    ServerSpec("sockd", ALL_SIX, sockd_command(False), "twistd sockd --no-log-messages, defences at their defaults",
                is_sockd=True),
+    ServerSpec("sockd-w2", ALL_SIX, sockd_command(False, workers=2), "the same with --workers 2", is_sockd=True),
     ServerSpec("sockd+log", {("ack", t) for t in ("tcp", "udp", "unix")}, sockd_command(True),
                "twistd sockd with per-message logging (the tutorial prints every message), log to a file"),
     ServerSpec("asyncio", ALL_SIX, python_peer("asyncio_server.py"), "stdlib asyncio Protocols"),

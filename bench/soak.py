@@ -709,6 +709,25 @@ def sampler(d: Daemon, tally: Tally, stop: threading.Event) -> None:
             return
 
 
+KERNEL_COUNTERS = (("TcpExt", "ListenOverflows"), ("TcpExt", "TCPSynRetrans"), ("Udp", "RcvbufErrors"))
+
+
+def kernelCounters() -> dict[str, int]:
+    """Loss counters of this network namespace (/proc/net/netstat and snmp): where a dropped request went."""
+    values: dict[str, int] = {}
+    for path in ("/proc/net/netstat", "/proc/net/snmp"):
+        try:
+            rows = [line.split() for line in Path(path).read_text().splitlines()]
+        except OSError:
+            continue
+        for names, numbers in zip(rows[::2], rows[1::2], strict=False):
+            table = names[0].rstrip(":")
+            for name, number in zip(names[1:], numbers[1:], strict=False):
+                if (table, name) in KERNEL_COUNTERS:
+                    values[f"{table} {name}"] = int(number)
+    return values
+
+
 def metricsText(d: Daemon) -> str:
     """sockd's own counters from its metrics endpoint, or an empty string."""
     match = re.search(r"metrics listening on tcp (\S+)", d.log())
@@ -828,9 +847,12 @@ def main() -> int:
             time.sleep(0.5)
             figures["rss0"], figures["fds0"] = d.rss(), d.fds()
             threading.Thread(target=sampler, args=(d, tally, stop), daemon=True).start()
+            kernelBefore = kernelCounters()
             started = time.monotonic()
             floodAnswers, floodSeconds = asyncio.run(soak(d, tally, options.seconds, options.good_rate, options.seed))
             figures["elapsed"] = time.monotonic() - started
+            kernelAfter = kernelCounters()
+            figures["kernel"] = {k: kernelAfter[k] - kernelBefore.get(k, 0) for k in kernelAfter}
             stop.set()
             figures["alive"] = d.process.poll() is None
             figures["rssEnd"] = d.rss() if figures["alive"] else 0
@@ -960,6 +982,9 @@ def render(options: argparse.Namespace, tally: Tally, figures: dict[str, Any], f
                   + (", ".join(f"{k} {v:,}" for k, v in sorted(dropped.items())) or "none")
                   + "; connections timed out "
                   + (", ".join(f"{k} {v:,}" for k, v in sorted(timedOut.items())) or "none") + "."]
+    if figures.get("kernel"):
+        lines += ["", "Kernel loss counters during the traffic (this network namespace, so other processes' traffic"
+                  " is counted too): " + ", ".join(f"{k} +{v:,}" for k, v in figures["kernel"].items()) + "."]
     rss = tally.rssSamples or [0]
     fds = tally.fdSamples or [0]
     lines += [

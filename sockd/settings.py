@@ -80,7 +80,7 @@ class Settings:
     # Access control.
     allow: list[str] = _setting((), "only these CIDR blocks may use sockd (repeatable; default: everyone)", repeat=True)
     deny: list[str] = _setting((), "these CIDR blocks are refused, even if allowed (repeatable)", repeat=True)
-    exempt: list[str] = _setting(LOOPBACK, "CIDR blocks free of the per-address limits (repeatable; default loopback; 'none' clears)", repeat=True)
+    exempt: list[str] = _setting(LOOPBACK, "CIDR blocks free of the per-address limits and the UDP budget (repeatable; default loopback; 'none' clears)", repeat=True)
 
     # Datagram (reflection) hardening.
     udp_rate: float = _setting(20.0, "datagram answers per second to one address (token bucket); 0 is unlimited", nonNegativeFloat)

@@ -10,6 +10,9 @@ wraps any service's datagram protocol and drops, unanswered:
     17, 19, 37) and from sockd's own listening ports;
   - datagrams beyond a per-source token bucket of answers;
   - datagrams beyond a global answer budget per second.
+
+Sources in the exempt networks (loopback by default) skip the two rate limits:
+a forged source address cannot be a loopback one from the network.
 """
 
 from __future__ import annotations
@@ -66,7 +69,9 @@ class DatagramPolicy:
             return "access"
         if port == 0 or port in self.blockedPorts:
             return "source-port"
-        if not self._isExempt(host) and not self.perSource.take(sourceKey(host)):
+        if self._isExempt(host):
+            return None  # loopback by default: it cannot be forged from the network, so it reflects nothing
+        if not self.perSource.take(sourceKey(host)):
             return "rate"
         if not self.budget.take():
             return "budget"

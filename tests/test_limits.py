@@ -407,9 +407,12 @@ def test_datagram_rate_counts_ipv4_mapped_peers_as_ipv4() -> None:
     assert verdicts == [None, None, "rate"]
 
 
-def test_datagram_exempt_skips_rate_but_not_budget() -> None:
+def test_datagram_exempt_skips_rate_and_budget() -> None:
+    """Loopback cannot be forged from the network: it reflects nothing, so no rate applies to it."""
     policy, time = makePolicy(udp_rate=1.0, udp_burst=1, udp_budget=10.0, exempt=["127.0.0.0/8"])
-    assert [policy.verdict("127.0.0.1", 40000) for _ in range(12)] == [None] * 10 + ["budget"] * 2
+    assert [policy.verdict("127.0.0.1", 40000) for _ in range(12)] == [None] * 12
+    assert [policy.verdict("192.0.2.1", 40000) for _ in range(3)] == [None, "rate", "rate"]
+    assert policy.verdict("127.0.0.1", 7) == "source-port"  # the loop defence still applies
 
 
 def test_datagram_global_budget() -> None:
