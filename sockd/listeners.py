@@ -133,8 +133,13 @@ class StreamListener(Service):
             checkCertificates(self.description)
         except StartupError as e:
             raise StartupError(f"{where}: {e}") from None
+        reactor = self.reactor
+        if split(self.description)[0] == "systemd":
+            from sockd.adopt import AdoptingReactor
+
+            reactor = AdoptingReactor(self.reactor)  # keeps systemd's Unix socket files, checks the family
         try:
-            endpoint = serverFromString(self.reactor, self.description)
+            endpoint = serverFromString(reactor, self.description)
         except (ValueError, TypeError, KeyError) as e:
             raise StartupError(f"{where}: bad listen description: {e}") from None
         except Exception as e:
@@ -159,24 +164,20 @@ class StreamListener(Service):
 
     def _adopt(self) -> None:
         """A worker: serve the socket the parent bound, wrapped (TLS) as the description says."""
-        from sockd.workers import AdoptingReactor, socketFamily
+        from sockd.adopt import AdoptingReactor, socketFamily
 
         fd = self.inheritedFd
         assert fd is not None
+        adopting = AdoptingReactor(self.reactor, fd)
         kind = split(self.description)[0]
         if kind in ("ssl", "tls"):
             outcome: list[Any] = []
-            serverFromString(AdoptingReactor(self.reactor, fd), self.description).listen(self.factory).addBoth(
-                outcome.append)
+            serverFromString(adopting, self.description).listen(self.factory).addBoth(outcome.append)
             if not outcome or isinstance(outcome[0], Failure):
                 raise StartupError(f"{self.serviceName} {self.description}: cannot adopt descriptor {fd}")
             self.port = outcome[0]
         else:
-            self.port = self.reactor.adoptStreamPort(fd, socketFamily(fd), self.factory)
-        if hasattr(self.port, "_bindPath"):
-            # The parent owns a Unix socket's file; Twisted would unlink it when this worker stops.
-            # An abstract-namespace name is what Twisted's own check leaves alone.
-            self.port._bindPath = "\0"
+            self.port = adopting.adoptStreamPort(fd, socketFamily(fd), self.factory)
         installSendAtOnce(self.port)
         log.debug("{service} serving inherited {transport} {address}", service=self.serviceName,
                   transport=self.transport, address=formatAddress(self.port.getHost()))
@@ -228,7 +229,7 @@ class DatagramListener(Service):
             raise StartupError(f"{serviceName}: {e}") from None
         self.inheritedFd = inheritedFd
         if inheritedFd is not None:
-            from sockd.workers import socketFamily
+            from sockd.adopt import socketFamily
 
             self.address = DatagramAddress(fd=inheritedFd, family=socketFamily(inheritedFd))
 
@@ -239,6 +240,8 @@ class DatagramListener(Service):
         address = self.address
         try:
             if address.fd is not None:
+                # systemd passes blocking sockets unless NonBlocking=yes: the reactor would block in recvfrom().
+                os.set_blocking(address.fd, False)
                 self.port = self.reactor.adoptDatagramPort(address.fd, address.family, self.protocol, MAX_DATAGRAM)
             else:
                 self.port = self.reactor.listenUDP(

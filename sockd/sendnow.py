@@ -8,18 +8,31 @@ straight to C{writeSomeData} (the transport's own send, which already deals
 with EWOULDBLOCK and errors), and queues only what the kernel did not take.
 Ordering is kept because nothing is ever sent around queued data.
 
-It is installed per listening port by replacing the port's C{transport}
+L{CloseAtEOF} does the same for closing: when the peer half-closes, a
+half-closeable protocol (sockd's policy layer, so every stream service)
+answers what is pending and calls C{loseConnection()}; Twisted then registers
+for writability and closes on the next turn, after an empty C{send()} -- two
+C{epoll_ctl} calls, a syscall and a reactor turn per connection that a plain
+protocol does not pay.  The mixin closes as soon as the protocol's
+C{readConnectionLost} returns, if nothing is queued and no producer is
+registered, exactly as that next turn would; otherwise Twisted's path runs.
+
+Both are installed per listening port by replacing the port's C{transport}
 class, a subclass of the one Twisted chose; if Twisted's transport no longer
-has the attributes this relies on, the port is left as it was.
+has the attributes a mixin relies on, that mixin is left out (and with
+neither, the port is left as it was).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import tcp
+from twisted.internet import abstract, error, tcp
+from twisted.python.failure import Failure
 
 _REQUIRED = ("writeSomeData", "dataBuffer", "disconnecting", "_writeDisconnected", "producer", "streamingProducer")
+_REQUIRED_CLOSE = ("readConnectionLost", "loseConnection", "connectionLost", "stopReading", "startWriting",
+                   "dataBuffer", "offset", "disconnecting", "connected", "_writeDisconnected", "producer")
 
 
 class SendAtOnce:
@@ -40,6 +53,61 @@ class SendAtOnce:
         super().write(data)  # type: ignore[misc]
 
 
+#: One shared reason, as the reactor itself shares one per kind of disconnection.
+_DONE = Failure(error.ConnectionDone())
+
+
+class CloseAtEOF:
+    """Mixin for C{twisted.internet.tcp.Connection} subclasses: close at EOF without waiting a turn.
+
+    Only a C{loseConnection()} made while the protocol handles the peer's
+    half-close is taken over; the protocol has returned before the socket
+    closes, so it never sees C{connectionLost} in the middle of its own code.
+    """
+
+    _inReadConnectionLost = False
+    _closeAfterEOF = False
+
+    def readConnectionLost(self, reason: Failure) -> None:
+        self._inReadConnectionLost = True
+        try:
+            super().readConnectionLost(reason)  # type: ignore[misc]
+        finally:
+            self._inReadConnectionLost = False
+        if not self._closeAfterEOF:
+            return
+        self._closeAfterEOF = False
+        if not self.connected or getattr(self, "_aborting", False):  # type: ignore[attr-defined]
+            return
+        if self._queued() or self.producer is not None:  # type: ignore[attr-defined]
+            # Written or registered after loseConnection(): Twisted's path flushes, then closes.
+            self.startWriting()  # type: ignore[attr-defined]
+            return
+        self.connectionLost(_DONE)  # type: ignore[attr-defined]
+
+    def loseConnection(self) -> None:
+        if (self._inReadConnectionLost and self.connected and not self.disconnecting  # type: ignore[attr-defined]
+                and not self._writeDisconnected and self.producer is None  # type: ignore[attr-defined]
+                and not getattr(self, "TLS", False) and not self._queued()):
+            # What FileDescriptor.loseConnection does, less startWriting(): readConnectionLost above closes.
+            self.stopReading()  # type: ignore[attr-defined]
+            self.disconnecting = 1
+            self._closeAfterEOF = True
+            return
+        super().loseConnection()  # type: ignore[misc]
+
+    def _queued(self) -> bool:
+        # Twisted's second queue; should a release rename it, everything counts as queued (Twisted's path).
+        pending = getattr(self, "_tempDataLen", None)
+        return pending is None or bool(pending) or len(self.dataBuffer) > self.offset  # type: ignore[attr-defined]
+
+
+def _canCloseAtEOF(transportClass: type) -> bool:
+    """Whether the transport closes as this mixin assumes: Twisted's own end of a flushed loseConnection()."""
+    return (all(hasattr(transportClass, name) for name in _REQUIRED_CLOSE)
+            and getattr(transportClass, "_postLoseConnection", None) is abstract.FileDescriptor._postLoseConnection)
+
+
 _classes: dict[type, type] = {}
 
 
@@ -47,11 +115,16 @@ def sendAtOnceClass(transportClass: type) -> type | None:
     """The send-at-once subclass of a transport class, or None if it lacks what the mixin needs."""
     if transportClass in _classes:
         return _classes[transportClass]
-    if issubclass(transportClass, SendAtOnce):
+    if issubclass(transportClass, (SendAtOnce, CloseAtEOF)):
         return transportClass
-    if not all(hasattr(transportClass, name) for name in _REQUIRED):
+    mixins: tuple[type, ...] = ()
+    if all(hasattr(transportClass, name) for name in _REQUIRED):
+        mixins += (SendAtOnce,)
+    if _canCloseAtEOF(transportClass):
+        mixins += (CloseAtEOF,)
+    if not mixins:
         return None
-    subclass = type(f"SendAtOnce{transportClass.__name__}", (SendAtOnce, transportClass), {})
+    subclass = type(f"SendAtOnce{transportClass.__name__}", (*mixins, transportClass), {})
     _classes[transportClass] = subclass
     return subclass
 

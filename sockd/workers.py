@@ -20,7 +20,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 
+from sockd.adopt import AdoptingReactor, socketFamily  # noqa: F401  (re-exported for listeners)
 from sockd.settings import Settings
 
 log = Logger(namespace="sockd.workers")
@@ -72,44 +72,6 @@ def shareLimits(settings: Settings, workers: int) -> Settings:
         udp_burst=max(1, math.ceil(settings.udp_burst / workers)),
         udp_budget=rate(settings.udp_budget),
     )
-
-
-def socketFamily(fd: int) -> socket.AddressFamily:
-    sock = socket.socket(fileno=fd)
-    try:
-        return sock.family
-    finally:
-        sock.detach()
-
-
-class AdoptingReactor:
-    """The reactor as an endpoint sees it, except that listening adopts an inherited socket.
-
-    C{serverFromString(AdoptingReactor(reactor, fd), "ssl:...")} builds the TLS
-    wrapping exactly as for a fresh port, but on the socket the parent bound.
-    """
-
-    def __init__(self, reactor: Any, fd: int) -> None:
-        self._reactor = reactor
-        self._fd = fd
-
-    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
-        return self._reactor.adoptStreamPort(self._fd, socketFamily(self._fd), factory)
-
-    def listenSSL(self, port: int, factory: Any, contextFactory: Any, backlog: int = 50, interface: str = "") -> Any:
-        from twisted.protocols.tls import TLSMemoryBIOFactory
-
-        wrapped = TLSMemoryBIOFactory(contextFactory, False, factory)
-        return self._reactor.adoptStreamPort(self._fd, socketFamily(self._fd), wrapped)
-
-    def listenUNIX(self, address: Any, factory: Any, backlog: int = 50, mode: int = 0o666, wantPID: int = 0) -> Any:
-        return self._reactor.adoptStreamPort(self._fd, socket.AF_UNIX, factory)
-
-    def adoptStreamPort(self, fileDescriptor: int, addressFamily: Any, factory: Any) -> Any:
-        return self._reactor.adoptStreamPort(self._fd, socketFamily(self._fd), factory)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._reactor, name)
 
 
 class WorkerProcess(protocol.ProcessProtocol):
@@ -189,7 +151,9 @@ class Supervisor(Service):
                 "--logger", "sockd.logging.jsonLogger", "sockd", *self.argv, "--worker", spec]
         worker = WorkerProcess(self, index)
         self.workers[index] = worker
-        self.transports[index] = self.reactor.spawnProcess(worker, sys.executable, args, env=os.environ.copy(),
+        # Only the main process talks to systemd (NotifyAccess=main).
+        env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+        self.transports[index] = self.reactor.spawnProcess(worker, sys.executable, args, env=env,
                                                            childFDs=childFDs)
         self.transports[index].closeStdin()
         log.info("started worker {worker} (pid {pid})", worker=index, pid=self.transports[index].pid)

@@ -70,6 +70,8 @@ def test_workers_serve_share_sockets_restart_and_stop(daemon, tmp_path):
     d = daemon("--workers", "2", "--ack", "tcp:0:interface=127.0.0.1", "--ack", "udp:0:interface=127.0.0.1",
                "--ack", "unix:ack.sock", "--metrics", "tcp:0:interface=127.0.0.1", expect=4)
     workers = waitFor(lambda: children(d.pid) if len(children(d.pid)) == 2 else None, "two workers")
+    time.sleep(1.0)  # both workers have adopted the sockets
+    assert (tmp_path / "ack.sock").stat().st_mode & 0o777 == 0o660  # adopting never widens the mode
     tcp, udp = d.address("ack", "tcp"), d.address("ack", "udp")
     answers = [ack(tcp) for _ in range(20)]
     assert answers == [b"I got your message"] * 20
