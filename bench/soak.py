@@ -19,6 +19,12 @@ concurrently for --seconds:
            connection flood from one address over the per-source limits, UDP from
            ports 7 and 19 and from sockd's own port, a UDP flood over the rate.
 
+The report also gives sockd's own counters (its /metrics endpoint), the
+kernel's loss counters (listen-queue overflows, UDP receive-buffer drops), and
+the daemon's RSS and descriptors from /proc.  A good UDP client whose ephemeral
+port happens to equal one of sockd's UDP ports is dropped by sockd's own-port
+loop guard by design; such sockets are re-bound and counted, not hidden.
+
 It prints a markdown report (also written to bench/results/soak.md) and exits
 non-zero if any well-formed request went unanswered or was answered wrongly, if
 a datagram from a blocked port was answered, if a limit was exceeded, if the
@@ -105,8 +111,8 @@ def chargenCycle() -> bytes:
 
 
 CYCLE = chargenCycle()
-SLOW_ECHO_BYTES = b"s" * (16 * MB)  # more than the kernel buffers hold, shared by every slow echo reader
 CYCLE2 = CYCLE * 2
+SLOW_ECHO_BYTES = b"s" * (16 * MB)  # more than the kernel buffers hold, shared by every slow echo reader
 
 
 # --------------------------------------------------------------------------------------------------- bookkeeping

@@ -20,6 +20,7 @@ from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from sockd.addresses import formatAddress
 from sockd.flow import pauseReadingWhileBlocked
 from sockd.messagelog import MessageLog
 
@@ -34,13 +35,13 @@ class AckProtocol(Protocol):
     factory: AckFactory
     _quietCall: IDelayedCall | None = None
     _closing = False
+    _peer: str | None = None
 
     def __init__(self) -> None:
         self._pending = b""
 
     def connectionMade(self) -> None:
         pauseReadingWhileBlocked(self.transport)
-        self._peer = self.transport.getPeer()
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
@@ -69,16 +70,22 @@ class AckProtocol(Protocol):
                 self._quietCall = factory.clock.callLater(factory.quietTime, self._quiet)
             else:
                 self._quietCall.reset(factory.quietTime)
-        else:
+        elif self._quietCall is not None:
             self._cancelQuietCall()
 
     def _answer(self, message: bytes) -> None:
-        self.factory.messageLog.stream(message, self._peer)
+        messageLog = self.factory.messageLog
+        peer = self._peer
+        if peer is None and messageLog.enabled:
+            # Asked and formatted once, when first logged: not at all when logging is off (None is passed).
+            peer = self._peer = formatAddress(self.transport.getPeer())
+        messageLog.stream(message, peer)
         self.transport.write(STREAM_ANSWER)
 
     def flushPending(self) -> None:
         """Answer a partial message now: the peer is done, quiet, or we are stopping."""
-        self._cancelQuietCall()
+        if self._quietCall is not None:
+            self._cancelQuietCall()
         if self._pending:
             pending, self._pending = self._pending, b""
             self._answer(pending)
@@ -105,7 +112,8 @@ class AckProtocol(Protocol):
             return
         self._closing = True
         self._pending = b""
-        self._cancelQuietCall()
+        if self._quietCall is not None:
+            self._cancelQuietCall()
         self.transport.unregisterProducer()
         self.transport.loseConnection()
 
@@ -117,7 +125,8 @@ class AckProtocol(Protocol):
         """We never half-close our side, so there is nothing to do."""
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        self._cancelQuietCall()
+        if self._quietCall is not None:
+            self._cancelQuietCall()
         self._pending = b""
 
 

@@ -28,6 +28,19 @@ class Limits:
         self.maxPerSource = settings.max_per_source
         self.rates = KeyedBuckets(settings.connection_rate, settings.connection_burst, seconds)
         self._exemptCache: dict[str, bool] = {}
+        #: host -> (allowed, counting key, exempt): one dictionary look-up per connection instead of three calls.
+        self._verdicts: dict[str, tuple[bool, str, bool]] = {}
+
+    def verdict(self, host: str) -> tuple[bool, str, bool]:
+        """Whether C{host} may connect at all, the key it is counted under, and whether it is exempt."""
+        verdict = self._verdicts.get(host)
+        if verdict is None:
+            key = sourceKey(host)
+            verdict = (self.access.allows(host), key, self.isExempt(key))
+            if len(self._verdicts) >= 4096:
+                self._verdicts.clear()
+            self._verdicts[host] = verdict
+        return verdict
 
     def isExempt(self, host: str) -> bool:
         verdict = self._exemptCache.get(host)
@@ -58,19 +71,24 @@ class Admission:
     def admit(self, host: str | None) -> str | None:
         """Count a new connection from C{host} and return None, or return why it is refused."""
         limits = self.limits
-        if host is not None and not limits.access.allows(host):
+        if host is None:
+            if limits.maxConnections and self.total >= limits.maxConnections:
+                return "max-connections"
+            self.total += 1
+            return None
+        verdict = limits._verdicts.get(host) or limits.verdict(host)
+        if not verdict[0]:
             return "access"
         if limits.maxConnections and self.total >= limits.maxConnections:
             return "max-connections"
-        key = None
-        if host is not None:
-            key = sourceKey(host)
-            if not limits.isExempt(key):
-                if limits.maxPerSource and self.perSource.get(key, 0) >= limits.maxPerSource:
-                    return "per-source"
-                if not limits.rates.take(key):
-                    return "rate"
-            self.perSource[key] = self.perSource.get(key, 0) + 1
+        key = verdict[1]
+        perSource = self.perSource
+        if not verdict[2]:
+            if limits.maxPerSource and perSource.get(key, 0) >= limits.maxPerSource:
+                return "per-source"
+            if not limits.rates.take(key):
+                return "rate"
+        perSource[key] = perSource.get(key, 0) + 1
         self.total += 1
         return None
 
@@ -78,7 +96,8 @@ class Admission:
         """Forget one connection from C{host} that L{admit} counted."""
         self.total -= 1
         if host is not None:
-            key = sourceKey(host)
+            verdict = self.limits._verdicts.get(host)
+            key = verdict[1] if verdict is not None else sourceKey(host)
             left = self.perSource.get(key, 1) - 1
             if left > 0:
                 self.perSource[key] = left

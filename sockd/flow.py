@@ -5,6 +5,11 @@ peer is not reading, or a client that sends and never reads makes the daemon
 buffer without bound.  The transport tells a registered streaming producer to
 pause when its write buffer is full; this producer then pauses the transport's
 reading, and resumes it once the buffer has drained.
+
+Registering it costs a chain of calls per connection, and most connections of
+a request/response service never queue a byte.  A transport that offers
+C{pauseReadingWhileBlocked()} (sockd's policy layer over sockd's TCP and Unix
+transports, L{sockd.sendnow}) registers it only when it first queues data.
 """
 
 from __future__ import annotations
@@ -34,4 +39,9 @@ class ReadPauser:
 
 def pauseReadingWhileBlocked(transport: Any) -> None:
     """Make C{transport} stop reading whenever its peer stops reading."""
-    transport.registerProducer(ReadPauser(transport), True)
+    # Asked of the class: a wrapper's __getattr__ would find the method of a transport further down.
+    lazy = getattr(type(transport), "pauseReadingWhileBlocked", None)
+    if lazy is not None:
+        transport.pauseReadingWhileBlocked()
+    else:
+        transport.registerProducer(ReadPauser(transport), True)

@@ -4,16 +4,27 @@ The tutorial's servers print every message they get.  sockd logs them as
 structured C{twisted.logger} events (service, transport, peer and the message,
 escaped so a client cannot forge log lines), and an operator can turn them off
 for load tests.  Escaping and event construction happen only when enabled.
+
+The event is built here and handed straight to the logger's observer (the
+global publisher): it is the dictionary C{Logger.emit} would build, less the
+work C{emit} repeats for every event (checking the level against every level,
+copying keyword arguments, one more call).
 """
 
 from __future__ import annotations
 
-from twisted.logger import Logger
+from time import time
+
+from twisted.logger import Logger, LogLevel
 
 from sockd.addresses import formatAddress
 from sockd.logsafe import escape
 
-log = Logger(namespace="sockd.messages")
+NAMESPACE = "sockd.messages"
+log = Logger(namespace=NAMESPACE)
+
+STREAM_FORMAT = "Here is the message: {message}"
+DATAGRAM_FORMAT = "Received a datagram: {message}"
 
 
 def withoutLineEnd(message: bytes) -> bytes:
@@ -32,26 +43,28 @@ class MessageLog:
         self.service = service
         self.enabled = enabled
 
+    def _emit(self, format: str, message: bytes, transport: str, peer: object) -> None:
+        """What C{log.info(format, message=..., service=..., transport=..., peer=..., bytes=...)} emits."""
+        log.observer({
+            "message": escape(withoutLineEnd(message)),
+            "service": self.service,
+            "transport": transport,
+            "peer": peer if isinstance(peer, str) else formatAddress(peer),
+            "bytes": len(message),
+            "log_logger": log,
+            "log_level": LogLevel.info,
+            "log_namespace": NAMESPACE,
+            "log_source": None,
+            "log_format": format,
+            "log_time": time(),
+        })
+
     def stream(self, message: bytes, peer: object) -> None:
-        """Log one framed stream message as the tutorial's server prints it."""
+        """Log one framed stream message as the tutorial's server prints it (C{peer}: an address or its text)."""
         if self.enabled:
-            log.info(
-                "Here is the message: {message}",
-                message=escape(withoutLineEnd(message)),
-                service=self.service,
-                transport="stream",
-                peer=formatAddress(peer),
-                bytes=len(message),
-            )
+            self._emit(STREAM_FORMAT, message, "stream", peer)
 
     def datagram(self, message: bytes, peer: object) -> None:
         """Log one datagram as the tutorial's datagram server prints it."""
         if self.enabled:
-            log.info(
-                "Received a datagram: {message}",
-                message=escape(withoutLineEnd(message)),
-                service=self.service,
-                transport="udp",
-                peer=formatAddress(peer),
-                bytes=len(message),
-            )
+            self._emit(DATAGRAM_FORMAT, message, "udp", peer)

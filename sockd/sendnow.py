@@ -8,7 +8,7 @@ straight to C{writeSomeData} (the transport's own send, which already deals
 with EWOULDBLOCK and errors), and queues only what the kernel did not take.
 Ordering is kept because nothing is ever sent around queued data.
 
-L{CloseAtEOF} does the same for closing: when the peer half-closes, a
+It does the same for closing (C{closeAtEOF}): when the peer half-closes, a
 half-closeable protocol (sockd's policy layer, so every stream service)
 answers what is pending and calls C{loseConnection()}; Twisted then registers
 for writability and closes on the next turn, after an empty C{send()} -- two
@@ -17,10 +17,10 @@ protocol does not pay.  The mixin closes as soon as the protocol's
 C{readConnectionLost} returns, if nothing is queued and no producer is
 registered, exactly as that next turn would; otherwise Twisted's path runs.
 
-Both are installed per listening port by replacing the port's C{transport}
+It is installed per listening port by replacing the port's C{transport}
 class, a subclass of the one Twisted chose; if Twisted's transport no longer
-has the attributes a mixin relies on, that mixin is left out (and with
-neither, the port is left as it was).
+has the attributes this relies on, the port is left as it was (and if only
+its closing differs, C{closeAtEOF} is left off).
 """
 
 from __future__ import annotations
@@ -30,13 +30,35 @@ from typing import Any
 from twisted.internet import abstract, error, tcp
 from twisted.python.failure import Failure
 
+from sockd.flow import ReadPauser
+
 _REQUIRED = ("writeSomeData", "dataBuffer", "disconnecting", "_writeDisconnected", "producer", "streamingProducer")
 _REQUIRED_CLOSE = ("readConnectionLost", "loseConnection", "connectionLost", "stopReading", "startWriting",
                    "dataBuffer", "offset", "disconnecting", "connected", "_writeDisconnected", "producer")
 
 
+#: One shared reason, as the reactor itself shares one per kind of disconnection.
+_DONE = Failure(error.ConnectionDone())
+
+
 class SendAtOnce:
-    """Mixin for C{twisted.internet.tcp.Connection} subclasses."""
+    """Mixin for C{twisted.internet.tcp.Connection} subclasses.
+
+    It also registers L{sockd.flow}'s read-pausing producer lazily: only a
+    write that queues can fill the buffer, so the producer is registered just
+    before the first one (most request/response connections never queue).
+
+    With C{closeAtEOF} (set on the subclasses whose transport closes as
+    assumed), only a C{loseConnection()} made while the protocol handles the
+    peer's half-close is taken over; the protocol has returned before the
+    socket closes, so it never sees C{connectionLost} in the middle of its own code.
+    """
+
+    closeAtEOF = False
+    _inEOF = False
+    _closeAfterEOF = False
+    #: None: not asked; True: asked, nothing registered yet; a ReadPauser: registered.
+    _readPausing: Any = None
 
     def write(self, data: bytes) -> None:
         # The queue Twisted fills in write(); if a release renames it, nothing is ever sent around it.
@@ -50,56 +72,66 @@ class SendAtOnce:
                     if sent == len(data):
                         return
                     data = data[sent:]
+        if self._readPausing is True and data and self.producer is None:  # type: ignore[attr-defined]
+            pauser = self._readPausing = ReadPauser(self)
+            super().registerProducer(pauser, True)  # type: ignore[misc]
         super().write(data)  # type: ignore[misc]
 
+    def pauseReadingWhileBlocked(self) -> None:
+        """L{sockd.flow.pauseReadingWhileBlocked}, deferred until a write queues."""
+        if self.producer is not None:  # type: ignore[attr-defined]
+            self.registerProducer(ReadPauser(self), True)  # type: ignore[attr-defined]  # raises, as it always did
+        self._readPausing = True
 
-#: One shared reason, as the reactor itself shares one per kind of disconnection.
-_DONE = Failure(error.ConnectionDone())
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        if self._readPausing is not None:
+            if self.producer is self._readPausing:  # type: ignore[attr-defined]
+                super().unregisterProducer()  # type: ignore[misc]  # a producer of the protocol's own replaces it
+            self._readPausing = None
+        super().registerProducer(producer, streaming)  # type: ignore[misc]
 
-
-class CloseAtEOF:
-    """Mixin for C{twisted.internet.tcp.Connection} subclasses: close at EOF without waiting a turn.
-
-    Only a C{loseConnection()} made while the protocol handles the peer's
-    half-close is taken over; the protocol has returned before the socket
-    closes, so it never sees C{connectionLost} in the middle of its own code.
-    """
-
-    _inReadConnectionLost = False
-    _closeAfterEOF = False
-
-    def readConnectionLost(self, reason: Failure) -> None:
-        self._inReadConnectionLost = True
-        try:
-            super().readConnectionLost(reason)  # type: ignore[misc]
-        finally:
-            self._inReadConnectionLost = False
-        if not self._closeAfterEOF:
-            return
-        self._closeAfterEOF = False
-        if not self.connected or getattr(self, "_aborting", False):  # type: ignore[attr-defined]
-            return
-        if self._queued() or self.producer is not None:  # type: ignore[attr-defined]
-            # Written or registered after loseConnection(): Twisted's path flushes, then closes.
-            self.startWriting()  # type: ignore[attr-defined]
-            return
-        self.connectionLost(_DONE)  # type: ignore[attr-defined]
+    def unregisterProducer(self) -> None:
+        self._readPausing = None
+        if self.producer is not None:  # type: ignore[attr-defined]
+            super().unregisterProducer()  # type: ignore[misc]
 
     def loseConnection(self) -> None:
-        if (self._inReadConnectionLost and self.connected and not self.disconnecting  # type: ignore[attr-defined]
+        if self._readPausing is not None:
+            # It only pauses reading, which closing stops anyway; registered, it would hold the close.
+            self.unregisterProducer()
+        if (self._inEOF and self.connected and not self.disconnecting  # type: ignore[attr-defined]
                 and not self._writeDisconnected and self.producer is None  # type: ignore[attr-defined]
                 and not getattr(self, "TLS", False) and not self._queued()):
-            # What FileDescriptor.loseConnection does, less startWriting(): readConnectionLost above closes.
+            # What FileDescriptor.loseConnection does, less startWriting(): readConnectionLost closes.
             self.stopReading()  # type: ignore[attr-defined]
             self.disconnecting = 1
             self._closeAfterEOF = True
             return
         super().loseConnection()  # type: ignore[misc]
 
+    def readConnectionLost(self, reason: Failure) -> None:
+        if not self.closeAtEOF:
+            super().readConnectionLost(reason)  # type: ignore[misc]
+            return
+        self._inEOF = True
+        try:
+            super().readConnectionLost(reason)  # type: ignore[misc]
+        finally:
+            self._inEOF = False
+        if not self._closeAfterEOF:
+            return
+        self._closeAfterEOF = False
+        if not self.connected or getattr(self, "_aborting", False):  # type: ignore[attr-defined]
+            return
+        if self.producer is not None or self._queued():  # type: ignore[attr-defined]
+            # Written or registered after loseConnection(): Twisted's path flushes, then closes.
+            self.startWriting()  # type: ignore[attr-defined]
+            return
+        self.connectionLost(_DONE)  # type: ignore[attr-defined]
+
     def _queued(self) -> bool:
         # Twisted's second queue; should a release rename it, everything counts as queued (Twisted's path).
-        pending = getattr(self, "_tempDataLen", None)
-        return pending is None or bool(pending) or len(self.dataBuffer) > self.offset  # type: ignore[attr-defined]
+        return bool(getattr(self, "_tempDataLen", 1)) or len(self.dataBuffer) > self.offset  # type: ignore[attr-defined]
 
 
 def _canCloseAtEOF(transportClass: type) -> bool:
@@ -115,16 +147,12 @@ def sendAtOnceClass(transportClass: type) -> type | None:
     """The send-at-once subclass of a transport class, or None if it lacks what the mixin needs."""
     if transportClass in _classes:
         return _classes[transportClass]
-    if issubclass(transportClass, (SendAtOnce, CloseAtEOF)):
+    if issubclass(transportClass, SendAtOnce):
         return transportClass
-    mixins: tuple[type, ...] = ()
-    if all(hasattr(transportClass, name) for name in _REQUIRED):
-        mixins += (SendAtOnce,)
-    if _canCloseAtEOF(transportClass):
-        mixins += (CloseAtEOF,)
-    if not mixins:
+    if not all(hasattr(transportClass, name) for name in _REQUIRED):
         return None
-    subclass = type(f"SendAtOnce{transportClass.__name__}", (*mixins, transportClass), {})
+    subclass = type(f"SendAtOnce{transportClass.__name__}", (SendAtOnce, transportClass),
+                    {"closeAtEOF": _canCloseAtEOF(transportClass)})
     _classes[transportClass] = subclass
     return subclass
 
