@@ -135,6 +135,8 @@ class Tally:
     connections: int = 0  # stream connections opened, good and hostile
     datagrams: int = 0  # datagrams sent, good and hostile
     floodHeldPeak: int = 0
+    slowestConnect: float = 0.0  # seconds, good stream connections
+    slowConnects: int = 0  # good stream connections that took over 0.9 s (a SYN retransmission)
     rssSamples: list[int] = field(default_factory=list)
     fdSamples: list[int] = field(default_factory=list)
 
@@ -245,12 +247,19 @@ class Good:
     async def stream(self, service: str, unix: bool = False
                      ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         self.tally.connections += 1
+        started = time.monotonic()
         try:
             if unix:
-                return await asyncio.wait_for(asyncio.open_unix_connection(self.d.path(service), limit=4 * MB), 10)
-            return await asyncio.wait_for(openTCP(self.d.address(service, "tcp"), self.source()), 10)
+                opened = await asyncio.wait_for(asyncio.open_unix_connection(self.d.path(service), limit=4 * MB), 10)
+            else:
+                opened = await asyncio.wait_for(openTCP(self.d.address(service, "tcp"), self.source()), 10)
         except TimeoutError:
             raise ConnectTimeout("connect took over 10 s") from None
+        took = time.monotonic() - started
+        self.tally.slowestConnect = max(self.tally.slowestConnect, took)
+        if took > 0.9:  # a dropped SYN costs the client a 1 s retransmission
+            self.tally.slowConnects += 1
+        return opened
 
     def line(self) -> bytes:
         return bytes(self.rng.choice(PRINTABLE) for _ in range(self.rng.randint(1, 200)))
@@ -715,7 +724,8 @@ def sampler(d: Daemon, tally: Tally, stop: threading.Event) -> None:
             return
 
 
-KERNEL_COUNTERS = (("TcpExt", "ListenOverflows"), ("TcpExt", "TCPSynRetrans"), ("Udp", "RcvbufErrors"))
+KERNEL_COUNTERS = (("TcpExt", "ListenOverflows"), ("TcpExt", "ListenDrops"), ("TcpExt", "TCPReqQFullDrop"),
+                   ("TcpExt", "TCPSynRetrans"), ("Udp", "RcvbufErrors"))
 
 
 def kernelCounters() -> dict[str, int]:
@@ -944,6 +954,8 @@ def render(options: argparse.Namespace, tally: Tally, figures: dict[str, Any], f
         f"| UDP retries needed (a lost datagram, then answered) | {tally.udpRetries} |",
         f"| good UDP sockets re-bound: their ephemeral port equalled a sockd UDP port, which the own-port"
         f" loop guard drops by design | {tally.portCollisions} |",
+        f"| good connections that took over 0.9 s to connect (a dropped SYN) | {tally.slowConnects}"
+        f" (slowest {tally.slowestConnect:.2f} s) |",
         f"| stream connections opened, good and hostile | {tally.connections:,}"
         f" ({tally.connections / elapsed:,.0f}/s) |",
         f"| datagrams sent, good and hostile | {tally.datagrams:,} ({tally.datagrams / elapsed:,.0f}/s) |",

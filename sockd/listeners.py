@@ -46,11 +46,18 @@ def _reason(error: BaseException) -> str:
     return str(error) or error.__class__.__name__
 
 
+#: Twisted's default listen backlog is 50: a burst of connections overflows it and clients wait
+#: for SYN retransmits.  The kernel caps this at net.core.somaxconn.
+BACKLOG = 1024
+
+
 def withUnixDefaults(description: str, mode: int) -> str:
-    """Give a C{unix:} description the daemon's default socket mode unless it names one."""
+    """Give a description the daemon's defaults: a Unix socket's mode, a deeper backlog; unless it says."""
     kind, _, kwargs = split(description)
     if kind == "unix" and "mode" not in kwargs:
-        return f"{description}:mode={mode:o}"
+        description = f"{description}:mode={mode:o}"
+    if kind in ("tcp", "tcp6", "unix", "ssl", "tls") and "backlog" not in kwargs:
+        description = f"{description}:backlog={BACKLOG}"
     return description
 
 

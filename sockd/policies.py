@@ -51,17 +51,60 @@ def _provideLikeTransport(wrapper: Any, transport: Any) -> None:
 
 
 class ConnectionRegistry:
-    """Every open stream connection, so shutdown can finish them gracefully."""
+    """Every open stream connection: for their idle timeouts, and so shutdown can finish them gracefully.
+
+    Idle timeouts run on one timer for all connections, not a delayed call per
+    connection (about half a kilobyte for each idle connection): connections
+    only note when they were last active, and the timer wakes at the earliest
+    moment any of them could be idle, closes those that are, and sleeps until
+    the next such moment.  Timeouts stay exact.
+    """
 
     def __init__(self) -> None:
         self.connections: set[PolicyProtocol] = set()
         self._emptied: list[defer.Deferred[None]] = []
+        self._sweepCall: Any = None
 
     def add(self, connection: PolicyProtocol) -> None:
         self.connections.add(connection)
+        factory = getattr(connection, "factory", None)
+        if factory is not None and factory.idleTimeout and self._sweepCall is None:
+            self._sweepCall = factory.clock.callLater(factory.idleTimeout, self._sweep, factory.clock)
+
+    def rescheduleIdle(self) -> None:
+        """An idle timeout changed (a reload): wake when the new one says."""
+        if self._sweepCall is not None:
+            clock = self._sweepCall.args[0]
+            if self._sweepCall.active():
+                self._sweepCall.cancel()
+            self._sweepCall = None
+            self._sweep(clock)
+
+    def _sweep(self, clock: IReactorTime) -> None:
+        self._sweepCall = None
+        now = clock.seconds()
+        earliest = None
+        expired = []
+        for connection in self.connections:
+            idle = connection.factory.idleTimeout
+            if not idle or connection._draining:
+                continue
+            deadline = connection._lastActive + idle
+            if deadline <= now:
+                expired.append(connection)
+            elif earliest is None or deadline < earliest:
+                earliest = deadline
+        for connection in expired:
+            connection.idleTimedOut()
+        if earliest is not None:
+            self._sweepCall = clock.callLater(earliest - now, self._sweep, clock)
 
     def remove(self, connection: PolicyProtocol) -> None:
         self.connections.discard(connection)
+        if not self.connections and self._sweepCall is not None:
+            if self._sweepCall.active():
+                self._sweepCall.cancel()
+            self._sweepCall = None
         if not self.connections:
             waiting, self._emptied = self._emptied, []
             for d in waiting:
@@ -101,29 +144,24 @@ class PolicyProtocol(ProtocolWrapper):
     _producer: Any = None
     _lazyPausing = False
 
-    def __init__(self, factory: PolicyFactory, wrappedProtocol: Any, host: str | None, peer: Any) -> None:
+    def __init__(self, factory: PolicyFactory, wrappedProtocol: Any, host: str | None) -> None:
         self.wrappedProtocol = wrappedProtocol  # ProtocolWrapper.__init__, inlined
         self.factory = factory
         self.host = host
-        self.peer = peer
-        self._seconds = factory.clock.seconds
         self._lastActive = 0.0
-        self.stats = factory.stats
 
     @property
     def peerName(self) -> str:
-        return formatAddress(self.peer)
+        return formatAddress(self.transport.getPeer()) if self.transport is not None else "?"
 
     def makeConnection(self, transport: Any) -> None:
         """ProtocolWrapper.makeConnection, inlined with the bookkeeping (it runs once per connection)."""
         factory = self.factory
         factory.registry.add(self)
-        stats = self.stats
+        stats = factory.stats
         stats.active += 1
         stats.accepted += 1
-        if factory.idleTimeout:
-            self._lastActive = self._seconds()
-            self._idleCall = factory.clock.callLater(factory.idleTimeout, self._checkIdle)
+        self._lastActive = factory.seconds()
         if factory.handshakeTimeout:
             self._handshakeCall = factory.clock.callLater(factory.handshakeTimeout, self._checkHandshake)
         _provideLikeTransport(self, transport)
@@ -152,15 +190,15 @@ class PolicyProtocol(ProtocolWrapper):
             self.registerProducer(ReadPauser(self.transport), True)
 
     def dataReceived(self, data: bytes) -> None:
-        if self._idleCall is not None:
-            self._lastActive = self._seconds()
-        self.stats.bytesIn += len(data)
+        factory = self.factory
+        self._lastActive = factory.seconds()
+        factory.stats.bytesIn += len(data)
         self.wrappedProtocol.dataReceived(data)
 
     def write(self, data: bytes) -> None:
-        if self._idleCall is not None:
-            self._lastActive = self._seconds()
-        stats = self.stats
+        factory = self.factory
+        self._lastActive = factory.seconds()
+        stats = factory.stats
         stats.bytesOut += len(data)
         stats.answers += 1
         self.transport.write(data)
@@ -193,33 +231,28 @@ class PolicyProtocol(ProtocolWrapper):
         if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
             self.wrappedProtocol.writeConnectionLost()
 
-    def _setIdle(self, seconds: float) -> None:
-        if self._idleCall is not None and self._idleCall.active():
-            self._idleCall.cancel()
-        self._lastActive = self._seconds()
-        self._idleCall = self.factory.clock.callLater(seconds, self._checkIdle)
-
-    def _checkIdle(self) -> None:
-        limit = self._quiet if self._draining else self.factory.idleTimeout
-        left = self._lastActive + limit - self._seconds()
-        if left > 0:
-            self._idleCall = self.factory.clock.callLater(left, self._checkIdle)
-            return
-        self._idleCall = None
-        if self._draining:
-            self._finish()
-            return
-        self.stats.timedOut["idle"] += 1
+    def idleTimedOut(self) -> None:
+        """The registry's idle timer found no read or write for the idle timeout."""
+        self.factory.stats.timedOut["idle"] += 1
         log.info("{service}/{transport}: closing {peer}: idle for {seconds:g}s",
                  service=self.factory.service, transport=self.factory.transport,
                  peer=self.peerName, seconds=self.factory.idleTimeout)
         self.transport.abortConnection()
 
+    def _checkQuiet(self) -> None:
+        """Shutdown: close once quiet for C{_quiet} seconds."""
+        left = self._lastActive + self._quiet - self.factory.seconds()
+        if left > 0:
+            self._idleCall = self.factory.clock.callLater(left, self._checkQuiet)
+            return
+        self._idleCall = None
+        self._finish()
+
     def _checkHandshake(self) -> None:
         self._handshakeCall = None
         handle = self.transport.getHandle()
         if getattr(handle, "get_finished", lambda: True)() is None:
-            self.stats.timedOut["tls-handshake"] += 1
+            self.factory.stats.timedOut["tls-handshake"] += 1
             log.info("{service}/{transport}: closing {peer}: TLS handshake not done in {seconds:g}s",
                      service=self.factory.service, transport=self.factory.transport,
                      peer=self.peerName, seconds=self.factory.handshakeTimeout)
@@ -229,7 +262,14 @@ class PolicyProtocol(ProtocolWrapper):
         """Shutdown: keep serving until quiet for C{quiet} seconds, then answer what is pending and close."""
         self._draining = True
         self._quiet = quiet
-        self._setIdle(quiet)
+        # Read everything the peer already sent, even if flow control had paused reading: closing with
+        # unread input makes the kernel reset the connection, destroying answers still on their way.
+        self.unregisterProducer()
+        resume = getattr(self.transport, "resumeProducing", None)
+        if resume is not None and getattr(self.transport, "connected", True):
+            resume()
+        self._lastActive = self.factory.seconds()
+        self._idleCall = self.factory.clock.callLater(quiet, self._checkQuiet)
 
     def _finish(self) -> None:
         flush = getattr(self.wrappedProtocol, "flushPending", None)
@@ -250,7 +290,7 @@ class PolicyProtocol(ProtocolWrapper):
                 call.cancel()
         factory = self.factory
         factory.admission.release(self.host)
-        self.stats.active -= 1
+        factory.stats.active -= 1
         factory.registry.remove(self)
         # ProtocolWrapper.connectionLost, less the no-op unregisterProtocol; None breaks the cycle.
         wrapped, self.wrappedProtocol = self.wrappedProtocol, None
@@ -284,6 +324,7 @@ class PolicyFactory(WrappingFactory):
         self.idleTimeout = idleTimeout
         self.handshakeTimeout = handshakeTimeout
         self.stats = metrics.statsFor(service, transport)
+        self.seconds = clock.seconds
 
     def buildProtocol(self, addr: Any) -> PolicyProtocol | None:
         host = hostOf(addr)
@@ -296,7 +337,7 @@ class PolicyFactory(WrappingFactory):
         if wrapped is None:
             self.admission.release(host)
             return None
-        return self.protocol(self, wrapped, host, addr)
+        return self.protocol(self, wrapped, host)
 
     # WrappingFactory keeps a dict of live protocols; the registry does that job.
     def registerProtocol(self, p: Any) -> None:

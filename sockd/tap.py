@@ -375,7 +375,9 @@ class Assembly:
         while not isinstance(policy, PolicyFactory):
             policy = policy.wrappedFactory
         policy.wrappedFactory = service.stream(self.context)
-        policy.idleTimeout = self.settings.idle_timeout
+        if policy.idleTimeout != self.settings.idle_timeout:
+            policy.idleTimeout = self.settings.idle_timeout
+            self.registry.rescheduleIdle()
         if policy.handshakeTimeout:
             policy.handshakeTimeout = self.settings.tls_handshake_timeout
 

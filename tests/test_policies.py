@@ -321,7 +321,8 @@ def test_drain_lets_busy_connections_finish_until_quiet() -> None:
 def test_drain_aborts_the_rest_at_grace() -> None:
     s = Setup()
     chattyProto, chatty = s.connect("192.0.2.1")
-    stuckProto, stuck = s.connect("192.0.2.2", transport=StringTransport())
+    stuckProto, stuck = s.connect("192.0.2.2", transport=StringTransport(
+        peerAddress=IPv4Address("TCP", "192.0.2.2", 40000)))
     assert chattyProto is not None and stuckProto is not None
     d = s.registry.drain(s.clock, grace=1.0, quiet=0.05)
     with capturedLogs() as events:

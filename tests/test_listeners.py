@@ -1,0 +1,25 @@
+"""Listener defaults: Unix socket mode and a listen backlog deeper than Twisted's 50."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from sockd.listeners import BACKLOG, withUnixDefaults
+
+
+def test_defaults_are_added_unless_the_description_says_otherwise():
+    assert withUnixDefaults("unix:a.sock", 0o660) == f"unix:a.sock:mode=660:backlog={BACKLOG}"
+    assert withUnixDefaults("unix:a.sock:mode=600:backlog=5", 0o660) == "unix:a.sock:mode=600:backlog=5"
+    assert withUnixDefaults("tcp:0", 0o660) == f"tcp:0:backlog={BACKLOG}"
+    assert withUnixDefaults("systemd:domain=INET:index=0", 0o660) == "systemd:domain=INET:index=0"
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="ss (iproute2) is not installed")
+def test_listening_socket_has_the_deeper_backlog(daemon):
+    d = daemon("--ack", "tcp:0:interface=127.0.0.1")
+    port = d.address("ack", "tcp")[1]
+    out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, timeout=10).stdout
+    assert out.split()[2] == str(BACKLOG), out  # Send-Q of a listening socket is its backlog
