@@ -92,3 +92,21 @@ class AccessList:
         if self.allow and not contains(self.allow, address):
             return False
         return not contains(self.deny, address)
+
+
+class NetworkSet:
+    """Membership of peer addresses in a list of blocks (the exempt list), cached per host string."""
+
+    def __init__(self, blocks: Iterable[str], what: str) -> None:
+        self.networks = parseNetworks(blocks, what)
+        self._cache: dict[str, bool] = {}
+
+    def __contains__(self, host: str) -> bool:
+        verdict = self._cache.get(host)
+        if verdict is None:
+            address = parseHost(host)
+            verdict = address is not None and contains(self.networks, address)
+            if len(self._cache) >= 4096:
+                self._cache.clear()
+            self._cache[host] = verdict
+        return verdict

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from twisted.logger import Logger
 
-from sockd.access import AccessList, contains, parseHost, parseNetworks, sourceKey
+from sockd.access import AccessList, NetworkSet, sourceKey
 from sockd.ratelimit import KeyedBuckets, LogThrottle
 from sockd.settings import Settings
 
@@ -23,11 +23,10 @@ class Limits:
 
     def __init__(self, settings: Settings, seconds: Callable[[], float]) -> None:
         self.access = AccessList(settings.allow, settings.deny)
-        self.exempt = parseNetworks(settings.exempt, "--exempt")
+        self.exempt = NetworkSet(settings.exempt, "--exempt")
         self.maxConnections = settings.max_connections
         self.maxPerSource = settings.max_per_source
         self.rates = KeyedBuckets(settings.connection_rate, settings.connection_burst, seconds)
-        self._exemptCache: dict[str, bool] = {}
         #: host -> (allowed, counting key, exempt): one dictionary look-up per connection instead of three calls.
         self._verdicts: dict[str, tuple[bool, str, bool]] = {}
 
@@ -43,14 +42,7 @@ class Limits:
         return verdict
 
     def isExempt(self, host: str) -> bool:
-        verdict = self._exemptCache.get(host)
-        if verdict is None:
-            address = parseHost(host)
-            verdict = address is not None and contains(self.exempt, address)
-            if len(self._exemptCache) >= 4096:
-                self._exemptCache.clear()
-            self._exemptCache[host] = verdict
-        return verdict
+        return host in self.exempt
 
 
 class Admission:

@@ -109,10 +109,35 @@ def checkCertificates(description: str) -> None:
             raise StartupError(f"cannot read certificate {os.path.join(path, name)}")
 
 
-class StreamListener(Service):
-    """Listen with a Twisted server endpoint string for one service's stream flavour."""
+class _Listener(Service):
+    """What every listener shares: one listening port, closed when the service stops."""
 
     port: Any = None
+    _paused = False
+
+    def pauseAccepting(self) -> None:
+        """The parent of workers keeps the socket open but leaves accepting (or reading) to them."""
+        self._paused = True
+        self.port.stopReading()
+
+    def fileno(self) -> int:
+        return self.port.fileno()
+
+    def stopService(self) -> defer.Deferred[None] | None:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is None:
+            return None
+        if not self._paused and getattr(port, "connected", False):
+            # Connections already in the accept queue (and datagrams already queued) were sent before
+            # we stopped: take them now, so they are served and drained rather than reset with the socket.
+            port.doRead()
+        return defer.maybeDeferred(port.stopListening)
+
+
+class StreamListener(_Listener):
+    """Listen with a Twisted server endpoint string for one service's stream flavour."""
+
 
     def __init__(self, reactor: Any, serviceName: str, description: str, factory: Any,
                  transport: str | None = None, inheritedFd: int | None = None, announce: bool = True) -> None:
@@ -189,19 +214,6 @@ class StreamListener(Service):
         log.debug("{service} serving inherited {transport} {address}", service=self.serviceName,
                   transport=self.transport, address=formatAddress(self.port.getHost()))
 
-    def pauseAccepting(self) -> None:
-        """The parent of workers keeps the socket open but leaves accepting to them."""
-        self.port.stopReading()
-
-    def fileno(self) -> int:
-        return self.port.fileno()
-
-    def stopService(self) -> defer.Deferred[None] | None:
-        super().stopService()
-        port, self.port = self.port, None
-        if port is not None:
-            return defer.maybeDeferred(port.stopListening)
-        return None
 
     def abandon(self) -> None:
         """Start-up failed elsewhere: close now and remove our socket file before the process exits.
@@ -218,10 +230,9 @@ class StreamListener(Service):
                     pass
 
 
-class DatagramListener(Service):
+class DatagramListener(_Listener):
     """Listen on UDP (or adopt an inherited datagram socket) for one service."""
 
-    port: Any = None
 
     def __init__(self, reactor: Any, serviceName: str, description: str, protocol: DatagramProtocol,
                  inheritedFd: int | None = None) -> None:
@@ -270,19 +281,7 @@ class DatagramListener(Service):
         """Start-up failed elsewhere: close now."""
         self.stopService()
 
-    def pauseAccepting(self) -> None:
-        self.port.stopReading()
-
-    def fileno(self) -> int:
-        return self.port.fileno()
 
     @property
     def boundPort(self) -> int:
         return self.port.getHost().port if self.port is not None else 0
-
-    def stopService(self) -> defer.Deferred[None] | None:
-        super().stopService()
-        port, self.port = self.port, None
-        if port is not None:
-            return defer.maybeDeferred(port.stopListening)
-        return None

@@ -24,7 +24,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from sockd import metrics
-from sockd.access import AccessList, contains, parseHost, parseNetworks, sourceKey
+from sockd.access import AccessList, NetworkSet, sourceKey
 from sockd.ratelimit import GlobalBucket, KeyedBuckets, LogThrottle
 from sockd.settings import Settings
 
@@ -42,36 +42,34 @@ class DatagramPolicy:
 
     def reconfigure(self, settings: Settings) -> None:
         self.access = AccessList(settings.allow, settings.deny)
-        self.exempt = parseNetworks(settings.exempt, "--exempt")
+        self.exempt = NetworkSet(settings.exempt, "--exempt")
         self.perSource = KeyedBuckets(settings.udp_rate, settings.udp_burst, self.seconds)
         self.budget = GlobalBucket(settings.udp_budget, self.seconds)
         self.refusalLog.interval = settings.refusal_log_interval
-        self._exemptCache: dict[str, bool] = {}
+        #: host -> (allowed, exempt, counting key): one dictionary look-up per datagram instead of three checks.
+        self._hosts: dict[str, tuple[bool, bool, str]] = {}
 
     def addOwnPort(self, port: int) -> None:
         """A port sockd listens on: datagrams from it would be another sockd answering us."""
         if port:
             self.blockedPorts.add(port)
 
-    def _isExempt(self, host: str) -> bool:
-        verdict = self._exemptCache.get(host)
-        if verdict is None:
-            address = parseHost(host)
-            verdict = address is not None and contains(self.exempt, address)
-            if len(self._exemptCache) >= 4096:
-                self._exemptCache.clear()
-            self._exemptCache[host] = verdict
-        return verdict
-
     def verdict(self, host: str, port: int) -> str | None:
         """None to answer, or the reason to drop a datagram from C{host}:C{port}."""
-        if not self.access.allows(host):
+        known = self._hosts.get(host)
+        if known is None:
+            key = sourceKey(host)
+            known = (self.access.allows(host), key in self.exempt, key)
+            if len(self._hosts) >= 4096:
+                self._hosts.clear()
+            self._hosts[host] = known
+        if not known[0]:
             return "access"
         if port == 0 or port in self.blockedPorts:
             return "source-port"
-        if self._isExempt(host):
+        if known[1]:
             return None  # loopback by default: it cannot be forged from the network, so it reflects nothing
-        if not self.perSource.take(sourceKey(host)):
+        if not self.perSource.take(known[2]):
             return "rate"
         if not self.budget.take():
             return "budget"

@@ -39,6 +39,7 @@ def test_every_answer_owed_at_sigterm_is_delivered(daemon) -> None:
     d = daemon("--ack", LOCAL, "--echo", LOCAL, "--grace", "5", "--quiet-time", "30")
     ackClients = [connect(d.address("ack"), timeout=10.0) for _ in range(10)]
     echoClients = [connect(d.address("echo"), timeout=10.0) for _ in range(10)]
+    # SIGTERM follows at once: some of these connections are still in the accept queue then.
     echoed = [bytes([65 + i]) * 100_000 for i in range(10)]
     for i, sock in enumerate(ackClients):
         sock.sendall(b"".join(b"client %d message %d\n" % (i, j) for j in range(20)) + b"partial %d" % i)
