@@ -406,3 +406,49 @@ def test_text_logger_is_a_zero_argument_factory_writing_message_lines():
     (line,) = stream.getvalue().splitlines()
     assert line.endswith(" [sockd.messages#info] Here is the message: hello")
     assert callable(textLogger) and textLogger.__code__.co_argcount == 1 and textLogger.__defaults__ == (None,)
+
+
+class _Socket:
+    def __init__(self, fail: bool = False) -> None:
+        self.sent: list = []
+        self.fail = fail
+
+    def sendto(self, data: bytes, addr: object) -> int:
+        if self.fail:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        self.sent.append((data, addr))
+        return len(data)
+
+
+class _DatagramTransport:
+    def __init__(self, sock: _Socket) -> None:
+        self.sock = sock
+        self.written: list = []
+
+    def getHandle(self) -> _Socket:
+        return self.sock
+
+    def write(self, data: bytes, addr: object = None) -> None:
+        self.written.append((data, addr))
+
+
+def test_datagram_answers_go_straight_to_the_socket_and_fall_back_on_errors() -> None:
+    """Answers skip Twisted's address re-validation; an error is left to Twisted's write to handle."""
+    import time
+
+    from sockd.echo import EchoDatagramProtocol
+    from sockd.settings import Settings
+    from sockd.udpguard import DatagramPolicy, GuardedDatagramProtocol
+
+    for fail in (False, True):
+        sock = _Socket(fail)
+        transport = _DatagramTransport(sock)
+        guarded = GuardedDatagramProtocol(EchoDatagramProtocol(), DatagramPolicy(Settings(), time.time, ()),
+                                          f"fastpath-{fail}")
+        guarded.makeConnection(transport)
+        guarded.datagramReceived(b"ping", ("127.0.0.1", 40000))
+        if fail:
+            assert sock.sent == [] and transport.written == [(b"ping", ("127.0.0.1", 40000))]
+        else:
+            assert sock.sent == [(b"ping", ("127.0.0.1", 40000))] and transport.written == []
+        assert guarded.stats.answers == 1 and guarded.stats.bytesOut == 4
