@@ -109,13 +109,30 @@ def datagramExchange(host: str, port: int, message: bytes, timeout: float) -> by
             raise ClientError(f"cannot reach {what}: {e.strerror or e}") from None
 
 
-def resolve(host: str, port: int, kind: int) -> tuple[int, tuple]:
+def resolveAll(host: str, port: int, kind: int) -> list[tuple[int, tuple]]:
+    """Every address of C{host}, in the resolver's order (localhost may be ::1 first, then 127.0.0.1)."""
     try:
         infos = socket.getaddrinfo(host, port, type=kind)
     except socket.gaierror:
         raise ClientError(f"unknown host {host}") from None
-    family, _, _, _, sockaddr = infos[0]
-    return family, sockaddr
+    return [(family, sockaddr) for family, _, _, _, sockaddr in infos]
+
+
+def resolve(host: str, port: int, kind: int) -> tuple[int, tuple]:
+    return resolveAll(host, port, kind)[0]
+
+
+def streamToHost(host: str, port: int, message: bytes, timeout: float) -> bytes:
+    """Like the tutorial's client, but trying each address of the host until one accepts."""
+    what = f"{host} port {port}"
+    addresses = resolveAll(host, port, socket.SOCK_STREAM)
+    for index, (family, sockaddr) in enumerate(addresses):
+        try:
+            return streamExchange(family, sockaddr, message, timeout, what)
+        except ClientError as e:
+            if index == len(addresses) - 1 or not str(e).startswith("connection refused"):
+                raise
+    raise ClientError(f"no address for {host}")
 
 
 def parseArgs(argv: list[str] | None) -> argparse.Namespace:
@@ -156,8 +173,7 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
         elif args.udp:
             answer = datagramExchange(args.host, args.port, message, args.timeout)
         else:
-            family, sockaddr = resolve(args.host, args.port, socket.SOCK_STREAM)
-            answer = streamExchange(family, sockaddr, message, args.timeout, f"{args.host} port {args.port}")
+            answer = streamToHost(args.host, args.port, message, args.timeout)
     except ClientError as e:
         sys.stderr.write(f"sockd-client: {e}\n")
         return 1

@@ -88,6 +88,13 @@ _FAMILIES = {"inet": socket.AF_INET, "inet6": socket.AF_INET6, "ipv4": socket.AF
 
 
 _BARE_INTERFACE = re.compile(r"interface=([^\\]*?)(?=:(?:fd|index|family)=|$)")
+#: An IPv6 literal written without Twisted's escapes, up to the next C{:key=} or the end.
+_BARE_IPV6 = re.compile(r"interface=([0-9A-Fa-f]*:[0-9A-Fa-f:.]*(?:%\w+)?)(?=:[A-Za-z]\w*=|$)")
+
+
+def escapeInterface(description: str) -> str:
+    """Accept C{interface=::1} as well as Twisted's C{interface=\\:\\:1} in a stream description."""
+    return _BARE_IPV6.sub(lambda m: "interface=" + m.group(1).replace(":", "\\:"), description)
 
 
 def parseDatagram(description: str) -> DatagramAddress:

@@ -24,7 +24,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from sockd.addresses import formatAddress
-from sockd.describe import DatagramAddress, DescriptionError, parseDatagram, split, transportName
+from sockd.describe import DatagramAddress, DescriptionError, escapeInterface, parseDatagram, split, transportName
 from sockd.errors import StartupError
 from sockd.sendnow import installSendAtOnce
 
@@ -140,7 +140,8 @@ class StreamListener(_Listener):
 
 
     def __init__(self, reactor: Any, serviceName: str, description: str, factory: Any,
-                 transport: str | None = None, inheritedFd: int | None = None, announce: bool = True) -> None:
+                 transport: str | None = None, inheritedFd: int | None = None, announce: bool = True,
+                 unixMode: int = 0o660) -> None:
         self.reactor = reactor
         self.serviceName = serviceName
         self.description = description
@@ -148,6 +149,7 @@ class StreamListener(_Listener):
         self.transport = transport or transportName(description)
         self.inheritedFd = inheritedFd
         self.announce = announce
+        self.unixMode = unixMode
         self.name = f"{serviceName} {description}"
 
     def privilegedStartService(self) -> None:
@@ -171,7 +173,7 @@ class StreamListener(_Listener):
 
             reactor = AdoptingReactor(self.reactor)  # keeps systemd's Unix socket files, checks the family
         try:
-            endpoint = serverFromString(reactor, self.description)
+            endpoint = serverFromString(reactor, withUnixDefaults(escapeInterface(self.description), self.unixMode))
         except (ValueError, TypeError, KeyError) as e:
             raise StartupError(f"{where}: bad listen description: {e}") from None
         except Exception as e:

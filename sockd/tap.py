@@ -233,7 +233,7 @@ class Assembly:
         return [(name, description, listener) for (name, description), listener in self.listeners.items()]
 
     def _add(self, name: str, description: str, inheritedFd: int | None = None) -> Any:
-        from sockd.listeners import DatagramListener, StreamListener, withUnixDefaults
+        from sockd.listeners import DatagramListener, StreamListener
         from sockd.policies import PolicyFactory
         from sockd.udpguard import GuardedDatagramProtocol
 
@@ -263,8 +263,8 @@ class Assembly:
 
                 factory = ProxyProtocolFactory(factory, clock=self.reactor)
                 bindTo = description.split(":", 1)[1]
-            listener = StreamListener(self.reactor, name, withUnixDefaults(bindTo, settings.unix_mode), factory,
-                                      transport=transport, inheritedFd=inheritedFd)
+            listener = StreamListener(self.reactor, name, bindTo, factory, transport=transport,
+                                      inheritedFd=inheritedFd, unixMode=settings.unix_mode)
         self.listeners[(name, description)] = listener
         listener.setServiceParent(self.top)
         return listener

@@ -186,3 +186,21 @@ def test_tcp_speak_first_services_answer_every_time(sockd: Daemon) -> None:
         result = client(*hostPort(sockd, service), "-m", "x")
         assert result.returncode == 0, (service, result.stderr)
         assert result.stdout.endswith(b"\r\n") and len(result.stdout) > 2
+
+
+def test_client_tries_every_address_of_the_host(daemon):
+    """localhost resolves to ::1 and 127.0.0.1: a server on only one of them is still reached."""
+    import socket as _socket
+    import subprocess as _subprocess
+    import sys as _sys
+    from pathlib import Path as _Path
+
+    families = {info[0] for info in _socket.getaddrinfo("localhost", 1, type=_socket.SOCK_STREAM)}
+    if len(families) < 2:
+        pytest.skip("localhost has only one address here")
+    client = str(_Path(_sys.executable).parent / "sockd-client")
+    for description, transport in (("tcp:0:interface=127.0.0.1", "tcp"), ("tcp6:0:interface=::1", "tcp6")):
+        d = daemon("--ack", description)
+        port = d.address("ack", transport)[1]
+        result = _subprocess.run([client, "localhost", str(port), "-m", "hi"], capture_output=True, timeout=30)
+        assert result.stdout == b"I got your message\n", result.stderr

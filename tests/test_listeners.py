@@ -23,3 +23,23 @@ def test_listening_socket_has_the_deeper_backlog(daemon):
     port = d.address("ack", "tcp")[1]
     out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, timeout=10).stdout
     assert out.split()[2] == str(BACKLOG), out  # Send-Q of a listening socket is its backlog
+
+
+def test_bare_ipv6_interfaces_are_escaped_for_twisted():
+    from sockd.describe import escapeInterface
+
+    assert escapeInterface("tcp6:0:interface=::1") == "tcp6:0:interface=\\:\\:1"
+    assert escapeInterface("tcp6:0:interface=\\:\\:1") == "tcp6:0:interface=\\:\\:1"
+    assert escapeInterface("tcp6:7:interface=fe80::1%lo:backlog=5") == "tcp6:7:interface=fe80\\:\\:1%lo:backlog=5"
+    assert escapeInterface("tcp:0:interface=127.0.0.1") == "tcp:0:interface=127.0.0.1"
+    assert escapeInterface("unix:/run/a:b") == "unix:/run/a:b"
+
+
+def test_daemon_takes_an_unescaped_ipv6_interface_and_names_it_as_given(daemon):
+    from tests.daemon import connect, recvExactly
+
+    d = daemon("--ack", "tcp6:0:interface=::1")
+    assert "ack listening on tcp6 [::1]:" in d.log()
+    with connect(d.address("ack", "tcp6")) as s:
+        s.sendall(b"v6\n")
+        assert recvExactly(s, 18) == b"I got your message"
