@@ -147,7 +147,11 @@ class Supervisor(Service):
             childFDs[fd] = fd
         spec = json.dumps({"index": index, "count": self.count, "listeners": listeners,
                            "metrics": self.metricsPath(index)})
-        args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+        # Workers run on the parent's reactor: sockd's own (twistd -r sockd-epoll) must be asked for again.
+        from sockd.reactor import QuietEPollReactor
+
+        chosen = ["-r", "sockd-epoll"] if isinstance(self.reactor, QuietEPollReactor) else []
+        args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", *chosen, "-n", "--pidfile=",
                 "--logger", "sockd.logging.jsonLogger", "sockd", *self.argv, "--worker", spec]
         worker = WorkerProcess(self, index)
         self.workers[index] = worker
