@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from typing import NamedTuple
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -71,21 +72,11 @@ class AccessList:
     def __init__(self, allow: Iterable[str] = (), deny: Iterable[str] = ()) -> None:
         self.allow = parseNetworks(allow, "--allow")
         self.deny = parseNetworks(deny, "--deny")
-        self._cache: dict[str, bool] = {}
 
     def allows(self, host: str | None) -> bool:
         """Whether C{host} may connect; peers without an IP address (Unix sockets) always may."""
         if host is None:
             return True
-        verdict = self._cache.get(host)
-        if verdict is None:
-            verdict = self._decide(host)
-            if len(self._cache) >= 4096:
-                self._cache.clear()
-            self._cache[host] = verdict
-        return verdict
-
-    def _decide(self, host: str) -> bool:
         address = parseHost(host)
         if address is None:
             return False
@@ -94,19 +85,37 @@ class AccessList:
         return not contains(self.deny, address)
 
 
-class NetworkSet:
-    """Membership of peer addresses in a list of blocks (the exempt list), cached per host string."""
+class HostVerdict(NamedTuple):
+    """What the per-address rules say of one peer address."""
 
-    def __init__(self, blocks: Iterable[str], what: str) -> None:
-        self.networks = parseNetworks(blocks, what)
-        self._cache: dict[str, bool] = {}
+    allowed: bool
+    exempt: bool
+    #: The address it is counted under (IPv4-mapped IPv6 counts as IPv4).
+    key: str
 
-    def __contains__(self, host: str) -> bool:
-        verdict = self._cache.get(host)
-        if verdict is None:
+
+class HostRules:
+    """The per-address rules of one configuration (access lists, exempt list), decided once per host.
+
+    Connections and datagrams from the same few addresses repeat, so each verdict
+    is kept (at most C{maxHosts}, then forgotten all at once) and a peer costs
+    one dictionary look-up.  A reload builds new rules, and so a fresh memory.
+    """
+
+    def __init__(self, allow: Iterable[str] = (), deny: Iterable[str] = (), exempt: Iterable[str] = (),
+                 maxHosts: int = 4096) -> None:
+        self.access = AccessList(allow, deny)
+        self.exempt = parseNetworks(exempt, "--exempt")
+        self.maxHosts = maxHosts
+        self._known: dict[str, HostVerdict] = {}
+
+    def lookup(self, host: str) -> HostVerdict:
+        known = self._known.get(host)
+        if known is None:
             address = parseHost(host)
-            verdict = address is not None and contains(self.networks, address)
-            if len(self._cache) >= 4096:
-                self._cache.clear()
-            self._cache[host] = verdict
-        return verdict
+            exempt = address is not None and contains(self.exempt, address)
+            known = HostVerdict(self.access.allows(host), exempt, sourceKey(host))
+            if len(self._known) >= self.maxHosts:
+                self._known.clear()
+            self._known[host] = known
+        return known

@@ -24,7 +24,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from sockd import metrics
-from sockd.access import AccessList, NetworkSet, sourceKey
+from sockd.access import HostRules
 from sockd.ratelimit import GlobalBucket, KeyedBuckets, LogThrottle
 from sockd.settings import Settings
 
@@ -41,13 +41,10 @@ class DatagramPolicy:
         self.reconfigure(settings)
 
     def reconfigure(self, settings: Settings) -> None:
-        self.access = AccessList(settings.allow, settings.deny)
-        self.exempt = NetworkSet(settings.exempt, "--exempt")
+        self.rules = HostRules(settings.allow, settings.deny, settings.exempt)
         self.perSource = KeyedBuckets(settings.udp_rate, settings.udp_burst, self.seconds)
         self.budget = GlobalBucket(settings.udp_budget, self.seconds)
         self.refusalLog.interval = settings.refusal_log_interval
-        #: host -> (allowed, exempt, counting key): one dictionary look-up per datagram instead of three checks.
-        self._hosts: dict[str, tuple[bool, bool, str]] = {}
 
     def addOwnPort(self, port: int) -> None:
         """A port sockd listens on: datagrams from it would be another sockd answering us."""
@@ -56,20 +53,14 @@ class DatagramPolicy:
 
     def verdict(self, host: str, port: int) -> str | None:
         """None to answer, or the reason to drop a datagram from C{host}:C{port}."""
-        known = self._hosts.get(host)
-        if known is None:
-            key = sourceKey(host)
-            known = (self.access.allows(host), key in self.exempt, key)
-            if len(self._hosts) >= 4096:
-                self._hosts.clear()
-            self._hosts[host] = known
-        if not known[0]:
+        known = self.rules.lookup(host)
+        if not known.allowed:
             return "access"
         if port == 0 or port in self.blockedPorts:
             return "source-port"
-        if known[1]:
+        if known.exempt:
             return None  # loopback by default: it cannot be forged from the network, so it reflects nothing
-        if not self.perSource.take(known[2]):
+        if not self.perSource.take(known.key):
             return "rate"
         if not self.budget.take():
             return "budget"

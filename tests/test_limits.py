@@ -491,3 +491,15 @@ def test_guarded_protocol_replace_inner() -> None:
     assert old.transport is None
     guarded.datagramReceived(b"x", ("192.0.2.1", 40000))
     assert transport.written == [(b"Got your message\n", ("192.0.2.1", 40000))]
+
+
+def test_host_rules_decide_once_per_host_and_stay_bounded() -> None:
+    from sockd.access import HostRules
+
+    rules = HostRules(deny=["192.0.2.0/24"], exempt=["127.0.0.0/8"], maxHosts=3)
+    assert rules.lookup("192.0.2.9") == (False, False, "192.0.2.9")
+    assert rules.lookup("::ffff:127.0.0.1") == (True, True, "127.0.0.1")  # counted and exempt as IPv4
+    assert rules.lookup("198.51.100.7") == (True, False, "198.51.100.7")
+    assert rules.lookup("198.51.100.7") is rules.lookup("198.51.100.7")  # decided once
+    rules.lookup("198.51.100.8")
+    assert len(rules._known) <= 3
