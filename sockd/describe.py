@@ -87,13 +87,12 @@ SD_LISTEN_FDS_START = 3
 _FAMILIES = {"inet": socket.AF_INET, "inet6": socket.AF_INET6, "ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}
 
 
-_BARE_INTERFACE = re.compile(r"interface=([^\\]*?)(?=:(?:fd|index|family)=|$)")
 #: An IPv6 literal written without Twisted's escapes, up to the next C{:key=} or the end.
 _BARE_IPV6 = re.compile(r"interface=([0-9A-Fa-f]*:[0-9A-Fa-f:.]*(?:%\w+)?)(?=:[A-Za-z]\w*=|$)")
 
 
 def escapeInterface(description: str) -> str:
-    """Accept C{interface=::1} as well as Twisted's C{interface=\\:\\:1} in a stream description."""
+    """Accept C{interface=::1} as well as Twisted's C{interface=\\:\\:1}, in stream and datagram descriptions."""
     return _BARE_IPV6.sub(lambda m: "interface=" + m.group(1).replace(":", "\\:"), description)
 
 
@@ -103,8 +102,7 @@ def parseDatagram(description: str) -> DatagramAddress:
     C{udp:} takes one port and nothing else positional, so an IPv6 interface may
     be written with or without Twisted's escaped colons (C{interface=::1}).
     """
-    kind, args, kwargs = split(_BARE_INTERFACE.sub(lambda m: "interface=" + m.group(1).replace(":", "\\:"),
-                                                   description))
+    kind, args, kwargs = split(escapeInterface(description))
     if kind != "udp":
         raise DescriptionError(f"{description!r} is not a udp: description")
     unknown = set(kwargs) - {"interface", "fd", "index", "family"}

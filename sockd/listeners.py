@@ -51,7 +51,7 @@ def _reason(error: BaseException) -> str:
 BACKLOG = 1024
 
 
-def withUnixDefaults(description: str, mode: int) -> str:
+def withDefaults(description: str, mode: int) -> str:
     """Give a description the daemon's defaults: a Unix socket's mode, a deeper backlog; unless it says."""
     kind, _, kwargs = split(description)
     if kind == "unix" and "mode" not in kwargs:
@@ -173,7 +173,7 @@ class StreamListener(_Listener):
 
             reactor = AdoptingReactor(self.reactor)  # keeps systemd's Unix socket files, checks the family
         try:
-            endpoint = serverFromString(reactor, withUnixDefaults(escapeInterface(self.description), self.unixMode))
+            endpoint = serverFromString(reactor, withDefaults(escapeInterface(self.description), self.unixMode))
         except (ValueError, TypeError, KeyError) as e:
             raise StartupError(f"{where}: bad listen description: {e}") from None
         except Exception as e:

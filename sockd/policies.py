@@ -140,7 +140,7 @@ class PolicyProtocol(ProtocolWrapper):
     factory: PolicyFactory
     _draining = False
     _handshakeCall: Any = None
-    _idleCall: Any = None
+    _drainCall: Any = None
     _producer: Any = None
     _lazyPausing = False
 
@@ -243,9 +243,9 @@ class PolicyProtocol(ProtocolWrapper):
         """Shutdown: close once quiet for C{_quiet} seconds."""
         left = self._lastActive + self._quiet - self.factory.seconds()
         if left > 0:
-            self._idleCall = self.factory.clock.callLater(left, self._checkQuiet)
+            self._drainCall = self.factory.clock.callLater(left, self._checkQuiet)
             return
-        self._idleCall = None
+        self._drainCall = None
         self._finish()
 
     def _checkHandshake(self) -> None:
@@ -269,7 +269,7 @@ class PolicyProtocol(ProtocolWrapper):
         if resume is not None and getattr(self.transport, "connected", True):
             resume()
         self._lastActive = self.factory.seconds()
-        self._idleCall = self.factory.clock.callLater(quiet, self._checkQuiet)
+        self._drainCall = self.factory.clock.callLater(quiet, self._checkQuiet)
 
     def _finish(self) -> None:
         flush = getattr(self.wrappedProtocol, "flushPending", None)
@@ -278,9 +278,9 @@ class PolicyProtocol(ProtocolWrapper):
         self.loseConnection()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        call = self._idleCall
+        call = self._drainCall
         if call is not None:
-            self._idleCall = None
+            self._drainCall = None
             if call.active():
                 call.cancel()
         call = self._handshakeCall

@@ -32,7 +32,6 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 
-from sockd.adopt import AdoptingReactor, socketFamily  # noqa: F401  (re-exported for listeners)
 from sockd.settings import Settings
 
 log = Logger(namespace="sockd.workers")

@@ -7,14 +7,14 @@ import subprocess
 
 import pytest
 
-from sockd.listeners import BACKLOG, withUnixDefaults
+from sockd.listeners import BACKLOG, withDefaults
 
 
 def test_defaults_are_added_unless_the_description_says_otherwise():
-    assert withUnixDefaults("unix:a.sock", 0o660) == f"unix:a.sock:mode=660:backlog={BACKLOG}"
-    assert withUnixDefaults("unix:a.sock:mode=600:backlog=5", 0o660) == "unix:a.sock:mode=600:backlog=5"
-    assert withUnixDefaults("tcp:0", 0o660) == f"tcp:0:backlog={BACKLOG}"
-    assert withUnixDefaults("systemd:domain=INET:index=0", 0o660) == "systemd:domain=INET:index=0"
+    assert withDefaults("unix:a.sock", 0o660) == f"unix:a.sock:mode=660:backlog={BACKLOG}"
+    assert withDefaults("unix:a.sock:mode=600:backlog=5", 0o660) == "unix:a.sock:mode=600:backlog=5"
+    assert withDefaults("tcp:0", 0o660) == f"tcp:0:backlog={BACKLOG}"
+    assert withDefaults("systemd:domain=INET:index=0", 0o660) == "systemd:domain=INET:index=0"
 
 
 @pytest.mark.skipif(shutil.which("ss") is None, reason="ss (iproute2) is not installed")
