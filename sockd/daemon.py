@@ -19,6 +19,9 @@ from sockd.udpguard import DatagramPolicy
 
 log = Logger(namespace="sockd.daemon")
 
+#: Logged once SIGHUP reloads rather than kills: a --workers parent signals a worker only after it.
+READY_FOR_SIGHUP = "ready for SIGHUP"
+
 
 def raiseFileLimit() -> None:
     """Let the daemon use every descriptor it may: each connection costs one."""
@@ -50,6 +53,11 @@ class SockdService(MultiService):
         self.reload: Callable[[], None] | None = None
 
     def privilegedStartService(self) -> None:
+        if self.reload is not None:
+            # Before the listeners announce themselves: from then on a SIGHUP must reload, not kill.
+            # (A reload asked for now runs once the reactor does.)
+            signal.signal(signal.SIGHUP, self._onHangup)
+            log.debug(READY_FOR_SIGHUP)
         raiseFileLimit()
         bound = []
         try:
@@ -66,8 +74,6 @@ class SockdService(MultiService):
 
     def startService(self) -> None:
         super().startService()
-        if self.reload is not None:
-            signal.signal(signal.SIGHUP, self._onHangup)
         # Every listener was bound in privilegedStartService: a Type=notify unit (contrib/systemd) may
         # count sockd as up.  Not before the reactor runs: twistd calls startService before
         # reactor.run() installs the SIGTERM handler, and a stop right after READY=1 would kill sockd.

@@ -32,6 +32,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 
+from sockd.daemon import READY_FOR_SIGHUP
 from sockd.settings import Settings
 
 log = Logger(namespace="sockd.workers")
@@ -81,6 +82,9 @@ class WorkerProcess(protocol.ProcessProtocol):
         self.index = index
         self._partial = b""
         self.ended: defer.Deferred[None] = defer.Deferred()
+        #: Until the worker says it handles SIGHUP, the signal would kill it: hold it back instead.
+        self.ready = False
+        self.pendingHangup = False
         self.started = supervisor.reactor.seconds()
 
     def outReceived(self, data: bytes) -> None:
@@ -100,6 +104,12 @@ class WorkerProcess(protocol.ProcessProtocol):
             return
         text = record.pop("text", "")
         namespace = record.pop("namespace", "sockd.worker")
+        if namespace == "sockd.daemon" and text == READY_FOR_SIGHUP:
+            self.ready = True
+            if self.pendingHangup:
+                self.pendingHangup = False
+                self.supervisor.signal(self.index, signal.SIGHUP)
+            return
         if level < LogLevel.warn and not namespace.startswith("sockd") or level < LogLevel.info:
             return  # each worker's own twistd start-up chatter: the parent already said it once
         record.pop("time", None)
@@ -180,7 +190,16 @@ class Supervisor(Service):
             self.spawn(index)
 
     def signalAll(self, signum: int) -> None:
-        for transport in list(self.transports.values()):
+        for index in list(self.transports):
+            worker = self.workers.get(index)
+            if signum == signal.SIGHUP and worker is not None and not worker.ready:
+                worker.pendingHangup = True  # sent when it is ready: SIGHUP would kill it before that
+                continue
+            self.signal(index, signum)
+
+    def signal(self, index: int, signum: int) -> None:
+        transport = self.transports.get(index)
+        if transport is not None:
             try:
                 transport.signalProcess(signum)
             except Exception:  # already gone: its processEnded is on the way

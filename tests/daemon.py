@@ -150,3 +150,43 @@ def udpExchange(address: tuple[str, int], payload: bytes, timeout: float = 3.0,
             sock.bind(bind)
         sock.sendto(payload, address)
         return sock.recvfrom(65535)[0]
+
+
+def _ipv6Loopback() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+#: Whether this machine has an IPv6 loopback (::1) to test on.
+HAVE_IPV6 = _ipv6Loopback()
+
+
+def children(pid: int) -> set[int]:
+    """The pids whose parent is C{pid} (a --workers parent's workers), from /proc."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(entry))
+    return found
+
+
+def waitFor(predicate, what: str, timeout: float = 15.0):
+    """Poll C{predicate} until it returns something true (returned), or fail naming C{what}."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)

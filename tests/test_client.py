@@ -17,22 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon import BIN, Daemon
+from tests.daemon import BIN, HAVE_IPV6, Daemon
 
 CLIENT = str(BIN / "sockd-client")
 PROMPT = b"Please enter the message: "
 
 
-def _ipv6Loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
-HAVE_IPV6 = _ipv6Loopback()
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.daemon import Daemon, connect, recvAll, recvExactly
+from tests.daemon import HAVE_IPV6, Daemon, connect, recvAll, recvExactly
 
 LOCAL = "tcp:0:interface=127.0.0.1"
 ACK_ANSWER = b"I got your message"
@@ -390,16 +390,9 @@ def test_allow_list_refuses_everyone_else(daemon) -> None:
         assert 0 < len(recvAll(s)) < 512
 
 
-def _ipv6Loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
-@pytest.mark.skipif(not _ipv6Loopback(), reason="no IPv6 loopback here")
+@pytest.mark.skipif(not HAVE_IPV6, reason="no IPv6 loopback here")
 def test_ipv6_deny(daemon) -> None:
     d = daemon("--echo", "tcp6:0:interface=\\:\\:1", "--daytime", "tcp6:0:interface=\\:\\:1", "--echo", LOCAL,
                "--deny", "::1/128")

@@ -18,24 +18,13 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tests.daemon import Daemon, recvAll, recvExactly
+from tests.daemon import HAVE_IPV6, Daemon, recvAll, recvExactly
 
 SERVICES = ("ack", "echo", "discard", "daytime", "time", "qotd", "chargen")
 
 
-def _ipv6Loopback() -> bool:
-    """Whether ::1 can be bound here; without it the IPv6 listeners are left out."""
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
-HAVE_IPV6 = _ipv6Loopback()
 needsIPv6 = pytest.mark.skipif(not HAVE_IPV6, reason="no IPv6 loopback (::1) on this machine")
 
 STREAMS = ["tcp", pytest.param("tcp6", marks=needsIPv6), "unix"]

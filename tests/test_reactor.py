@@ -5,8 +5,7 @@ from __future__ import annotations
 import socket
 
 from sockd.reactor import QuietEPollReactor
-from tests.daemon import connect, recvExactly, udpExchange
-from tests.test_workers import children, waitFor
+from tests.daemon import children, connect, recvExactly, udpExchange, waitFor
 
 
 def test_dispatches_without_the_logging_context_and_keeps_error_handling():

@@ -30,7 +30,7 @@ import pytest
 from twisted.logger import capturedLogs
 
 from sockd.sdnotify import Notifier, notify, notifyAddress
-from tests.daemon import LISTENING, TWISTD, recvExactly
+from tests.daemon import HAVE_IPV6, LISTENING, TWISTD, recvExactly
 
 UNITS = Path(__file__).resolve().parent.parent / "contrib" / "systemd"
 ACTIVATE = shutil.which("systemd-socket-activate")
@@ -118,13 +118,6 @@ def freePort(host: str) -> int:
     raise AssertionError("no port free for both TCP and UDP")
 
 
-def ipv6Loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
 def waitFor(condition: Callable[[], object], timeout: float, what: str, proc: subprocess.Popen | None = None,
@@ -633,7 +626,7 @@ def test_activation_unix_leaves_the_socket_file(spawn, tmp_path: Path) -> None:
 
 
 @needsActivate
-@pytest.mark.skipif(not ipv6Loopback(), reason="no IPv6 loopback")
+@pytest.mark.skipif(not HAVE_IPV6, reason="no IPv6 loopback")
 def test_activation_wrong_domain_is_refused_or_harmless(spawn, tmp_path: Path) -> None:
     port = freePort("::1")
     logPath = tmp_path / "sockd.log"
@@ -651,7 +644,7 @@ def test_activation_wrong_domain_is_refused_or_harmless(spawn, tmp_path: Path) -
 
 
 @needsActivate
-@pytest.mark.skipif(not ipv6Loopback(), reason="no IPv6 loopback")
+@pytest.mark.skipif(not HAVE_IPV6, reason="no IPv6 loopback")
 def test_socket_unit_and_activated_service(spawn, tmp_path: Path, notifySocket: NotifySocket) -> None:
     """sockd.socket's Listen lines and sockd-activated.service's ExecStart, as systemd would run them.
 

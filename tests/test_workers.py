@@ -12,30 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sockd.settings import Settings
 from sockd.workers import shareLimits, sumExpositions, workerCount
-from tests.daemon import connect, recvAll, recvExactly, udpExchange
-
-
-def children(pid: int) -> set[int]:
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.add(int(entry))
-    return found
-
-
-def waitFor(predicate, what: str, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
+from tests.daemon import children, connect, recvAll, recvExactly, udpExchange, waitFor
 
 
 def ack(address) -> bytes:
@@ -134,3 +111,15 @@ def test_reload_reaches_workers(daemon, tmp_path):
     for _ in range(6):
         with connect(address) as s:
             assert recvAll(s) == b""
+
+
+def test_sighup_while_workers_start_reaches_them_without_killing_them(daemon, tmp_path):
+    """A worker still starting would die of SIGHUP's default action: the parent holds it back until ready."""
+    config = tmp_path / "sockd.toml"
+    config.write_text('[listen]\nack = ["tcp:0:interface=127.0.0.1"]\n')
+    d = daemon("--workers", "2", "--config", str(config), expect=1)
+    os.kill(d.pid, signal.SIGHUP)  # at once: the workers are still importing Twisted
+    waitFor(lambda: d.log().count("reloaded") >= 3, "parent and both workers reloaded:\n" + d.log())
+    assert "restarting it" not in d.log()
+    assert len(children(d.pid)) == 2
+    assert ack(d.address("ack", "tcp")) == b"I got your message"
