@@ -14,15 +14,15 @@ from dataclasses import dataclass, field
 from twisted.internet.interfaces import IProtocolFactory, IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 
-from sockd.ack import AckDatagramProtocol, AckFactory
-from sockd.chargen import ChargenDatagramProtocol, ChargenFactory
-from sockd.clock import clockAnswer, daytimeLine, timeBytes
-from sockd.discard import DiscardDatagramProtocol, DiscardFactory
-from sockd.echo import EchoDatagramProtocol, EchoFactory
-from sockd.messagelog import MessageLog
-from sockd.oneshot import AnswerDatagramProtocol, SpeakFirstFactory
-from sockd.qotd import QuotePicker, builtinQuotes
-from sockd.settings import Settings
+from sockd.config.settings import Settings
+from sockd.observe.messagelog import MessageLog
+from sockd.protocols.ack import AckDatagramProtocol, AckFactory
+from sockd.protocols.chargen import ChargenDatagramProtocol, ChargenFactory
+from sockd.protocols.discard import DiscardDatagramProtocol, DiscardFactory
+from sockd.protocols.echo import EchoDatagramProtocol, EchoFactory
+from sockd.protocols.qotd import QuotePicker, builtinQuotes
+from sockd.protocols.speakfirst import AnswerDatagramProtocol, SpeakFirstFactory
+from sockd.protocols.timeservices import clockAnswer, daytimeLine, timeBytes
 
 
 @dataclass

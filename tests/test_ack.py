@@ -14,8 +14,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import FakeDatagramTransport, StringTransport
 from twisted.logger import capturedLogs, formatEvent, formatEventAsClassicLogText
 
-from sockd.ack import DATAGRAM_ANSWER, STREAM_ANSWER, AckDatagramProtocol, AckFactory, AckProtocol
-from sockd.messagelog import MessageLog
+from sockd.observe.messagelog import MessageLog
+from sockd.protocols.ack import DATAGRAM_ANSWER, STREAM_ANSWER, AckDatagramProtocol, AckFactory, AckProtocol
 
 ANSWER = b"I got your message"
 PEER = IPv4Address("TCP", "192.0.2.10", 40000)

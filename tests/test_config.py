@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sockd.config import ConfigError, parseConfig
+from sockd.config.file import ConfigError, parseConfig
 from sockd.services import BY_NAME
 from sockd.tap import Options
 from tests.daemon import connect, recvAll, recvExactly, udpExchange

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.endpoints import _parse as twistedParse
 
-from sockd.describe import (
+from sockd.config.descriptions import (
     SD_LISTEN_FDS_START,
     DatagramAddress,
     DescriptionError,

@@ -6,16 +6,16 @@ import pytest
 from twisted.internet.testing import FakeDatagramTransport
 from twisted.logger import capturedLogs, formatEvent
 
-from sockd import metrics
-from sockd.access import AccessError, AccessList, parseHost, parseNetworks
-from sockd.ack import AckDatagramProtocol
-from sockd.admission import Admission, sourceKey
-from sockd.echo import EchoDatagramProtocol
-from sockd.messagelog import MessageLog
-from sockd.ratelimit import GlobalBucket, KeyedBuckets, LogThrottle, TokenBucket
+from sockd.config.settings import Settings
+from sockd.defences.access import AccessError, AccessList, parseHost, parseNetworks
+from sockd.defences.admission import Admission, sourceKey
+from sockd.defences.datagram import DatagramPolicy, GuardedDatagramProtocol
+from sockd.defences.ratelimit import GlobalBucket, KeyedBuckets, LogThrottle, TokenBucket
+from sockd.observe import metrics
+from sockd.observe.messagelog import MessageLog
+from sockd.protocols.ack import AckDatagramProtocol
+from sockd.protocols.echo import EchoDatagramProtocol
 from sockd.services import SMALL_SERVICE_PORTS
-from sockd.settings import Settings
-from sockd.udpguard import DatagramPolicy, GuardedDatagramProtocol
 
 
 class FakeTime:
@@ -494,7 +494,7 @@ def test_guarded_protocol_replace_inner() -> None:
 
 
 def test_host_rules_decide_once_per_host_and_stay_bounded() -> None:
-    from sockd.access import HostRules
+    from sockd.defences.access import HostRules
 
     rules = HostRules(deny=["192.0.2.0/24"], exempt=["127.0.0.0/8"], maxHosts=3)
     assert rules.lookup("192.0.2.9") == (False, False, "192.0.2.9")

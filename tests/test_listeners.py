@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from sockd.listeners import BACKLOG, withDefaults
+from sockd.runtime.listeners import BACKLOG, withDefaults
 
 
 def test_defaults_are_added_unless_the_description_says_otherwise():
@@ -26,7 +26,7 @@ def test_listening_socket_has_the_deeper_backlog(daemon):
 
 
 def test_bare_ipv6_interfaces_are_escaped_for_twisted():
-    from sockd.describe import escapeInterface
+    from sockd.config.descriptions import escapeInterface
 
     assert escapeInterface("tcp6:0:interface=::1") == "tcp6:0:interface=\\:\\:1"
     assert escapeInterface("tcp6:0:interface=\\:\\:1") == "tcp6:0:interface=\\:\\:1"

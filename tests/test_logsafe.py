@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sockd.logsafe import escape
+from sockd.observe.logsafe import escape
 
 FAST = settings(max_examples=200, deadline=None, database=None)
 

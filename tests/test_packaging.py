@@ -75,7 +75,7 @@ def test_wheel_contains_the_plugin_and_no_twisted_init(built: Built) -> None:
 
 def test_wheel_contains_every_sockd_module(built: Built) -> None:
     names = set(zipfile.ZipFile(built.wheel).namelist())
-    modules = {f"sockd/{p.name}" for p in (built.source / "sockd").glob("*.py")}
+    modules = {p.relative_to(built.source).as_posix() for p in (built.source / "sockd").rglob("*.py")}
     assert modules, "no sockd modules in the source tree?"
     assert modules <= names, sorted(modules - names)
 

@@ -31,15 +31,15 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from sockd.ack import AckFactory
-from sockd.admission import Admission
-from sockd.echo import EchoFactory
-from sockd.flow import ReadPauser, pauseReadingWhileBlocked
-from sockd.logging import ClassicText, textLogger
-from sockd.messagelog import MessageLog
-from sockd.policies import ConnectionRegistry, PolicyFactory, PolicyProtocol
-from sockd.sendnow import SendAtOnce, installSendAtOnce, sendAtOnceClass
-from sockd.settings import Settings
+from sockd.config.settings import Settings
+from sockd.defences.admission import Admission
+from sockd.defences.stream import ConnectionRegistry, PolicyFactory, PolicyProtocol
+from sockd.observe.messagelog import MessageLog
+from sockd.observe.observers import ClassicText, textLogger
+from sockd.protocols.ack import AckFactory
+from sockd.protocols.echo import EchoFactory
+from sockd.protocols.flow import ReadPauser, pauseReadingWhileBlocked
+from sockd.runtime.sendnow import SendAtOnce, installSendAtOnce, sendAtOnceClass
 
 ANSWER = b"I got your message"
 
@@ -436,9 +436,9 @@ def test_datagram_answers_go_straight_to_the_socket_and_fall_back_on_errors() ->
     """Answers skip Twisted's address re-validation; an error is left to Twisted's write to handle."""
     import time
 
-    from sockd.echo import EchoDatagramProtocol
-    from sockd.settings import Settings
-    from sockd.udpguard import DatagramPolicy, GuardedDatagramProtocol
+    from sockd.config.settings import Settings
+    from sockd.defences.datagram import DatagramPolicy, GuardedDatagramProtocol
+    from sockd.protocols.echo import EchoDatagramProtocol
 
     for fail in (False, True):
         sock = _Socket(fail)

@@ -12,15 +12,15 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport, StringTransportWithDisconnection
 from twisted.logger import capturedLogs, formatEvent
 
-from sockd import metrics
-from sockd.ack import AckFactory, AckProtocol
-from sockd.admission import Admission
-from sockd.chargen import CHUNK, ChargenFactory
-from sockd.discard import DiscardFactory
-from sockd.echo import EchoFactory
-from sockd.messagelog import MessageLog
-from sockd.policies import ConnectionRegistry, PolicyFactory, PolicyProtocol
-from sockd.settings import Settings
+from sockd.config.settings import Settings
+from sockd.defences.admission import Admission
+from sockd.defences.stream import ConnectionRegistry, PolicyFactory, PolicyProtocol
+from sockd.observe import metrics
+from sockd.observe.messagelog import MessageLog
+from sockd.protocols.ack import AckFactory, AckProtocol
+from sockd.protocols.chargen import CHUNK, ChargenFactory
+from sockd.protocols.discard import DiscardFactory
+from sockd.protocols.echo import EchoFactory
 
 ANSWER = b"I got your message"
 

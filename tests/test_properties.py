@@ -18,21 +18,21 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import FakeDatagramTransport, StringTransport, StringTransportWithDisconnection
 
-from sockd.access import AccessList
-from sockd.ack import AckDatagramProtocol, AckFactory
-from sockd.admission import Admission
-from sockd.chargen import PRINTABLE, ChargenDatagramProtocol, ChargenFactory
-from sockd.clock import clockAnswer, daytimeLine, timeBytes
-from sockd.discard import DiscardDatagramProtocol, DiscardFactory
-from sockd.echo import EchoDatagramProtocol, EchoFactory
-from sockd.messagelog import MessageLog
-from sockd.oneshot import AnswerDatagramProtocol, SpeakFirstFactory
-from sockd.policies import ConnectionRegistry, PolicyFactory
-from sockd.qotd import QuotePicker, builtinQuotes
-from sockd.ratelimit import TokenBucket
+from sockd.config.settings import Settings
+from sockd.defences.access import AccessList
+from sockd.defences.admission import Admission
+from sockd.defences.datagram import DatagramPolicy, GuardedDatagramProtocol
+from sockd.defences.ratelimit import TokenBucket
+from sockd.defences.stream import ConnectionRegistry, PolicyFactory
+from sockd.observe.messagelog import MessageLog
+from sockd.protocols.ack import AckDatagramProtocol, AckFactory
+from sockd.protocols.chargen import PRINTABLE, ChargenDatagramProtocol, ChargenFactory
+from sockd.protocols.discard import DiscardDatagramProtocol, DiscardFactory
+from sockd.protocols.echo import EchoDatagramProtocol, EchoFactory
+from sockd.protocols.qotd import QuotePicker, builtinQuotes
+from sockd.protocols.speakfirst import AnswerDatagramProtocol, SpeakFirstFactory
+from sockd.protocols.timeservices import clockAnswer, daytimeLine, timeBytes
 from sockd.services import SMALL_SERVICE_PORTS
-from sockd.settings import Settings
-from sockd.udpguard import DatagramPolicy, GuardedDatagramProtocol
 
 PROPERTY = settings(max_examples=200, deadline=None, database=None)
 ANSWER = b"I got your message"

@@ -23,11 +23,11 @@ from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from sockd.admission import Admission
-from sockd.policies import ConnectionRegistry, PolicyFactory
-from sockd.proxyprotocol import V2_SIGNATURE, ProxyHeaderError, ProxyProtocolFactory, parseHeader
+from sockd.config.settings import Settings
+from sockd.defences.admission import Admission
+from sockd.defences.proxyprotocol import V2_SIGNATURE, ProxyHeaderError, ProxyProtocolFactory, parseHeader
+from sockd.defences.stream import ConnectionRegistry, PolicyFactory
 from sockd.services import BY_NAME, Context
-from sockd.settings import Settings
 
 BALANCER = IPv4Address("TCP", "10.9.9.9", 41000)
 LISTENER = IPv4Address("TCP", "10.9.9.1", 51717)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from sockd.reactor import QuietEPollReactor
+from sockd.runtime.reactor import QuietEPollReactor
 from tests.daemon import children, connect, recvExactly, udpExchange, waitFor
 
 
@@ -46,7 +46,7 @@ def test_dispatches_without_the_logging_context_and_keeps_error_handling():
 def test_twistd_runs_sockd_on_it_and_workers_inherit_it(daemon):
     d = daemon("--ack", "tcp:0:interface=127.0.0.1", "--ack", "udp:0:interface=127.0.0.1", "--workers", "2",
                twistdArgs=["-r", "sockd-epoll"])
-    assert "reactor class: sockd.reactor.QuietEPollReactor" in d.log()
+    assert "reactor class: sockd.runtime.reactor.QuietEPollReactor" in d.log()
     workers = waitFor(lambda: c if len(c := children(d.pid)) == 2 else None, "two workers")
     for pid in workers:
         with open(f"/proc/{pid}/cmdline", "rb") as f:

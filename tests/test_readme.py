@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sockd.config.settings import FIELDS, optionName
 from sockd.services import SERVICES
-from sockd.settings import FIELDS, optionName
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -38,7 +38,7 @@ def test_every_service_and_default_listener_is_documented():
 
 
 def test_example_config_runs_every_service():
-    from sockd.config import loadConfig
+    from sockd.config.file import loadConfig
 
     config = loadConfig(str(ROOT / "contrib" / "sockd.toml"), {s.name for s in SERVICES})
     assert config.listeners is not None

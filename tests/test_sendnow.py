@@ -8,7 +8,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor, task
 from twisted.internet.protocol import Factory, Protocol
 
-from sockd.sendnow import SendAtOnce, installSendAtOnce, sendAtOnceClass
+from sockd.runtime.sendnow import SendAtOnce, installSendAtOnce, sendAtOnceClass
 
 
 class Recorder(Protocol):

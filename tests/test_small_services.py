@@ -10,12 +10,12 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.internet.testing import FakeDatagramTransport, StringTransport
 
-from sockd.chargen import CHUNK, ChargenDatagramProtocol, ChargenFactory, patternBytes, patternLine
-from sockd.clock import clockAnswer, daytimeLine, timeBytes
-from sockd.discard import DiscardDatagramProtocol, DiscardFactory
-from sockd.echo import EchoDatagramProtocol, EchoFactory
-from sockd.oneshot import AnswerDatagramProtocol, SpeakFirstFactory
-from sockd.qotd import BUILTIN_QUOTES, QuoteError, QuotePicker, builtinQuotes, loadQuotes, parseQuotes
+from sockd.protocols.chargen import CHUNK, ChargenDatagramProtocol, ChargenFactory, patternBytes, patternLine
+from sockd.protocols.discard import DiscardDatagramProtocol, DiscardFactory
+from sockd.protocols.echo import EchoDatagramProtocol, EchoFactory
+from sockd.protocols.qotd import BUILTIN_QUOTES, QuoteError, QuotePicker, builtinQuotes, loadQuotes, parseQuotes
+from sockd.protocols.speakfirst import AnswerDatagramProtocol, SpeakFirstFactory
+from sockd.protocols.timeservices import clockAnswer, daytimeLine, timeBytes
 
 ADDR = ("127.0.0.1", 40001)
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 from twisted.logger import capturedLogs
 
-from sockd.sdnotify import Notifier, notify, notifyAddress
+from sockd.runtime.sdnotify import Notifier, notify, notifyAddress
 from tests.daemon import HAVE_IPV6, LISTENING, TWISTD, recvExactly
 
 UNITS = Path(__file__).resolve().parent.parent / "contrib" / "systemd"

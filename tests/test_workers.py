@@ -10,8 +10,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from sockd.settings import Settings
-from sockd.workers import shareLimits, sumExpositions, workerCount
+from sockd.config.settings import Settings, workerCount
+from sockd.runtime.workers import shareLimits, sumExpositions
 from tests.daemon import children, connect, recvAll, recvExactly, udpExchange, waitFor
 
 

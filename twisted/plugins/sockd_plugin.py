@@ -10,5 +10,5 @@ sockd = ServiceMaker(
     "sockd",
 )
 
-#: twistd -r sockd-epoll sockd: epoll without Twisted's per-event logging context (see sockd/reactor.py).
-sockdEpoll = Reactor("sockd-epoll", "sockd.reactor", "epoll, without the per-event logging context (sockd)")
+#: twistd -r sockd-epoll sockd: epoll without Twisted's per-event logging context (see sockd/runtime/reactor.py).
+sockdEpoll = Reactor("sockd-epoll", "sockd.runtime.reactor", "epoll, without the per-event logging context (sockd)")

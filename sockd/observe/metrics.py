@@ -5,7 +5,7 @@ attribute of a L{ListenerStats}; L{SockdCollector} turns those into
 Prometheus families when C{/metrics} is scraped.  (A C{prometheus_client}
 Counter takes a lock on every C{inc()}: several of those per message cost
 more than the rest of sockd's own work.)  With C{--workers}, the parent adds
-up its workers' scrapes (L{sockd.workers}).
+up its workers' scrapes (L{sockd.runtime.workers}).
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from typing import Any
 from twisted.internet import abstract, error, tcp
 from twisted.python.failure import Failure
 
-from sockd.flow import ReadPauser
+from sockd.protocols.flow import ReadPauser
 
 _REQUIRED = ("writeSomeData", "dataBuffer", "disconnecting", "_writeDisconnected", "producer", "streamingProducer")
 _REQUIRED_CLOSE = ("readConnectionLost", "loseConnection", "connectionLost", "stopReading", "startWriting",
@@ -44,7 +44,7 @@ _DONE = Failure(error.ConnectionDone())
 class SendAtOnce:
     """Mixin for C{twisted.internet.tcp.Connection} subclasses.
 
-    It also registers L{sockd.flow}'s read-pausing producer lazily: only a
+    It also registers L{sockd.protocols.flow}'s read-pausing producer lazily: only a
     write that queues can fill the buffer, so the producer is registered just
     before the first one (most request/response connections never queue).
 
@@ -78,7 +78,7 @@ class SendAtOnce:
         super().write(data)  # type: ignore[misc]
 
     def pauseReadingWhileBlocked(self) -> None:
-        """L{sockd.flow.pauseReadingWhileBlocked}, deferred until a write queues."""
+        """L{sockd.protocols.flow.pauseReadingWhileBlocked}, deferred until a write queues."""
         if self.producer is not None:  # type: ignore[attr-defined]
             self.registerProducer(ReadPauser(self), True)  # type: ignore[attr-defined]  # raises, as it always did
         self._readPausing = True

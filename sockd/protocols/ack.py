@@ -20,9 +20,9 @@ from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from sockd.addresses import formatAddress
-from sockd.flow import pauseReadingWhileBlocked
-from sockd.messagelog import MessageLog
+from sockd.observe.addresses import formatAddress
+from sockd.observe.messagelog import MessageLog
+from sockd.protocols.flow import pauseReadingWhileBlocked
 
 STREAM_ANSWER = b"I got your message"
 DATAGRAM_ANSWER = b"Got your message\n"

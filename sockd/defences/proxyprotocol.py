@@ -28,9 +28,9 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
-from sockd import metrics
-from sockd.addresses import formatAddress
-from sockd.ratelimit import LogThrottle
+from sockd.defences.ratelimit import LogThrottle
+from sockd.observe import metrics
+from sockd.observe.addresses import formatAddress
 
 log = Logger(namespace="sockd.proxyprotocol")
 

@@ -11,9 +11,9 @@ from collections.abc import Callable
 
 from twisted.logger import Logger
 
-from sockd.access import HostRules, sourceKey
-from sockd.ratelimit import KeyedBuckets, LogThrottle
-from sockd.settings import Settings
+from sockd.config.settings import Settings
+from sockd.defences.access import HostRules, sourceKey
+from sockd.defences.ratelimit import KeyedBuckets, LogThrottle
 
 log = Logger(namespace="sockd.admission")
 

@@ -11,11 +11,11 @@ from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from sockd.defences.datagram import DatagramPolicy
+from sockd.defences.stream import ConnectionRegistry
 from sockd.errors import StartupError
-from sockd.listeners import DatagramListener
-from sockd.policies import ConnectionRegistry
-from sockd.sdnotify import notify
-from sockd.udpguard import DatagramPolicy
+from sockd.runtime.listeners import DatagramListener
+from sockd.runtime.sdnotify import notify
 
 log = Logger(namespace="sockd.daemon")
 

@@ -20,10 +20,10 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
-from sockd import metrics
-from sockd.addresses import formatAddress, hostOf
-from sockd.admission import Admission
-from sockd.flow import ReadPauser
+from sockd.defences.admission import Admission
+from sockd.observe import metrics
+from sockd.observe.addresses import formatAddress, hostOf
+from sockd.protocols.flow import ReadPauser
 
 log = Logger(namespace="sockd.policies")
 
@@ -181,7 +181,7 @@ class PolicyProtocol(ProtocolWrapper):
         return prefix
 
     def pauseReadingWhileBlocked(self) -> None:
-        """L{sockd.flow}: let the transport add the read-pausing producer once it queues, if it can."""
+        """L{sockd.protocols.flow}: let the transport add the read-pausing producer once it queues, if it can."""
         lazy = getattr(type(self.transport), "pauseReadingWhileBlocked", None)
         if lazy is not None:
             self._lazyPausing = True

@@ -9,7 +9,7 @@
     max_connections = 2000
     allow = ["192.0.2.0/24", "2001:db8::/32"]
 
-Every setting of L{sockd.settings.Settings} may appear at the top level or in
+Every setting of L{sockd.config.settings.Settings} may appear at the top level or in
 any table (tables are only for grouping: C{[limits]}, C{[ack]}, C{[logging]}),
 with underscores or dashes.  C{[listen]} maps service names to lists of listen
 descriptions.  Errors name the file, the line and what is wrong.
@@ -22,7 +22,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from sockd.settings import FIELDS
+from sockd.config.settings import FIELDS
 
 
 class ConfigError(ValueError):

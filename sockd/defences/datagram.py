@@ -23,10 +23,10 @@ from typing import Any
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
-from sockd import metrics
-from sockd.access import HostRules
-from sockd.ratelimit import GlobalBucket, KeyedBuckets, LogThrottle
-from sockd.settings import Settings
+from sockd.config.settings import Settings
+from sockd.defences.access import HostRules
+from sockd.defences.ratelimit import GlobalBucket, KeyedBuckets, LogThrottle
+from sockd.observe import metrics
 
 log = Logger(namespace="sockd.udpguard")
 

@@ -17,8 +17,8 @@ from time import time
 
 from twisted.logger import Logger, LogLevel
 
-from sockd.addresses import formatAddress
-from sockd.logsafe import escape
+from sockd.observe.addresses import formatAddress
+from sockd.observe.logsafe import escape
 
 NAMESPACE = "sockd.messages"
 log = Logger(namespace=NAMESPACE)

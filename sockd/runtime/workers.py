@@ -32,23 +32,13 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 
-from sockd.daemon import READY_FOR_SIGHUP
-from sockd.settings import Settings
+from sockd.config.settings import Settings
+from sockd.runtime.daemon import READY_FOR_SIGHUP
 
 log = Logger(namespace="sockd.workers")
 
 #: A worker that dies within this many seconds of starting counts towards a crash loop.
 QUICK_DEATH = 5.0
-
-
-def workerCount(text: str) -> int:
-    """C{auto} is the number of cores this process may run on."""
-    if text.strip().lower() == "auto":
-        return len(os.sched_getaffinity(0)) or 1
-    value = int(text)
-    if value < 1:
-        raise ValueError(f"{text} is not a positive number of workers (or auto)")
-    return value
 
 
 def shareLimits(settings: Settings, workers: int) -> Settings:
@@ -157,11 +147,11 @@ class Supervisor(Service):
         spec = json.dumps({"index": index, "count": self.count, "listeners": listeners,
                            "metrics": self.metricsPath(index)})
         # Workers run on the parent's reactor: sockd's own (twistd -r sockd-epoll) must be asked for again.
-        from sockd.reactor import QuietEPollReactor
+        from sockd.runtime.reactor import QuietEPollReactor
 
         chosen = ["-r", "sockd-epoll"] if isinstance(self.reactor, QuietEPollReactor) else []
         args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", *chosen, "-n", "--pidfile=",
-                "--logger", "sockd.logging.jsonLogger", "sockd", *self.argv, "--worker", spec]
+                "--logger", "sockd.observe.observers.jsonLogger", "sockd", *self.argv, "--worker", spec]
         worker = WorkerProcess(self, index)
         self.workers[index] = worker
         # Only the main process talks to systemd (NotifyAccess=main).

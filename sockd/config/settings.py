@@ -8,6 +8,7 @@ added in one place.  Each setting names the threat or need it answers.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,10 +52,14 @@ def octalMode(text: str) -> int:
     return value
 
 
-def _workerCount(text: str) -> int:
-    from sockd.workers import workerCount
-
-    return workerCount(text)
+def workerCount(text: str) -> int:
+    """C{auto} is the number of cores this process may run on."""
+    if text.strip().lower() == "auto":
+        return len(os.sched_getaffinity(0)) or 1
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"{text} is not a positive number of workers (or auto)")
+    return value
 
 
 @dataclass
@@ -91,7 +96,7 @@ class Settings:
     metrics: str | None = _setting(None, "serve Prometheus metrics at /metrics on this endpoint, e.g. tcp:9101:interface=127.0.0.1")
 
     # Processes.
-    workers: int = _setting(1, "worker processes sharing every listening socket ('auto': one per core)", _workerCount)
+    workers: int = _setting(1, "worker processes sharing every listening socket ('auto': one per core)", workerCount)
 
     # Unix sockets and shutdown.
     unix_mode: int = _setting(0o660, "mode of Unix socket files unless the listen description sets mode=", octalMode)

@@ -23,10 +23,17 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from sockd.addresses import formatAddress
-from sockd.describe import DatagramAddress, DescriptionError, escapeInterface, parseDatagram, split, transportName
+from sockd.config.descriptions import (
+    DatagramAddress,
+    DescriptionError,
+    escapeInterface,
+    parseDatagram,
+    split,
+    transportName,
+)
 from sockd.errors import StartupError
-from sockd.sendnow import installSendAtOnce
+from sockd.observe.addresses import formatAddress
+from sockd.runtime.sendnow import installSendAtOnce
 
 log = Logger(namespace="sockd.listeners")
 
@@ -169,7 +176,7 @@ class StreamListener(_Listener):
             raise StartupError(f"{where}: {e}") from None
         reactor = self.reactor
         if split(self.description)[0] == "systemd":
-            from sockd.adopt import AdoptingReactor
+            from sockd.runtime.adopt import AdoptingReactor
 
             reactor = AdoptingReactor(self.reactor)  # keeps systemd's Unix socket files, checks the family
         try:
@@ -198,7 +205,7 @@ class StreamListener(_Listener):
 
     def _adopt(self) -> None:
         """A worker: serve the socket the parent bound, wrapped (TLS) as the description says."""
-        from sockd.adopt import AdoptingReactor, socketFamily
+        from sockd.runtime.adopt import AdoptingReactor, socketFamily
 
         fd = self.inheritedFd
         assert fd is not None
@@ -249,7 +256,7 @@ class DatagramListener(_Listener):
             raise StartupError(f"{serviceName}: {e}") from None
         self.inheritedFd = inheritedFd
         if inheritedFd is not None:
-            from sockd.adopt import socketFamily
+            from sockd.runtime.adopt import socketFamily
 
             self.address = DatagramAddress(fd=inheritedFd, family=socketFamily(inheritedFd))
 

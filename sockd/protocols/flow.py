@@ -9,7 +9,7 @@ reading, and resumes it once the buffer has drained.
 Registering it costs a chain of calls per connection, and most connections of
 a request/response service never queue a byte.  A transport that offers
 C{pauseReadingWhileBlocked()} (sockd's policy layer over sockd's TCP and Unix
-transports, L{sockd.sendnow}) registers it only when it first queues data.
+transports, L{sockd.runtime.sendnow}) registers it only when it first queues data.
 """
 
 from __future__ import annotations

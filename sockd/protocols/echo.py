@@ -6,7 +6,7 @@ from typing import Any
 
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 
-from sockd.flow import pauseReadingWhileBlocked
+from sockd.protocols.flow import pauseReadingWhileBlocked
 
 
 class EchoProtocol(Protocol):

@@ -1,0 +1,215 @@
+"""The assembly: sockd's service tree built from resolved options, and its reload.
+
+L{Assembly} turns what L{sockd.tap.Options} resolved (settings and listen
+descriptions) into one L{SockdService}: the service table gives each
+service's factory and datagram protocol, L{sockd.defences} wraps them and
+L{sockd.runtime} binds them.  It keeps what it built, so a reload (SIGHUP) can
+apply new limits, access lists and quotes, and open or close listeners,
+without dropping established connections.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from typing import Any
+
+from prometheus_client import generate_latest
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from sockd.config.descriptions import isDatagram, transportName
+from sockd.config.file import ConfigError
+from sockd.config.settings import Settings
+from sockd.defences.admission import Admission
+from sockd.defences.datagram import DatagramPolicy, GuardedDatagramProtocol
+from sockd.defences.proxyprotocol import ProxyProtocolFactory
+from sockd.defences.stream import ConnectionRegistry, PolicyFactory
+from sockd.errors import StartupError
+from sockd.observe import metrics
+from sockd.observe.metrics import REGISTRY
+from sockd.protocols.qotd import QuotePicker, builtinQuotes, loadQuotes
+from sockd.protocols.speakfirst import SpeakFirstFactory
+from sockd.runtime.daemon import SockdService
+from sockd.runtime.listeners import DatagramListener, StreamListener
+from sockd.runtime.workers import AggregatedMetrics, Supervisor, shareLimits
+from sockd.services import BY_NAME, SMALL_SERVICE_PORTS, Context
+
+__all__ = ["Assembly"]
+
+log = Logger(namespace="sockd.reload")
+
+
+class Assembly:
+    """What makeService built, kept so that a reload can change it in place."""
+
+    def __init__(self, options: Any, reactor: Any) -> None:
+        self.options = options
+        self.reactor = reactor
+        #: Set in a worker process: which sockets it inherited, and its share of the limits.
+        self.worker: dict[str, Any] | None = json.loads(options["worker"]) if options["worker"] else None
+        settings = self._share(options.settings)
+        self.settings = settings
+        self.context = Context(settings, reactor, QuotePicker(_quotes(settings)))
+        self.admission = Admission(settings, reactor.seconds)
+        self.registry = ConnectionRegistry()
+        self.datagramPolicy = DatagramPolicy(settings, reactor.seconds, SMALL_SERVICE_PORTS)
+        self.top = SockdService(reactor, self.registry, self.datagramPolicy, settings.grace)
+        self.top.reload = self.reload
+        self.listeners: dict[tuple[str, str], Any] = {}
+        self.supervisor: Any = None
+        if self.worker is not None:
+            for name, description, fd in self.worker["listeners"]:
+                self._add(name, description, inheritedFd=fd)
+            self._addWorkerMetrics(self.worker["metrics"])
+            return
+        for name, description in options.active:
+            self._add(name, description)
+        if settings.workers > 1:
+            self.supervisor = Supervisor(reactor, settings.workers, self._workerSockets, options.rawArgs)
+            self.supervisor.grace = settings.grace
+            self.supervisor.setServiceParent(self.top)
+        if settings.metrics:
+            self._addMetrics(settings.metrics)
+
+    def _share(self, settings: Settings) -> Settings:
+        if self.worker is None:
+            return settings
+        return shareLimits(settings, self.worker["count"])
+
+    def _workerSockets(self) -> list[tuple[str, str, Any]]:
+        """What workers inherit: every service listener, in a stable order."""
+        return [(name, description, listener) for (name, description), listener in self.listeners.items()]
+
+    def _add(self, name: str, description: str, inheritedFd: int | None = None) -> Any:
+        service = BY_NAME[name]
+        settings = self.settings
+        if isDatagram(description):
+            assert service.datagram is not None
+            protocol = GuardedDatagramProtocol(service.datagram(self.context), self.datagramPolicy, name)
+            listener = DatagramListener(self.reactor, name, description, protocol, inheritedFd=inheritedFd)
+        else:
+            transport = transportName(description)
+            factory: Any = PolicyFactory(
+                service.stream(self.context),
+                service=name,
+                transport=transport,
+                admission=self.admission,
+                registry=self.registry,
+                clock=self.reactor,
+                idleTimeout=settings.idle_timeout,
+                handshakeTimeout=settings.tls_handshake_timeout if transport in ("ssl", "tls") else 0,
+            )
+            bindTo = description
+            if transport == "haproxy":
+                # Twisted's own haproxy: wrapper drops split headers (twisted#8287) and starts the service
+                # before the real peer is known (twisted#12501); sockd's wrapper does neither.
+                factory = ProxyProtocolFactory(factory, clock=self.reactor)
+                bindTo = description.split(":", 1)[1]
+            listener = StreamListener(self.reactor, name, bindTo, factory, transport=transport,
+                                      inheritedFd=inheritedFd, unixMode=settings.unix_mode)
+        self.listeners[(name, description)] = listener
+        listener.setServiceParent(self.top)
+        return listener
+
+    def _named(self, key: tuple[str, str]) -> Any:
+        try:
+            return self.top.getServiceNamed(" ".join(key))
+        except KeyError:
+            return None
+
+    def _addMetrics(self, description: str) -> None:
+        # prometheus_client.twisted imports the reactor: not at module level, or `twistd -r` breaks.
+        from prometheus_client.twisted import MetricsResource
+
+        root = Resource()
+        if self.supervisor is not None:
+            root.putChild(b"metrics", AggregatedMetrics(self.reactor, self.supervisor))
+        else:
+            root.putChild(b"metrics", MetricsResource(registry=REGISTRY))
+        site = Site(root)
+        site.noisy = False
+        StreamListener(self.reactor, "metrics", description, site).setServiceParent(self.top)
+
+    def _addWorkerMetrics(self, path: str) -> None:
+        """A worker answers its parent's scrapes on a private Unix socket: the exposition, then close."""
+        factory = SpeakFirstFactory(lambda: generate_latest(REGISTRY), self.reactor)
+        StreamListener(self.reactor, "worker-metrics", f"unix:{path}:mode=600", factory,
+                       announce=False).setServiceParent(self.top)
+
+    def reload(self) -> None:
+        """Re-read the configuration: new rules at once, listeners opened or closed, connections kept."""
+        try:
+            settings, active = self.options.resolve()
+        except (StartupError, ConfigError) as e:
+            metrics.RELOADS["failed"] += 1
+            log.error("reload failed, keeping the running configuration: {why}", why=str(e))
+            return
+        settings = self._share(settings)
+        self.settings = settings
+        self.context.settings = settings
+        self.context.quotes.quotes = _quotes(settings)
+        self.admission.reconfigure(settings)
+        self.datagramPolicy.reconfigure(settings)
+        self.top.grace = settings.grace
+        wanted = list(dict.fromkeys(active))
+        if self.worker is not None:
+            wanted = list(self.listeners)  # a worker serves what it inherited; the parent restarts it for more
+        before = list(self.listeners)
+        for key in [k for k in self.listeners if k not in wanted]:
+            listener = self.listeners.pop(key)
+            listener.disownServiceParent()
+            log.info("reload: closed {service} {description}", service=key[0], description=key[1])
+        opened = 0
+        for key, listener in list(self.listeners.items()):
+            self._refresh(key, listener)
+        for key in wanted:
+            if key in self.listeners:
+                continue
+            try:
+                listener = self._add(*key)  # the running parent binds and starts it at once
+            except StartupError as e:
+                stray = self.listeners.pop(key, None) or self._named(key)
+                if stray is not None and stray.parent is not None:
+                    stray.disownServiceParent()
+                log.error("reload: cannot open {what}: {why}", what=" ".join(key), why=str(e))
+                continue
+            if isinstance(getattr(listener, "boundPort", None), int):
+                self.datagramPolicy.addOwnPort(listener.boundPort)
+            opened += 1
+        if self.supervisor is not None:
+            if list(self.listeners) != before:
+                log.info("reload: listeners changed: starting new workers on the new set")
+                self.supervisor.restartAll()
+            else:
+                self.supervisor.signalAll(signal.SIGHUP)
+        metrics.RELOADS["ok"] += 1
+        log.info("reloaded {path}: {count} listeners ({opened} opened)", path=self.options["config"] or "options",
+                 count=len(self.listeners), opened=opened)
+
+    def _refresh(self, key: tuple[str, str], listener: Any) -> None:
+        """Give a kept listener a service built from the new settings; open connections keep theirs."""
+        name, description = key
+        service = BY_NAME[name]
+        if isDatagram(description):
+            assert service.datagram is not None
+            listener.protocol.replaceInner(service.datagram(self.context))
+            return
+        policy = listener.factory
+        while not isinstance(policy, PolicyFactory):
+            policy = policy.wrappedFactory
+        policy.wrappedFactory = service.stream(self.context)
+        if policy.idleTimeout != self.settings.idle_timeout:
+            policy.idleTimeout = self.settings.idle_timeout
+            self.registry.rescheduleIdle()
+        if policy.handshakeTimeout:
+            policy.handshakeTimeout = self.settings.tls_handshake_timeout
+
+
+def _quotes(settings: Settings) -> tuple[bytes, ...]:
+    return loadQuotes(settings.quotes) if settings.quotes else builtinQuotes()
+
+
+def _quotes(settings: Settings) -> tuple[bytes, ...]:
+    return loadQuotes(settings.quotes) if settings.quotes else builtinQuotes()
