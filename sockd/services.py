@@ -35,11 +35,14 @@ class Context:
     now: Callable[[], float] = time.time
 
     def messageLog(self, service: str) -> MessageLog:
+        """The per-message log of one service, on or off as the settings say."""
         return MessageLog(service, self.settings.log_messages)
 
 
 @dataclass(frozen=True)
-class Service:
+class ServiceSpec:
+    """One row of the service table: how to build the service for streams and datagrams, and where it listens."""
+
     name: str
     summary: str
     stream: Callable[[Context], IProtocolFactory]
@@ -53,40 +56,40 @@ def _ackStream(c: Context) -> IProtocolFactory:
     return AckFactory(c.clock, c.messageLog("ack"), s.max_message, s.quiet_time, s.ack_once)
 
 
-SERVICES: tuple[Service, ...] = (
-    Service(
+SERVICES: tuple[ServiceSpec, ...] = (
+    ServiceSpec(
         "ack", "the tutorial's server: logs each message, answers 'I got your message'",
         _ackStream,
         lambda c: AckDatagramProtocol(c.messageLog("ack")),
         ("tcp:51717", "udp:51717", "unix:sockd.sock"),
     ),
-    Service(
+    ServiceSpec(
         "echo", "RFC 862: returns every byte and datagram",
         lambda c: EchoFactory(), lambda c: EchoDatagramProtocol(),
         ("tcp:50007", "udp:50007"),
     ),
-    Service(
+    ServiceSpec(
         "discard", "RFC 863: throws everything away",
         lambda c: DiscardFactory(), lambda c: DiscardDatagramProtocol(),
         ("tcp:50009", "udp:50009"),
     ),
-    Service(
+    ServiceSpec(
         "daytime", "RFC 867: one ASCII date-time line",
         lambda c: SpeakFirstFactory(clockAnswer(daytimeLine, c.now), c.clock),
         lambda c: AnswerDatagramProtocol(clockAnswer(daytimeLine, c.now)),
         ("tcp:50013", "udp:50013"), speaksFirst=True,
     ),
-    Service(
+    ServiceSpec(
         "qotd", "RFC 865: a quote under 512 bytes",
         lambda c: SpeakFirstFactory(c.quotes, c.clock), lambda c: AnswerDatagramProtocol(c.quotes),
         ("tcp:50017", "udp:50017"), speaksFirst=True,
     ),
-    Service(
+    ServiceSpec(
         "chargen", "RFC 864: the rotating printable-ASCII pattern (UDP only when asked: it amplifies)",
         lambda c: ChargenFactory(), lambda c: ChargenDatagramProtocol(),
         ("tcp:50019",), speaksFirst=True,
     ),
-    Service(
+    ServiceSpec(
         "time", "RFC 868: 32-bit seconds since 1900",
         lambda c: SpeakFirstFactory(clockAnswer(timeBytes, c.now), c.clock),
         lambda c: AnswerDatagramProtocol(clockAnswer(timeBytes, c.now)),
@@ -94,7 +97,7 @@ SERVICES: tuple[Service, ...] = (
     ),
 )
 
-BY_NAME: dict[str, Service] = {s.name: s for s in SERVICES}
+BY_NAME: dict[str, ServiceSpec] = {s.name: s for s in SERVICES}
 
 #: The well-known ports of the UDP small services: answering datagrams from
 #: them is how echo/chargen loops start (CERT CA-1996-01).

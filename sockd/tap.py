@@ -49,6 +49,8 @@ def _shownDefault(f: Any) -> str:
 
 
 class Options(usage.Options):
+    """C{twistd sockd}'s options; L{resolve} merges them with the configuration file."""
+
     synopsis = "[--config FILE] [--ack DESC ...] [--echo DESC ...] [options]"
     longdesc = (
         "Serve the sockets tutorial's ack server and the inetd small services (echo, discard, "

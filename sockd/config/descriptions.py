@@ -151,6 +151,7 @@ def _socketFamily(fd: int, description: str) -> socket.AddressFamily:
 
 
 def isDatagram(description: str) -> bool:
+    """Whether a description is sockd's own C{udp:} rather than a Twisted stream endpoint."""
     return split(description)[0] == "udp"
 
 

@@ -31,6 +31,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class ConfigFile:
+    """A parsed configuration file: setting values by field name, and the [listen] table if it has one."""
+
     path: str
     values: dict[str, Any] = field(default_factory=dict)
     listeners: list[tuple[str, str]] | None = None
@@ -111,6 +113,7 @@ def parseConfig(text: str, path: str, services: set[str]) -> ConfigFile:
 
 
 def loadConfig(path: str, services: set[str]) -> ConfigFile:
+    """Read and check a configuration file; any mistake is a L{ConfigError} naming file:line."""
     try:
         with open(path, "rb") as handle:
             raw = handle.read()

@@ -25,6 +25,7 @@ def _setting(default: Any, help: str, coerce: Callable[[str], Any] | None = None
 
 
 def positiveInt(text: str) -> int:
+    """Coerce an option to a whole number of at least 1."""
     value = int(text)
     if value < 1:
         raise ValueError(f"{text} is not a positive whole number")
@@ -32,6 +33,7 @@ def positiveInt(text: str) -> int:
 
 
 def nonNegativeInt(text: str) -> int:
+    """Coerce an option to a whole number of at least 0 (0 usually means unlimited)."""
     value = int(text)
     if value < 0:
         raise ValueError(f"{text} is negative")
@@ -39,6 +41,7 @@ def nonNegativeInt(text: str) -> int:
 
 
 def nonNegativeFloat(text: str) -> float:
+    """Coerce an option to a number of at least 0 (NaN refused)."""
     value = float(text)
     if not value >= 0:
         raise ValueError(f"{text} is not a non-negative number")
@@ -46,6 +49,7 @@ def nonNegativeFloat(text: str) -> float:
 
 
 def octalMode(text: str) -> int:
+    """Coerce an option written in octal, as chmod takes it, to a file mode."""
     value = int(text, 8)
     if not 0 <= value <= 0o777:
         raise ValueError(f"{text} is not a file mode such as 660")
@@ -107,4 +111,5 @@ FIELDS: tuple[dataclasses.Field, ...] = dataclasses.fields(Settings)
 
 
 def optionName(fieldName: str) -> str:
+    """The command-line spelling of a setting: C{max_per_source} is C{--max-per-source}."""
     return fieldName.replace("_", "-")

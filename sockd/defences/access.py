@@ -14,6 +14,7 @@ class AccessError(ValueError):
 
 
 def parseNetworks(blocks: Iterable[str], what: str) -> tuple[Network, ...]:
+    """Address blocks (CIDR or single addresses) as networks; C{none} clears; C{what} names the option in errors."""
     networks = []
     for block in blocks:
         if block.strip().lower() == "none":
@@ -63,6 +64,7 @@ def parseHost(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None
 
 
 def contains(networks: tuple[Network, ...], address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether an address falls in any of the networks of its own family."""
     return any(address in network for network in networks if network.version == address.version)
 
 

@@ -42,6 +42,7 @@ RELOADS: defaultdict[str, int] = defaultdict(int)
 
 
 def statsFor(service: str, transport: str) -> ListenerStats:
+    """The counters of one service on one transport, created at first use."""
     stats = STATS.get((service, transport))
     if stats is None:
         stats = STATS[(service, transport)] = ListenerStats(service, transport)

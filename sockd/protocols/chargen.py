@@ -66,6 +66,8 @@ class ChargenProtocol(Protocol):
 
 
 class ChargenFactory(Factory):
+    """Builds a L{ChargenProtocol} per connection."""
+
     noisy = False
     protocol = ChargenProtocol
 

@@ -15,6 +15,8 @@ class DiscardProtocol(Protocol):
 
 
 class DiscardFactory(Factory):
+    """Builds a L{DiscardProtocol} per connection."""
+
     noisy = False
     protocol = DiscardProtocol
 

@@ -20,6 +20,8 @@ class EchoProtocol(Protocol):
 
 
 class EchoFactory(Factory):
+    """Builds an L{EchoProtocol} per connection."""
+
     noisy = False
     protocol = EchoProtocol
 

@@ -77,4 +77,5 @@ class QuotePicker:
 
 
 def builtinQuotes() -> tuple[bytes, ...]:
+    """The quotes sockd ships, encoded as they go on the wire."""
     return tuple(_encode(q) for q in BUILTIN_QUOTES)

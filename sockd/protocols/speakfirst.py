@@ -64,6 +64,8 @@ class SpeakFirstProtocol(Protocol):
 
 
 class SpeakFirstFactory(Factory):
+    """Builds connections that send one answer at once, then half-close and linger (daytime, time, qotd)."""
+
     protocol = SpeakFirstProtocol
     noisy = False
 

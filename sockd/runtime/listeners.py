@@ -69,6 +69,7 @@ def withDefaults(description: str, mode: int) -> str:
 
 
 def unixPath(description: str) -> str | None:
+    """The socket file a C{unix:} description names, or None for any other kind."""
     kind, args, kwargs = split(description)
     if kind != "unix":
         return None
