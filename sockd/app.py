@@ -27,6 +27,7 @@ from sockd.defences.datagram import DatagramPolicy, GuardedDatagramProtocol
 from sockd.defences.proxyprotocol import ProxyProtocolFactory
 from sockd.defences.stream import ConnectionRegistry, PolicyFactory
 from sockd.errors import StartupError
+from sockd.interfaces import IDatagramListener
 from sockd.observe import metrics
 from sockd.observe.metrics import REGISTRY
 from sockd.protocols.qotd import QuotePicker, builtinQuotes, loadQuotes
@@ -175,7 +176,7 @@ class Assembly:
                     stray.disownServiceParent()
                 log.error("reload: cannot open {what}: {why}", what=" ".join(key), why=str(e))
                 continue
-            if isinstance(getattr(listener, "boundPort", None), int):
+            if IDatagramListener.providedBy(listener):
                 self.datagramPolicy.addOwnPort(listener.boundPort)
             opened += 1
         if self.supervisor is not None:

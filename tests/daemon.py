@@ -15,7 +15,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 BIN = Path(sys.executable).parent
 TWISTD = str(BIN / "twistd")
@@ -181,12 +183,23 @@ def children(pid: int) -> set[int]:
     return found
 
 
-def waitFor(predicate, what: str, timeout: float = 15.0):
-    """Poll C{predicate} until it returns something true (returned), or fail naming C{what}."""
+def waitFor(predicate: Callable[[], Any], what: str, timeout: float = 15.0, proc: subprocess.Popen | None = None,
+            logPath: Path | None = None, interval: float = 0.02) -> Any:
+    """Poll C{predicate} until it returns something true (returned), or fail naming C{what}.
+
+    Stops early if C{proc} exits; the failure shows C{logPath}'s text when given.
+    """
     deadline = time.monotonic() + timeout
-    while True:
+    while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
+        if proc is not None and proc.poll() is not None:
+            break
+        time.sleep(interval)
+    value = predicate()
+    if value:
+        return value
+    log = logPath.read_text(errors="replace") if logPath is not None and logPath.exists() else ""
+    code = proc.poll() if proc is not None else None
+    raise AssertionError(f"timed out{f' or exited ({code})' if code is not None else ''} waiting for {what}\n{log}")

@@ -16,7 +16,7 @@ PACKAGE = ROOT / "sockd"
 
 #: Lowest first.  A module may import its own layer or lower ones; a test below keeps the list complete.
 LAYERS: list[tuple[str, ...]] = [
-    ("sockd", "sockd.errors"),
+    ("sockd", "sockd.errors", "sockd.interfaces"),
     ("sockd.config", "sockd.measure"),
     ("sockd.observe",),
     ("sockd.protocols",),

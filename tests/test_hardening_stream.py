@@ -16,11 +16,10 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
 
-from tests.daemon import HAVE_IPV6, Daemon, connect, recvAll, recvExactly
+from tests.daemon import HAVE_IPV6, Daemon, connect, recvAll, recvExactly, waitFor
 
 LOCAL = "tcp:0:interface=127.0.0.1"
 ACK_ANSWER = b"I got your message"
@@ -31,20 +30,9 @@ MB = 1 << 20
 # Helpers
 
 
-def waitFor(predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.05) -> bool:
-    """Poll C{predicate} until true or C{timeout}; the tests never wait unboundedly."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-
-
 def fdsReturn(d: Daemon, baseline: int, timeout: float = 5.0) -> bool:
     """Whether the daemon's open descriptors come back to C{baseline} within C{timeout}."""
-    return waitFor(lambda: d.fds() <= baseline, timeout)
+    return bool(waitFor(lambda: d.fds() <= baseline, f"file descriptors back to {baseline}", timeout))
 
 
 def connectFrom(address: tuple[str, int], source: str = "127.0.0.1", timeout: float = 5.0,
@@ -251,7 +239,7 @@ def test_many_idle_connections_are_all_closed_and_a_busy_one_is_kept(daemon) -> 
     baseFds = d.fds()
     services = ("echo", "ack", "discard")
     idle = [connect(d.address(services[i % 3])) for i in range(60)]
-    assert waitFor(lambda: d.fds() >= baseFds + 60, 3.0)
+    waitFor(lambda: d.fds() >= baseFds + 60, "60 more open descriptors", 3.0)
     busy = connect(d.address("echo"))
     start = time.monotonic()
     # Keep one connection busy for 2.5 s (sending every 0.3 s): it must survive the idle sweep.
@@ -288,7 +276,7 @@ def test_max_connections_refuses_the_next_connection_at_once(daemon) -> None:
     extra.close()
     # Closing one makes room for exactly one more, and the refusals did not leak a slot.
     held.pop().close()
-    assert waitFor(lambda: freshEcho(address), 3.0)
+    waitFor(lambda: freshEcho(address), "a fresh echo connection to be served", 3.0)
     for s in held:
         s.close()
     assert fdsReturn(d, baseFds)
@@ -310,7 +298,7 @@ def test_max_per_source_refuses_one_address_but_not_another(daemon) -> None:
     extra.close()
     assert freshEcho(address, source="127.0.0.2"), "another source was refused by a per-source limit"
     held.pop().close()
-    assert waitFor(lambda: freshEcho(address), 3.0)
+    waitFor(lambda: freshEcho(address), "a fresh echo connection to be served", 3.0)
     for s in held:
         s.close()
     assert fdsReturn(d, baseFds)
@@ -352,9 +340,9 @@ def test_refusals_are_logged_once_per_source_and_interval(daemon) -> None:
     for _ in range(10):
         with connect(address) as s:
             assert closedByPeer(s)
-    assert waitFor(lambda: len(pattern.findall(d.log())) == 2, 2.0), d.log()
+    waitFor(lambda: len(pattern.findall(d.log())) == 2, "two refusal lines in the log", 2.0)
     holder.close()
-    assert waitFor(lambda: freshEcho(address), 3.0)
+    waitFor(lambda: freshEcho(address), "a fresh echo connection to be served", 3.0)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ import pytest
 from twisted.logger import capturedLogs
 
 from sockd.runtime.sdnotify import Notifier, notify, notifyAddress
-from tests.daemon import HAVE_IPV6, LISTENING, TWISTD, recvExactly
+from tests.daemon import HAVE_IPV6, LISTENING, TWISTD, recvExactly, waitFor
 
 UNITS = Path(__file__).resolve().parent.parent / "contrib" / "systemd"
 ACTIVATE = shutil.which("systemd-socket-activate")
@@ -118,22 +118,6 @@ def freePort(host: str) -> int:
     raise AssertionError("no port free for both TCP and UDP")
 
 
-
-
-def waitFor(condition: Callable[[], object], timeout: float, what: str, proc: subprocess.Popen | None = None,
-            logPath: Path | None = None) -> object:
-    """Poll C{condition} until it is true; fail naming C{what} (and showing the log) otherwise."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        if proc is not None and proc.poll() is not None:
-            break
-        time.sleep(0.02)
-    log = logPath.read_text(errors="replace") if logPath is not None and logPath.exists() else ""
-    code = proc.poll() if proc is not None else None
-    raise AssertionError(f"timed out or exited ({code}) waiting for {what}\n{log}")
 
 
 def listening(logPath: Path) -> list[tuple[str, str, str]]:
@@ -555,9 +539,9 @@ def test_activation_udp_nonblocking(spawn, tmp_path: Path) -> None:
     proc = spawn([*activate(f"127.0.0.1:{port}", "ackudp", datagram=True),
                   sys.executable, "-c", NONBLOCKING_SHIM,
                   *twistd(logPath, "--ack", "udp:index=0", "--ack", "tcp:0:interface=127.0.0.1")])
-    waitFor(activateListening(tmp_path), TIMEOUT, "systemd-socket-activate to listen", proc)
+    waitFor(activateListening(tmp_path), "systemd-socket-activate to listen", TIMEOUT, proc)
     assert ackUdp(("127.0.0.1", port)) == UDP_ANSWER  # this datagram starts sockd
-    waitFor(lambda: len(listening(logPath)) == 2, TIMEOUT, "two listeners", proc, logPath)
+    waitFor(lambda: len(listening(logPath)) == 2, "two listeners", TIMEOUT, proc, logPath)
     assert ("ack", "udp", f"127.0.0.1:{port}") in listening(logPath)
     assert ackUdp(("127.0.0.1", port)) == UDP_ANSWER
     assert stopped(proc) in CLEAN
@@ -569,9 +553,9 @@ def test_activation_udp_blocking_socket_keeps_serving(spawn, tmp_path: Path) -> 
     logPath = tmp_path / "sockd.log"
     proc = spawn([*activate(f"127.0.0.1:{port}", "ackudp", datagram=True),
                   *twistd(logPath, "--ack", "udp:index=0", "--ack", "tcp:0:interface=127.0.0.1")])
-    waitFor(activateListening(tmp_path), TIMEOUT, "systemd-socket-activate to listen", proc)
+    waitFor(activateListening(tmp_path), "systemd-socket-activate to listen", TIMEOUT, proc)
     assert ackUdp(("127.0.0.1", port)) == UDP_ANSWER
-    waitFor(lambda: len(listening(logPath)) == 2, TIMEOUT, "two listeners", proc, logPath)
+    waitFor(lambda: len(listening(logPath)) == 2, "two listeners", TIMEOUT, proc, logPath)
     host, tcpPort = next(a for _, t, a in listening(logPath) if t == "tcp").rsplit(":", 1)
     answer: bytes | OSError
     try:
@@ -593,7 +577,7 @@ def test_activation_unix(spawn, tmp_path: Path) -> None:
     path = tmp_path / "ack.sock"
     logPath = tmp_path / "sockd.log"
     proc = spawn([*activate(str(path), "ackunix"), *twistd(logPath, "--ack", "systemd:domain=UNIX:name=ackunix")])
-    waitFor(path.exists, TIMEOUT, "the socket file", proc)
+    waitFor(path.exists, "the socket file", TIMEOUT, proc)
     assert ackUnix(path, timeout=TIMEOUT) == ACK_ANSWER
     assert listening(logPath) == [("ack", "systemd", str(path))]
     assert stopped(proc) in CLEAN
@@ -604,10 +588,10 @@ def _adoptUnix(spawn, tmp_path: Path) -> tuple[subprocess.Popen, Path, int]:
     path = tmp_path / "ack.sock"
     logPath = tmp_path / "sockd.log"
     proc = spawn([*activate(str(path), "ack"), *twistd(logPath, "--ack", "systemd:domain=UNIX:index=0")])
-    waitFor(path.exists, TIMEOUT, "the socket file", proc)
+    waitFor(path.exists, "the socket file", TIMEOUT, proc)
     before = stat.S_IMODE(os.stat(path).st_mode)
     assert ackUnix(path, timeout=TIMEOUT) == ACK_ANSWER
-    waitFor(lambda: listening(logPath), TIMEOUT, "the listener", proc, logPath)
+    waitFor(lambda: listening(logPath), "the listener", TIMEOUT, proc, logPath)
     return proc, path, before
 
 
@@ -635,7 +619,7 @@ def test_activation_wrong_domain_is_refused_or_harmless(spawn, tmp_path: Path) -
         connectWhenListening(("::1", port)).close()
     except OSError:
         pass
-    waitFor(lambda: listening(logPath) or proc.poll() is not None, TIMEOUT, "sockd to start or fail")
+    waitFor(lambda: listening(logPath) or proc.poll() is not None, "sockd to start or fail", TIMEOUT)
     if proc.poll() is None:
         assert listening(logPath) == [("ack", "systemd", f"[::1]:{port}")]
     else:

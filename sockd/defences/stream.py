@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
 from sockd.defences.admission import Admission
+from sockd.interfaces import IPendingInput
 from sockd.observe import metrics
 from sockd.observe.addresses import formatAddress, hostOf
 from sockd.protocols.flow import ReadPauser
@@ -272,9 +273,9 @@ class PolicyProtocol(ProtocolWrapper):
         self._drainCall = self.factory.clock.callLater(quiet, self._checkQuiet)
 
     def _finish(self) -> None:
-        flush = getattr(self.wrappedProtocol, "flushPending", None)
-        if flush is not None:
-            flush()
+        pending = IPendingInput(self.wrappedProtocol, None)
+        if pending is not None:
+            pending.flushPending()
         self.loseConnection()
 
     def connectionLost(self, reason: Failure | None = None) -> None:

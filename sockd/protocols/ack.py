@@ -20,6 +20,7 @@ from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from sockd.interfaces import IPendingInput
 from sockd.observe.addresses import formatAddress
 from sockd.observe.messagelog import MessageLog
 from sockd.protocols.flow import pauseReadingWhileBlocked
@@ -28,7 +29,7 @@ STREAM_ANSWER = b"I got your message"
 DATAGRAM_ANSWER = b"Got your message\n"
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IPendingInput)
 class AckProtocol(Protocol):
     """Frame a byte stream into messages and acknowledge each one."""
 

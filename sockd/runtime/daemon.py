@@ -14,14 +14,10 @@ from twisted.logger import Logger
 from sockd.defences.datagram import DatagramPolicy
 from sockd.defences.stream import ConnectionRegistry
 from sockd.errors import StartupError
-from sockd.runtime.listeners import DatagramListener
+from sockd.interfaces import IDatagramListener, IListener, IStopsFirst
 from sockd.runtime.sdnotify import notify
 
 log = Logger(namespace="sockd.daemon")
-
-#: Logged once SIGHUP reloads rather than kills: a --workers parent signals a worker only after it.
-READY_FOR_SIGHUP = "ready for SIGHUP"
-
 
 def raiseFileLimit() -> None:
     """Let the daemon use every descriptor it may: each connection costs one."""
@@ -57,7 +53,6 @@ class SockdService(MultiService):
             # Before the listeners announce themselves: from then on a SIGHUP must reload, not kill.
             # (A reload asked for now runs once the reactor does.)
             signal.signal(signal.SIGHUP, self._onHangup)
-            log.debug(READY_FOR_SIGHUP)
         raiseFileLimit()
         bound = []
         try:
@@ -66,17 +61,18 @@ class SockdService(MultiService):
                 bound.append(listener)
         except StartupError:
             for listener in reversed(bound):
-                getattr(listener, "abandon", listener.stopService)()
+                listener.abandon() if IListener.providedBy(listener) else listener.stopService()
             raise
         for listener in bound:
-            if isinstance(listener, DatagramListener):
+            if IDatagramListener.providedBy(listener):
                 self.datagramPolicy.addOwnPort(listener.boundPort)
 
     def startService(self) -> None:
         super().startService()
         # Every listener was bound in privilegedStartService: a Type=notify unit (contrib/systemd) may
-        # count sockd as up.  Not before the reactor runs: twistd calls startService before
-        # reactor.run() installs the SIGTERM handler, and a stop right after READY=1 would kill sockd.
+        # count sockd as up, and a --workers parent (whose notify socket a worker has) may send SIGHUP.
+        # Not before the reactor runs: twistd calls startService before reactor.run() installs the
+        # SIGTERM handler, and a stop right after READY=1 would kill sockd.
         self.reactor.callWhenRunning(notify, "READY=1")
 
     def _onHangup(self, signum: int, frame: Any) -> None:
@@ -91,7 +87,7 @@ class SockdService(MultiService):
                      grace=self.grace)
         self.running = 0
         # Worker processes (if any) finish first, while the sockets they serve still exist.
-        first = [s for s in self if getattr(s, "stopFirst", False)]
+        first = [s for s in self if IStopsFirst.providedBy(s)]
         rest = [s for s in reversed(list(self)) if s not in first]
         d = defer.DeferredList([defer.maybeDeferred(s.stopService) for s in first], consumeErrors=True)
         d.addCallback(lambda _: defer.DeferredList([defer.maybeDeferred(s.stopService) for s in rest],

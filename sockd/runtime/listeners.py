@@ -22,6 +22,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from sockd.config.descriptions import (
     DatagramAddress,
@@ -32,6 +33,7 @@ from sockd.config.descriptions import (
     transportName,
 )
 from sockd.errors import StartupError
+from sockd.interfaces import IDatagramListener, IListener
 from sockd.observe.addresses import formatAddress
 from sockd.runtime.sendnow import installSendAtOnce
 
@@ -143,6 +145,7 @@ class _Listener(Service):
         return defer.maybeDeferred(port.stopListening)
 
 
+@implementer(IListener)
 class StreamListener(_Listener):
     """Listen with a Twisted server endpoint string for one service's stream flavour."""
 
@@ -240,6 +243,7 @@ class StreamListener(_Listener):
                     pass
 
 
+@implementer(IDatagramListener)
 class DatagramListener(_Listener):
     """Listen on UDP (or adopt an inherited datagram socket) for one service."""
 
@@ -294,4 +298,5 @@ class DatagramListener(_Listener):
 
     @property
     def boundPort(self) -> int:
+        """The UDP port actually bound (0 before binding)."""
         return self.port.getHost().port if self.port is not None else 0

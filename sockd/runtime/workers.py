@@ -31,9 +31,10 @@ from twisted.internet import defer, protocol
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web import resource, server
+from zope.interface import implementer
 
 from sockd.config.settings import Settings
-from sockd.runtime.daemon import READY_FOR_SIGHUP
+from sockd.interfaces import IStopsFirst
 
 log = Logger(namespace="sockd.workers")
 
@@ -76,6 +77,8 @@ class WorkerProcess(protocol.ProcessProtocol):
         self.ready = False
         self.pendingHangup = False
         self.started = supervisor.reactor.seconds()
+        #: The listening datagram port of this worker's notify socket, closed when the worker ends.
+        self.notifyPort: Any = None
 
     def outReceived(self, data: bytes) -> None:
         lines = (self._partial + data).split(b"\n")
@@ -94,28 +97,51 @@ class WorkerProcess(protocol.ProcessProtocol):
             return
         text = record.pop("text", "")
         namespace = record.pop("namespace", "sockd.worker")
-        if namespace == "sockd.daemon" and text == READY_FOR_SIGHUP:
-            self.ready = True
-            if self.pendingHangup:
-                self.pendingHangup = False
-                self.supervisor.signal(self.index, signal.SIGHUP)
-            return
         if level < LogLevel.warn and not namespace.startswith("sockd") or level < LogLevel.info:
             return  # each worker's own twistd start-up chatter: the parent already said it once
         record.pop("time", None)
         fields = {k: v for k, v in record.items() if not k.startswith("log_")}
         Logger(namespace=namespace).emit(level, "{text}", text=text, worker=self.index, **fields)
 
+    def notified(self, states: list[str]) -> None:
+        """The worker spoke on its notify socket; C{READY=1} means SIGHUP now reloads it."""
+        if "READY=1" in states and not self.ready:
+            self.ready = True
+            if self.pendingHangup:
+                self.pendingHangup = False
+                self.supervisor.signal(self.index, signal.SIGHUP)
+
     def processEnded(self, reason: Failure) -> None:
+        if self.notifyPort is not None:
+            self.notifyPort.stopListening()
+            self.notifyPort = None
         self.ended.callback(None)
         self.supervisor.workerEnded(self, reason)
 
 
-class Supervisor(Service):
-    """Starts, restarts, signals and stops the worker processes."""
+class NotifyReceiver(protocol.DatagramProtocol):
+    """The parent's end of one worker's C{NOTIFY_SOCKET}: sd_notify's datagrams, as systemd would get them.
 
-    #: Stopped before the listeners, so workers finish while the sockets still exist.
-    stopFirst = True
+    A worker tells its parent it is ready the way sockd tells systemd
+    (L{sockd.runtime.sdnotify}), so the parent learns it from a channel of
+    its own rather than from the text of a log line.
+    """
+
+    def __init__(self, worker: WorkerProcess) -> None:
+        self.worker = worker
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        states = datagram.decode("utf-8", "replace").split("\n")
+        self.worker.notified([s.strip() for s in states if s.strip()])
+
+
+@implementer(IStopsFirst)
+class Supervisor(Service):
+    """Starts, restarts, signals and stops the worker processes.
+
+    It provides L{IStopsFirst}: stopped before the listeners, so workers finish
+    while the sockets they serve still exist.
+    """
 
     def __init__(self, reactor: Any, count: int, listeners: Callable[[], list[Any]], argv: list[str]) -> None:
         self.reactor = reactor
@@ -128,6 +154,8 @@ class Supervisor(Service):
         self.quickDeaths = 0
         self.metricsDir = ""
         self.grace = 5.0
+        #: Counts spawns, so a new generation's notify socket never reuses a path the old one still has.
+        self.spawned = 0
 
     def metricsPath(self, index: int) -> str:
         return os.path.join(self.metricsDir, f"worker-{index}.sock")
@@ -154,8 +182,12 @@ class Supervisor(Service):
                 "--logger", "sockd.observe.observers.jsonLogger", "sockd", *self.argv, "--worker", spec]
         worker = WorkerProcess(self, index)
         self.workers[index] = worker
-        # Only the main process talks to systemd (NotifyAccess=main).
+        # Only the main process talks to systemd (NotifyAccess=main); a worker's READY=1 comes to us.
+        self.spawned += 1
+        notifyPath = os.path.join(self.metricsDir, f"notify-{index}-{self.spawned}.sock")
+        worker.notifyPort = self.reactor.listenUNIXDatagram(notifyPath, NotifyReceiver(worker), mode=0o600)
         env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+        env["NOTIFY_SOCKET"] = notifyPath
         self.transports[index] = self.reactor.spawnProcess(worker, sys.executable, args, env=env,
                                                            childFDs=childFDs)
         self.transports[index].closeStdin()

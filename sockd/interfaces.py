@@ -1,0 +1,40 @@
+"""The contracts between sockd's layers, as zope.interface declarations.
+
+Where one layer calls an optional method of another (drain a protocol's
+pending input, abandon a half-started listener, stop worker supervisors
+first), it asks for an interface rather than probing with C{getattr}, so a
+reader finds every implementer by name.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+__all__ = ["IDatagramListener", "IListener", "IPendingInput", "IStopsFirst"]
+
+
+class IPendingInput(Interface):
+    """A protocol that may hold input it has not answered yet (the ack service's partial message)."""
+
+    def flushPending() -> None:
+        """Answer what has arrived but not been answered: the peer is done, quiet, or sockd is stopping."""
+
+
+class IListener(Interface):
+    """A service that binds one listen description for one sockd service."""
+
+    serviceName = Attribute("The sockd service it serves, such as 'ack'.")
+    description = Attribute("The listen description it binds, as given.")
+
+    def abandon() -> None:
+        """Start-up failed elsewhere: close now, removing any socket file this listener created."""
+
+
+class IDatagramListener(IListener):
+    """A listener for datagrams: its port matters to the reflection defences."""
+
+    boundPort = Attribute("The UDP port actually bound (0 before binding): answers to it would loop.")
+
+
+class IStopsFirst(Interface):
+    """A service that must stop before the listeners, because its children serve their sockets."""

@@ -1,0 +1,293 @@
+"""The runtime's upper layers in-process: the worker supervisor and the top service, on a fake reactor.
+
+No subprocess, no sleeping: C{MemoryReactorClock} keeps time, a recording
+C{spawnProcess} stands in for the workers, and the notify socket is driven by
+calling its receiving protocol as the reactor would.  The end-to-end tests
+(tests/test_workers.py, tests/test_shutdown.py) remain the second depth.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+import pytest
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from sockd.config.settings import Settings
+from sockd.defences.datagram import DatagramPolicy
+from sockd.defences.stream import ConnectionRegistry
+from sockd.errors import StartupError
+from sockd.interfaces import IDatagramListener, IListener, IStopsFirst
+from sockd.runtime.daemon import SockdService
+from sockd.runtime.workers import NotifyReceiver, Supervisor
+
+
+class FakeProcess:
+    """What spawnProcess returns: records signals."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.signals: list[Any] = []
+        self.stdinClosed = False
+
+    def signalProcess(self, signum: Any) -> None:
+        self.signals.append(signum)
+
+    def closeStdin(self) -> None:
+        self.stdinClosed = True
+
+
+class FakePort:
+    def __init__(self, path: str, protocol: Any) -> None:
+        self.path = path
+        self.protocol = protocol
+        self.listening = True
+
+    def stopListening(self) -> None:
+        self.listening = False
+
+
+class WorkerReactor(MemoryReactorClock):
+    """A memory reactor that can spawn (pretend) processes and listen on Unix datagram sockets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spawned: list[dict[str, Any]] = []
+        self.datagramPorts: list[FakePort] = []
+
+    def spawnProcess(self, processProtocol: Any, executable: str, args: Any = (), env: Any = None,
+                     path: Any = None, uid: Any = None, gid: Any = None, usePTY: bool = False,
+                     childFDs: Any = None) -> FakeProcess:
+        process = FakeProcess(1000 + len(self.spawned))
+        self.spawned.append({"protocol": processProtocol, "args": list(args), "env": env, "childFDs": childFDs,
+                             "process": process})
+        return process
+
+    def listenUNIXDatagram(self, address: str, protocol: Any, maxPacketSize: int = 8192, mode: int = 0o666,
+                           wantPID: int = 0) -> FakePort:
+        port = FakePort(address, protocol)
+        self.datagramPorts.append(port)
+        return port
+
+
+class FakeListener:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.port = object()
+        self.paused = 0
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def pauseAccepting(self) -> None:
+        self.paused += 1
+
+
+@pytest.fixture
+def supervisor(tmp_path):
+    reactor = WorkerReactor()
+    listeners = [("ack", "tcp:0", FakeListener(7))]
+    sup = Supervisor(reactor, 2, lambda: listeners, ["--ack", "tcp:0"])
+    sup.startService()
+    yield sup, reactor
+    sup.stopping = True
+
+
+def died(code: int = 1) -> Failure:
+    from twisted.internet.error import ProcessTerminated
+
+    return Failure(ProcessTerminated(exitCode=code))
+
+
+def test_workers_get_their_own_notify_socket_and_the_listening_descriptors(supervisor):
+    sup, reactor = supervisor
+    assert len(reactor.spawned) == 2
+    paths = [s["env"]["NOTIFY_SOCKET"] for s in reactor.spawned]
+    assert len(set(paths)) == 2 and all(p.startswith(sup.metricsDir) for p in paths)
+    assert [p.path for p in reactor.datagramPorts] == paths
+    assert all(s["childFDs"][7] == 7 for s in reactor.spawned)
+    assert all(s["process"].stdinClosed for s in reactor.spawned)
+
+
+def test_the_parent_does_not_pass_systemds_notify_socket_on(supervisor, monkeypatch):
+    sup, reactor = supervisor
+    monkeypatch.setenv("NOTIFY_SOCKET", "/run/systemd/notify")
+    sup.spawn(0)
+    assert reactor.spawned[-1]["env"]["NOTIFY_SOCKET"] != "/run/systemd/notify"
+
+
+def test_sighup_is_held_until_the_worker_says_ready_on_its_notify_socket(supervisor):
+    sup, reactor = supervisor
+    sup.signalAll(signal.SIGHUP)
+    first, second = (s["process"] for s in reactor.spawned)
+    assert first.signals == [] and second.signals == []  # still starting: SIGHUP would kill them
+    NotifyReceiver.datagramReceived(reactor.datagramPorts[0].protocol, b"READY=1\nSTATUS=serving", None)
+    assert first.signals == [signal.SIGHUP] and second.signals == []
+    sup.signalAll(signal.SIGHUP)  # a ready worker gets it at once; the other is still held, once
+    assert first.signals == [signal.SIGHUP, signal.SIGHUP] and second.signals == []
+    reactor.datagramPorts[1].protocol.datagramReceived(b"READY=1", None)
+    assert second.signals == [signal.SIGHUP]
+
+
+def test_other_notifications_do_not_count_as_ready(supervisor):
+    sup, reactor = supervisor
+    sup.signalAll(signal.SIGHUP)
+    reactor.datagramPorts[0].protocol.datagramReceived(b"STATUS=READY=1 soon\nSTOPPING=1", None)
+    assert reactor.spawned[0]["process"].signals == []
+
+
+def test_a_dead_worker_is_restarted_and_its_notify_socket_closed(supervisor):
+    sup, reactor = supervisor
+    worker = reactor.spawned[0]["protocol"]
+    reactor.advance(10)  # lived long enough: not a crash loop
+    worker.processEnded(died())
+    assert not reactor.datagramPorts[0].listening
+    assert len(reactor.spawned) == 2
+    reactor.advance(0.5)
+    assert len(reactor.spawned) == 3 and sup.workers[0] is reactor.spawned[2]["protocol"]
+
+
+def test_a_crash_loop_backs_off_exponentially_up_to_thirty_seconds(supervisor):
+    sup, reactor = supervisor
+    delays = []
+    for _ in range(8):
+        worker = sup.workers[0]
+        worker.processEnded(died())
+        before = len(reactor.spawned)
+        waited = 0.0
+        while len(reactor.spawned) == before:
+            reactor.advance(0.25)
+            waited += 0.25
+            assert waited <= 31
+        delays.append(waited)
+    assert delays[:6] == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0]
+    assert delays[6:] == [30.0, 30.0]
+
+
+def test_stopping_terms_the_workers_then_kills_them_after_the_grace(supervisor):
+    sup, reactor = supervisor
+    sup.grace = 2.0
+    d = sup.stopService()
+    processes = [s["process"] for s in reactor.spawned]
+    assert all(p.signals == [signal.SIGTERM] for p in processes)
+    reactor.advance(7.0)
+    assert all(p.signals == [signal.SIGTERM, signal.SIGKILL] for p in processes)
+    for spawned in reactor.spawned:
+        spawned["protocol"].processEnded(died(-9))
+    assert d.called
+    assert len(reactor.spawned) == 2  # no restart while stopping
+
+
+def test_a_new_generation_gets_fresh_notify_sockets_while_the_old_one_stops(supervisor):
+    sup, reactor = supervisor
+    old = [s["process"] for s in reactor.spawned]
+    sup.restartAll()
+    assert len(reactor.spawned) == 4
+    assert all(p.signals == ["TERM"] for p in old)
+    paths = [p.path for p in reactor.datagramPorts]
+    assert len(set(paths)) == 4
+
+
+# The top service -------------------------------------------------------------------------------------------------
+
+
+@implementer(IListener)
+class RecordingListener(Service):
+    def __init__(self, name: str, journal: list[str], fail: bool = False) -> None:
+        self.name = self.serviceName = self.description = name
+        self.journal = journal
+        self.fail = fail
+
+    def privilegedStartService(self) -> None:
+        if self.fail:
+            raise StartupError(f"{self.name}: cannot listen")
+        self.journal.append(f"bind {self.name}")
+
+    def startService(self) -> None:
+        super().startService()
+        self.journal.append(f"start {self.name}")
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self.journal.append(f"stop {self.name}")
+
+    def abandon(self) -> None:
+        self.journal.append(f"abandon {self.name}")
+
+
+@implementer(IDatagramListener)
+class RecordingDatagramListener(RecordingListener):
+    boundPort = 5353
+
+
+@implementer(IStopsFirst)
+class RecordingSupervisor(Service):
+    def __init__(self, journal: list[str]) -> None:
+        self.name = "workers"
+        self.journal = journal
+        self.ended: defer.Deferred[None] = defer.Deferred()
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        self.journal.append("stop workers")
+        return self.ended
+
+
+def topService(reactor: Any) -> tuple[SockdService, DatagramPolicy]:
+    settings = Settings()
+    policy = DatagramPolicy(settings, reactor.seconds, frozenset())
+    return SockdService(reactor, ConnectionRegistry(), policy, grace=1.0), policy
+
+
+def test_start_is_all_or_nothing_and_abandons_what_was_bound():
+    reactor = MemoryReactorClock()
+    top, _ = topService(reactor)
+    journal: list[str] = []
+    for name, fail in (("a", False), ("b", False), ("c", True)):
+        RecordingListener(name, journal, fail).setServiceParent(top)
+    with pytest.raises(StartupError, match="c: cannot listen"):
+        top.privilegedStartService()
+    assert journal == ["bind a", "bind b", "abandon b", "abandon a"]
+
+
+def test_bound_datagram_ports_become_ports_sockd_never_answers():
+    reactor = MemoryReactorClock()
+    top, policy = topService(reactor)
+    RecordingDatagramListener("udp", []).setServiceParent(top)
+    top.privilegedStartService()
+    assert 5353 in policy.blockedPorts
+
+
+def test_workers_stop_before_the_listeners_whose_sockets_they_serve():
+    reactor = MemoryReactorClock()
+    top, _ = topService(reactor)
+    journal: list[str] = []
+    RecordingListener("a", journal).setServiceParent(top)
+    workers = RecordingSupervisor(journal)
+    workers.setServiceParent(top)
+    RecordingListener("b", journal).setServiceParent(top)
+    top.privilegedStartService()
+    top.startService()
+    journal.clear()
+    d = top.stopService()
+    assert journal == ["stop workers"]  # the listeners wait for the workers
+    workers.ended.callback(None)
+    assert journal == ["stop workers", "stop b", "stop a"]
+    assert d.called  # no connections to drain
+
+
+def test_ready_is_announced_only_once_the_reactor_runs(monkeypatch):
+    sent: list[str] = []
+    monkeypatch.setattr("sockd.runtime.daemon.notify", sent.append)
+    reactor = MemoryReactorClock()
+    top, _ = topService(reactor)
+    top.privilegedStartService()
+    top.startService()
+    assert sent == []
+    reactor.run()
+    assert sent == ["READY=1"]
