@@ -54,7 +54,7 @@ class Assembly:
         self.settings = settings
         self.context = Context(settings, reactor, QuotePicker(_quotes(settings)))
         self.admission = Admission(settings, reactor.seconds)
-        self.registry = ConnectionRegistry()
+        self.registry = ConnectionRegistry(reactor)
         self.datagramPolicy = DatagramPolicy(settings, reactor.seconds, SMALL_SERVICE_PORTS)
         self.top = SockdService(reactor, self.registry, self.datagramPolicy, settings.grace)
         self.top.reload = self.reload

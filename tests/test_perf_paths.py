@@ -127,7 +127,7 @@ def test_close_at_eof_leaves_a_registered_producer_to_twisted():
 
 
 def _sockdPort(wrapped: Any, admission: Admission | None = None) -> tuple[Any, ConnectionRegistry]:
-    registry = ConnectionRegistry()
+    registry = ConnectionRegistry(reactor)
     settings = Settings(max_connections=0, max_per_source=0, connection_rate=0.0, exempt=[])
     factory = PolicyFactory(wrapped, service="perf-test", transport="tcp",
                             admission=admission or Admission(settings, time.time), registry=registry,
@@ -252,7 +252,7 @@ def _connect(wrapped: Any, transport: StringTransport | None = None) -> tuple[Po
     settings = Settings(max_connections=0, max_per_source=0, connection_rate=0.0, exempt=[])
     clock = task.Clock()
     factory = PolicyFactory(wrapped, service="perf-test", transport="tcp", admission=Admission(settings, clock.seconds),
-                            registry=ConnectionRegistry(), clock=clock)
+                            registry=ConnectionRegistry(clock), clock=clock)
     addr = IPv4Address("TCP", "192.0.2.1", 40000)
     proto = factory.buildProtocol(addr)
     assert proto is not None

@@ -39,7 +39,7 @@ class Setup:
         values: dict[str, Any] = {"max_connections": 0, "max_per_source": 0, "connection_rate": 0.0, "exempt": []}
         values.update(settings)
         self.admission = Admission(Settings(**values), self.clock.seconds)
-        self.registry = ConnectionRegistry()
+        self.registry = ConnectionRegistry(self.clock)
         if wrapped is None:
             wrapped = AckFactory(self.clock, MessageLog("ack", False))
         self.factory = PolicyFactory(
@@ -193,6 +193,30 @@ def test_idle_timeout_zero_sets_no_timer() -> None:
     assert transport.connected
 
 
+def test_turning_the_idle_timeout_on_applies_to_connections_already_open() -> None:
+    """A reload from idle_timeout 0 to N: the open connections are swept, not only those that arrive later."""
+    s = Setup(wrapped=DiscardFactory(), idle=0)
+    _, transport = s.connect()
+    s.clock.advance(30)
+    s.factory.idleTimeout = 10.0
+    s.registry.rescheduleIdle()
+    assert not transport.connected  # idle for 30 s already: closed at once
+    _, second = s.connect()
+    s.clock.advance(9.9)
+    assert second.connected
+    s.clock.advance(0.2)
+    assert not second.connected
+
+
+def test_idle_deadline_is_none_without_a_timeout_or_while_draining() -> None:
+    s = Setup(idle=10.0)
+    proto, _ = s.connect()
+    assert proto is not None
+    assert proto.idleDeadline() == 10.0
+    proto.drain(0.05)
+    assert proto.idleDeadline() is None
+    assert Setup(idle=0).connect()[0].idleDeadline() is None  # type: ignore[union-attr]
+
 def test_half_close_reaches_ack_through_the_wrapper() -> None:
     s = Setup()
     proto, transport = s.connect()
@@ -276,8 +300,8 @@ def test_handshake_call_cancelled_when_connection_ends_first() -> None:
 
 
 def test_drain_with_no_connections_is_done_at_once() -> None:
-    registry = ConnectionRegistry()
-    d = registry.drain(Clock(), grace=5)
+    registry = ConnectionRegistry(Clock())
+    d = registry.drain(grace=5)
     assert d.called
 
 
@@ -289,7 +313,7 @@ def test_drain_closes_quiet_connections_and_flushes_partial_messages() -> None:
     partialProto.dataReceived(b"half a messa")
     s.clock.advance(0.06)  # the ack quiet timer (0.1 s) has not fired yet
     partialProto.dataReceived(b"ge")
-    d = s.registry.drain(s.clock, grace=5.0, quiet=0.05)
+    d = s.registry.drain(grace=5.0, quiet=0.05)
     results: list[Any] = []
     d.addCallback(results.append)
     start = s.clock.seconds()
@@ -307,7 +331,7 @@ def test_drain_lets_busy_connections_finish_until_quiet() -> None:
     s = Setup()
     proto, transport = s.connect()
     assert proto is not None
-    d = s.registry.drain(s.clock, grace=5.0, quiet=0.05)
+    d = s.registry.drain(grace=5.0, quiet=0.05)
     for _ in range(10):
         s.clock.advance(0.04)
         proto.dataReceived(b"still talking\n")
@@ -324,7 +348,7 @@ def test_drain_aborts_the_rest_at_grace() -> None:
     stuckProto, stuck = s.connect("192.0.2.2", transport=StringTransport(
         peerAddress=IPv4Address("TCP", "192.0.2.2", 40000)))
     assert chattyProto is not None and stuckProto is not None
-    d = s.registry.drain(s.clock, grace=1.0, quiet=0.05)
+    d = s.registry.drain(grace=1.0, quiet=0.05)
     with capturedLogs() as events:
         for _ in range(24):
             s.clock.advance(0.04)
@@ -346,8 +370,12 @@ def test_drain_aborts_the_rest_at_grace() -> None:
 
 
 def test_registry_add_remove() -> None:
-    registry = ConnectionRegistry()
-    a, b = object(), object()
+    class Quiet:
+        def idleDeadline(self) -> None:
+            return None
+
+    registry = ConnectionRegistry(Clock())
+    a, b = Quiet(), Quiet()
     registry.add(a)  # type: ignore[arg-type]
     registry.add(b)  # type: ignore[arg-type]
     registry.remove(a)  # type: ignore[arg-type]
@@ -442,7 +470,7 @@ def test_drain_closes_a_quiet_tls_connection_after_quiet() -> None:
     pump = iosim.connect(server, serverTransport, client, iosim.FakeTransport(client, True), clock=s.clock)
     for _ in range(5):
         pump.pump()
-    d = s.registry.drain(s.clock, grace=5.0, quiet=0.05)
+    d = s.registry.drain(grace=5.0, quiet=0.05)
     for _ in range(10):
         s.clock.advance(0.01)
         pump.pump()

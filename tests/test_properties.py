@@ -193,7 +193,7 @@ streamEvents = st.lists(
 def test_every_stream_protocol_takes_any_input(name: str, wrapped: bool, events: list[tuple[str, Any]]) -> None:
     clock = Clock()
     factory = streamFactory(name, clock)
-    registry = ConnectionRegistry()
+    registry = ConnectionRegistry(clock)
     admission = Admission(Settings(exempt=[]), clock.seconds)
     if wrapped:
         factory = PolicyFactory(factory, service=f"prop-{name}", transport="tcp", admission=admission,
@@ -240,7 +240,7 @@ def test_echo_returns_exactly_what_it_got_in_order(data: list[bytes], wrapped: b
     if wrapped:
         factory = PolicyFactory(factory, service="prop-echo", transport="tcp",
                                 admission=Admission(Settings(exempt=[]), clock.seconds),
-                                registry=ConnectionRegistry(), clock=clock, idleTimeout=60.0)
+                                registry=ConnectionRegistry(clock), clock=clock, idleTimeout=60.0)
     proto = factory.buildProtocol(PEER)
     transport = StringTransport(peerAddress=PEER)
     proto.makeConnection(transport)
@@ -403,7 +403,7 @@ policyEvents = st.lists(
 def test_policy_protocol_always_releases_and_leaves_no_timer(events: list[tuple[str, Any]]) -> None:
     clock = Clock()
     admission = Admission(Settings(exempt=[], max_per_source=1), clock.seconds)
-    registry = ConnectionRegistry()
+    registry = ConnectionRegistry(clock)
     factory = PolicyFactory(AckFactory(clock, MessageLog("ack", False)), service="prop-policy", transport="tcp",
                             admission=admission, registry=registry, clock=clock, idleTimeout=20.0)
     proto = factory.buildProtocol(PEER)
@@ -422,7 +422,7 @@ def test_policy_protocol_always_releases_and_leaves_no_timer(events: list[tuple[
         elif kind == "halfclose":
             proto.readConnectionLost()
         elif kind == "drain" and not drained:
-            drained.append(registry.drain(clock, grace=1.0, quiet=0.05))
+            drained.append(registry.drain(grace=1.0, quiet=0.05))
     for _ in range(100):  # in steps: Clock.advance runs late calls at the new time, which would re-arm timers
         clock.advance(1)  # the idle timeout (or the drain) ends it
     assert not transport.connected

@@ -387,7 +387,7 @@ def test_real_ack_and_daytime_behind_policies() -> None:
 
     def stack(service: str) -> Connection:
         policy = PolicyFactory(BY_NAME[service].stream(context), service=service, transport="haproxy",
-                               admission=admission, registry=ConnectionRegistry(), clock=clock)
+                               admission=admission, registry=ConnectionRegistry(clock), clock=clock)
         return Connection(policy)
 
     with capturedLogs() as events:

@@ -241,7 +241,7 @@ class RecordingSupervisor(Service):
 def topService(reactor: Any) -> tuple[SockdService, DatagramPolicy]:
     settings = Settings()
     policy = DatagramPolicy(settings, reactor.seconds, frozenset())
-    return SockdService(reactor, ConnectionRegistry(), policy, grace=1.0), policy
+    return SockdService(reactor, ConnectionRegistry(reactor), policy, grace=1.0), policy
 
 
 def test_start_is_all_or_nothing_and_abandons_what_was_bound():

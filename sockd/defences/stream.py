@@ -61,36 +61,39 @@ class ConnectionRegistry:
     the next such moment.  Timeouts stay exact.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: IReactorTime) -> None:
+        self.clock = clock
         self.connections: set[PolicyProtocol] = set()
         self._emptied: list[defer.Deferred[None]] = []
         self._sweepCall: Any = None
 
     def add(self, connection: PolicyProtocol) -> None:
         self.connections.add(connection)
-        factory = getattr(connection, "factory", None)
-        if factory is not None and factory.idleTimeout and self._sweepCall is None:
-            self._sweepCall = factory.clock.callLater(factory.idleTimeout, self._sweep, factory.clock)
+        deadline = connection.idleDeadline()
+        if deadline is not None and self._sweepCall is None:
+            self._sweepCall = self.clock.callLater(max(0.0, deadline - self.clock.seconds()), self._sweep)
 
     def rescheduleIdle(self) -> None:
-        """An idle timeout changed (a reload): wake when the new one says."""
+        """An idle timeout changed (a reload): sweep now, and wake when the new timeouts say.
+
+        Also when no sweep was due: a timeout turned on (from 0) applies to the
+        connections already open.
+        """
         if self._sweepCall is not None:
-            clock = self._sweepCall.args[0]
             if self._sweepCall.active():
                 self._sweepCall.cancel()
             self._sweepCall = None
-            self._sweep(clock)
+        self._sweep()
 
-    def _sweep(self, clock: IReactorTime) -> None:
+    def _sweep(self) -> None:
         self._sweepCall = None
-        now = clock.seconds()
+        now = self.clock.seconds()
         earliest = None
         expired = []
         for connection in self.connections:
-            idle = connection.factory.idleTimeout
-            if not idle or connection._draining:
+            deadline = connection.idleDeadline()
+            if deadline is None:
                 continue
-            deadline = connection._lastActive + idle
             if deadline <= now:
                 expired.append(connection)
             elif earliest is None or deadline < earliest:
@@ -98,7 +101,7 @@ class ConnectionRegistry:
         for connection in expired:
             connection.idleTimedOut()
         if earliest is not None:
-            self._sweepCall = clock.callLater(earliest - now, self._sweep, clock)
+            self._sweepCall = self.clock.callLater(earliest - now, self._sweep)
 
     def remove(self, connection: PolicyProtocol) -> None:
         self.connections.discard(connection)
@@ -111,7 +114,7 @@ class ConnectionRegistry:
             for d in waiting:
                 d.callback(None)
 
-    def drain(self, clock: IReactorTime, grace: float, quiet: float = 0.05) -> defer.Deferred[None]:
+    def drain(self, grace: float, quiet: float = 0.05) -> defer.Deferred[None]:
         """Close every connection once it has been quiet for C{quiet} seconds; abort the rest at C{grace}."""
         if not self.connections:
             return defer.succeed(None)
@@ -119,7 +122,7 @@ class ConnectionRegistry:
         self._emptied.append(d)
         for connection in list(self.connections):
             connection.drain(quiet)
-        deadline = clock.callLater(grace, self._abortAll)
+        deadline = self.clock.callLater(grace, self._abortAll)
         d.addBoth(lambda result: (deadline.cancel() if deadline.active() else None, result)[1])
         return d
 
@@ -231,6 +234,13 @@ class PolicyProtocol(ProtocolWrapper):
     def writeConnectionLost(self) -> None:
         if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
             self.wrappedProtocol.writeConnectionLost()
+
+    def idleDeadline(self) -> float | None:
+        """When this connection counts as idle if nothing happens first; None if it never does (or drains)."""
+        idle = self.factory.idleTimeout
+        if not idle or self._draining:
+            return None
+        return self._lastActive + idle
 
     def idleTimedOut(self) -> None:
         """The registry's idle timer found no read or write for the idle timeout."""

@@ -92,5 +92,5 @@ class SockdService(MultiService):
         d = defer.DeferredList([defer.maybeDeferred(s.stopService) for s in first], consumeErrors=True)
         d.addCallback(lambda _: defer.DeferredList([defer.maybeDeferred(s.stopService) for s in rest],
                                                    consumeErrors=True))
-        d.addCallback(lambda _: self.registry.drain(self.reactor, self.grace))
+        d.addCallback(lambda _: self.registry.drain(self.grace))
         return d
