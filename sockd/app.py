@@ -94,8 +94,8 @@ class Assembly:
             transport = transportName(description)
             factory: Any = PolicyFactory(
                 service.stream(self.context),
-                service=name,
-                transport=transport,
+                serviceName=name,
+                transportName=transport,
                 admission=self.admission,
                 registry=self.registry,
                 clock=self.reactor,
@@ -108,7 +108,7 @@ class Assembly:
                 # before the real peer is known (twisted#12501); sockd's wrapper does neither.
                 factory = ProxyProtocolFactory(factory, clock=self.reactor)
                 bindTo = description.split(":", 1)[1]
-            listener = StreamListener(self.reactor, name, bindTo, factory, transport=transport,
+            listener = StreamListener(self.reactor, name, bindTo, factory, transportName=transport,
                                       inheritedFd=inheritedFd, unixMode=settings.unix_mode)
         self.listeners[(name, description)] = listener
         listener.setServiceParent(self.top)

@@ -129,7 +129,7 @@ def test_close_at_eof_leaves_a_registered_producer_to_twisted():
 def _sockdPort(wrapped: Any, admission: Admission | None = None) -> tuple[Any, ConnectionRegistry]:
     registry = ConnectionRegistry(reactor)
     settings = Settings(max_connections=0, max_per_source=0, connection_rate=0.0, exempt=[])
-    factory = PolicyFactory(wrapped, service="perf-test", transport="tcp",
+    factory = PolicyFactory(wrapped, serviceName="perf-test", transportName="tcp",
                             admission=admission or Admission(settings, time.time), registry=registry,
                             clock=reactor, idleTimeout=120.0)
     port = reactor.listenTCP(0, factory, interface="127.0.0.1")
@@ -251,7 +251,8 @@ def test_policy_layer_registers_the_pauser_at_once_on_other_transports():
 def _connect(wrapped: Any, transport: StringTransport | None = None) -> tuple[PolicyProtocol, StringTransport]:
     settings = Settings(max_connections=0, max_per_source=0, connection_rate=0.0, exempt=[])
     clock = task.Clock()
-    factory = PolicyFactory(wrapped, service="perf-test", transport="tcp", admission=Admission(settings, clock.seconds),
+    factory = PolicyFactory(wrapped, serviceName="perf-test", transportName="tcp",
+                            admission=Admission(settings, clock.seconds),
                             registry=ConnectionRegistry(clock), clock=clock)
     addr = IPv4Address("TCP", "192.0.2.1", 40000)
     proto = factory.buildProtocol(addr)

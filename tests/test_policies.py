@@ -43,7 +43,7 @@ class Setup:
         if wrapped is None:
             wrapped = AckFactory(self.clock, MessageLog("ack", False))
         self.factory = PolicyFactory(
-            wrapped, service=self.service, transport="tcp", admission=self.admission, registry=self.registry,
+            wrapped, serviceName=self.service, transportName="tcp", admission=self.admission, registry=self.registry,
             clock=self.clock, idleTimeout=idle, handshakeTimeout=handshake,
         )
 

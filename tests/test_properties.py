@@ -196,7 +196,7 @@ def test_every_stream_protocol_takes_any_input(name: str, wrapped: bool, events:
     registry = ConnectionRegistry(clock)
     admission = Admission(Settings(exempt=[]), clock.seconds)
     if wrapped:
-        factory = PolicyFactory(factory, service=f"prop-{name}", transport="tcp", admission=admission,
+        factory = PolicyFactory(factory, serviceName=f"prop-{name}", transportName="tcp", admission=admission,
                                 registry=registry, clock=clock, idleTimeout=60.0)
     proto = factory.buildProtocol(PEER)
     transport = StringTransportWithDisconnection(peerAddress=PEER)
@@ -238,7 +238,7 @@ def test_echo_returns_exactly_what_it_got_in_order(data: list[bytes], wrapped: b
     clock = Clock()
     factory: Any = EchoFactory()
     if wrapped:
-        factory = PolicyFactory(factory, service="prop-echo", transport="tcp",
+        factory = PolicyFactory(factory, serviceName="prop-echo", transportName="tcp",
                                 admission=Admission(Settings(exempt=[]), clock.seconds),
                                 registry=ConnectionRegistry(clock), clock=clock, idleTimeout=60.0)
     proto = factory.buildProtocol(PEER)
@@ -404,7 +404,7 @@ def test_policy_protocol_always_releases_and_leaves_no_timer(events: list[tuple[
     clock = Clock()
     admission = Admission(Settings(exempt=[], max_per_source=1), clock.seconds)
     registry = ConnectionRegistry(clock)
-    factory = PolicyFactory(AckFactory(clock, MessageLog("ack", False)), service="prop-policy", transport="tcp",
+    factory = PolicyFactory(AckFactory(clock, MessageLog("ack", False)), serviceName="prop-policy", transportName="tcp",
                             admission=admission, registry=registry, clock=clock, idleTimeout=20.0)
     proto = factory.buildProtocol(PEER)
     assert factory.buildProtocol(PEER) is None  # per-source limit 1 holds while it is open

@@ -386,7 +386,7 @@ def test_real_ack_and_daytime_behind_policies() -> None:
     admission = Admission(settings, clock.seconds)
 
     def stack(service: str) -> Connection:
-        policy = PolicyFactory(BY_NAME[service].stream(context), service=service, transport="haproxy",
+        policy = PolicyFactory(BY_NAME[service].stream(context), serviceName=service, transportName="haproxy",
                                admission=admission, registry=ConnectionRegistry(clock), clock=clock)
         return Connection(policy)
 

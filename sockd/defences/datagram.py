@@ -72,11 +72,12 @@ class GuardedDatagramProtocol(DatagramProtocol):
 
     noisy = False
 
-    def __init__(self, inner: DatagramProtocol, policy: DatagramPolicy, service: str, transport: str = "udp") -> None:
+    def __init__(self, inner: DatagramProtocol, policy: DatagramPolicy, serviceName: str,
+                 transportName: str = "udp") -> None:
         self.inner = inner
         self.policy = policy
-        self.service = service
-        self.stats = metrics.statsFor(service, transport)
+        self.serviceName = serviceName
+        self.stats = metrics.statsFor(serviceName, transportName)
 
     def makeConnection(self, transport: Any) -> None:
         super().makeConnection(transport)
@@ -104,7 +105,7 @@ class GuardedDatagramProtocol(DatagramProtocol):
         stats.dropped[reason] += 1
         if self.policy.refusalLog.allow((addr[0], reason)):
             log.warn("{service}/udp: dropping datagrams from {peer} ({reason}); not logged again for {interval:g}s",
-                     service=self.service, peer=addr[0], reason=reason, interval=self.policy.refusalLog.interval)
+                     service=self.serviceName, peer=addr[0], reason=reason, interval=self.policy.refusalLog.interval)
 
 
 class _CountingTransport:

@@ -313,8 +313,8 @@ class ProxyProtocolFactory(WrappingFactory):
     def noteFailure(self, kind: str, balancer: Any, detail: str) -> None:
         """Count one connection aborted for its header, and log it unless logged lately."""
         self.failures[kind] += 1
-        service = getattr(self.wrappedFactory, "service", "unknown")
-        transport = getattr(self.wrappedFactory, "transport", "haproxy")
+        service = getattr(self.wrappedFactory, "serviceName", "unknown")
+        transport = getattr(self.wrappedFactory, "transportName", "haproxy")
         metrics.statsFor(service, transport).refused[f"proxy-{kind}"] += 1
         peer = formatAddress(balancer)
         if self._logThrottle.allow((getattr(balancer, "host", peer), kind)):

@@ -246,7 +246,7 @@ class PolicyProtocol(ProtocolWrapper):
         """The registry's idle timer found no read or write for the idle timeout."""
         self.factory.stats.timedOut["idle"] += 1
         log.info("{service}/{transport}: closing {peer}: idle for {seconds:g}s",
-                 service=self.factory.service, transport=self.factory.transport,
+                 service=self.factory.serviceName, transport=self.factory.transportName,
                  peer=self.peerName, seconds=self.factory.idleTimeout)
         self.transport.abortConnection()
 
@@ -265,7 +265,7 @@ class PolicyProtocol(ProtocolWrapper):
         if getattr(handle, "get_finished", lambda: True)() is None:
             self.factory.stats.timedOut["tls-handshake"] += 1
             log.info("{service}/{transport}: closing {peer}: TLS handshake not done in {seconds:g}s",
-                     service=self.factory.service, transport=self.factory.transport,
+                     service=self.factory.serviceName, transport=self.factory.transportName,
                      peer=self.peerName, seconds=self.factory.handshakeTimeout)
             self.transport.abortConnection()
 
@@ -318,8 +318,8 @@ class PolicyFactory(WrappingFactory):
         self,
         wrappedFactory: Any,
         *,
-        service: str,
-        transport: str,
+        serviceName: str,
+        transportName: str,
         admission: Admission,
         registry: ConnectionRegistry,
         clock: IReactorTime,
@@ -327,14 +327,14 @@ class PolicyFactory(WrappingFactory):
         handshakeTimeout: float = 0,
     ) -> None:
         super().__init__(wrappedFactory)
-        self.service = service
-        self.transport = transport
+        self.serviceName = serviceName
+        self.transportName = transportName
         self.admission = admission
         self.registry = registry
         self.clock = clock
         self.idleTimeout = idleTimeout
         self.handshakeTimeout = handshakeTimeout
-        self.stats = metrics.statsFor(service, transport)
+        self.stats = metrics.statsFor(serviceName, transportName)
         self.seconds = clock.seconds
 
     def buildProtocol(self, addr: Any) -> PolicyProtocol | None:
@@ -342,7 +342,7 @@ class PolicyFactory(WrappingFactory):
         reason = self.admission.admit(host)
         if reason is not None:
             self.stats.refused[reason] += 1
-            self.admission.noteRefusal(self.service, self.transport, host, reason)
+            self.admission.noteRefusal(self.serviceName, self.transportName, host, reason)
             return None
         wrapped = self.wrappedFactory.buildProtocol(addr)
         if wrapped is None:

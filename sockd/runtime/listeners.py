@@ -30,7 +30,9 @@ from sockd.config.descriptions import (
     escapeInterface,
     parseDatagram,
     split,
-    transportName,
+)
+from sockd.config.descriptions import (
+    transportName as describedTransport,
 )
 from sockd.errors import StartupError
 from sockd.interfaces import IDatagramListener, IListener
@@ -151,13 +153,13 @@ class StreamListener(_Listener):
 
 
     def __init__(self, reactor: Any, serviceName: str, description: str, factory: Any,
-                 transport: str | None = None, inheritedFd: int | None = None, announce: bool = True,
+                 transportName: str | None = None, inheritedFd: int | None = None, announce: bool = True,
                  unixMode: int = 0o660) -> None:
         self.reactor = reactor
         self.serviceName = serviceName
         self.description = description
         self.factory = factory
-        self.transport = transport or transportName(description)
+        self.transportName = transportName or describedTransport(description)
         self.inheritedFd = inheritedFd
         self.announce = announce
         self.unixMode = unixMode
@@ -202,7 +204,7 @@ class StreamListener(_Listener):
             LogLevel.info if self.announce else LogLevel.debug,
             "{service} listening on {transport} {address}",
             service=self.serviceName,
-            transport=self.transport,
+            transport=self.transportName,
             address=formatAddress(self.port.getHost()),
             description=self.description,
         )
@@ -225,7 +227,7 @@ class StreamListener(_Listener):
             self.port = adopting.adoptStreamPort(fd, socketFamily(fd), self.factory)
         installSendAtOnce(self.port)
         log.debug("{service} serving inherited {transport} {address}", service=self.serviceName,
-                  transport=self.transport, address=formatAddress(self.port.getHost()))
+                  transport=self.transportName, address=formatAddress(self.port.getHost()))
 
 
     def abandon(self) -> None:
