@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from twisted.internet.testing import FakeDatagramTransport
 from twisted.logger import capturedLogs, formatEvent
@@ -503,3 +505,47 @@ def test_host_rules_decide_once_per_host_and_stay_bounded() -> None:
     assert rules.lookup("198.51.100.7") is rules.lookup("198.51.100.7")  # decided once
     rules.lookup("198.51.100.8")
     assert len(rules._known) <= 3
+
+
+def test_the_service_sees_a_whole_udp_transport_not_a_proxy() -> None:
+    """The counting transport declares IUDPTransport and passes each of its methods through (no __getattr__)."""
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.interfaces import IUDPTransport
+    from zope.interface.verify import verifyObject
+
+    class Port:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, Any]] = []
+            self.broadcast = False
+
+        def write(self, data: bytes, addr: Any = None) -> None:
+            self.calls.append(("write", (data, addr)))
+
+        def connect(self, host: str, port: int) -> None:
+            self.calls.append(("connect", (host, port)))
+
+        def getHost(self) -> IPv4Address:
+            return IPv4Address("UDP", "127.0.0.1", 50007)
+
+        def stopListening(self) -> None:
+            self.calls.append(("stopListening", None))
+
+        def setBroadcastAllowed(self, enabled: bool) -> None:
+            self.broadcast = enabled
+
+        def getBroadcastAllowed(self) -> bool:
+            return self.broadcast
+
+    policy, _ = makePolicy()
+    inner = EchoDatagramProtocol()
+    port = Port()
+    GuardedDatagramProtocol(inner, policy, "guard-test-4").makeConnection(port)
+    seen = inner.transport
+    assert verifyObject(IUDPTransport, seen)
+    assert not hasattr(type(seen), "__getattr__")
+    seen.connect("127.0.0.1", 9)
+    seen.setBroadcastAllowed(True)
+    assert seen.getBroadcastAllowed() is True
+    assert seen.getHost().port == 50007
+    seen.stopListening()
+    assert port.calls == [("connect", ("127.0.0.1", 9)), ("stopListening", None)]

@@ -20,8 +20,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from twisted.internet.interfaces import IUDPTransport
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from sockd.config.settings import Settings
 from sockd.defences.access import HostRules
@@ -108,6 +110,7 @@ class GuardedDatagramProtocol(DatagramProtocol):
                      service=self.serviceName, peer=addr[0], reason=reason, interval=self.policy.refusalLog.interval)
 
 
+@implementer(IUDPTransport)
 class _CountingTransport:
     """The datagram transport as the service sees it: counts answers and bytes sent.
 
@@ -136,5 +139,23 @@ class _CountingTransport:
                 pass
         self._transport.write(datagram, addr)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
+    # The rest of IUDPTransport, passed through.
+    def connect(self, host: str, port: int) -> None:
+        """Connect the port to one peer (IUDPTransport)."""
+        self._transport.connect(host, port)
+
+    def getHost(self) -> Any:
+        """The port's own address (IUDPTransport)."""
+        return self._transport.getHost()
+
+    def stopListening(self) -> Any:
+        """Close the port (IUDPTransport)."""
+        return self._transport.stopListening()
+
+    def setBroadcastAllowed(self, enabled: bool) -> None:
+        """Allow or forbid broadcast (IUDPTransport)."""
+        self._transport.setBroadcastAllowed(enabled)
+
+    def getBroadcastAllowed(self) -> bool:
+        """Whether broadcast is allowed (IUDPTransport)."""
+        return self._transport.getBroadcastAllowed()
