@@ -1,0 +1,156 @@
+"""C{sockd}: the daemon as one command, for operators and units that should need no Twisted.
+
+C{sockd [runner options] [options]} is C{twist sockd ...}: Twisted's own
+foreground runner (L{twisted.application.twist}), with sockd's options, its
+help and its man page, and twist's runner options (C{--log-format},
+C{--log-level}, C{--log-file}, C{--reactor}) accepted anywhere on the line.
+
+One difference from C{twist}: the service is started as C{twistd} starts it,
+C{privilegedStartService()} then C{startService()} (the L{IService} contract;
+C{twist} calls only the second, and a service that binds in the first -- as
+sockd does, so that C{twistd --uid} can take ports below 1024 -- listens on
+nothing under plain C{twist}).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any, NoReturn
+
+from twisted.python import usage
+
+#: Twist's own runner options that C{sockd} passes through (the ones taking no value are its own).
+RUNNER_OPTIONS = ("reactor", "log-level", "log-file", "log-format")
+
+#: Exit status for a command line that cannot be parsed (the daemon's own convention, as argparse's).
+EX_USAGE = 2
+
+
+def _twist() -> tuple[Any, Any]:
+    """Twisted's C{twist} runner and its options; imported late so C{--help} stays cheap to import."""
+    from twisted.application.twist._options import TwistOptions
+    from twisted.application.twist._twist import Twist
+
+    return Twist, TwistOptions
+
+
+def _sockdOptionsClass() -> type[usage.Options]:
+    from sockd.tap import Options
+
+    class CommandOptions(Options):  # type: ignore[misc,valid-type]
+        """sockd's options, with help that names this command and its runner options."""
+
+        def getSynopsis(self) -> str:
+            return f"Usage: sockd [runner options] {self.synopsis}"
+
+        def getUsage(self, width: int | None = None) -> str:
+            return super().getUsage(width) + "\n" + runnerUsage()
+
+    return CommandOptions
+
+
+def runnerUsage() -> str:
+    """The runner options' help (the man page's words for them)."""
+    from sockd.manual import RUNNER
+
+    lines = ["Runner options (Twisted's twist; anywhere on the command line):"]
+    for name in RUNNER_OPTIONS:
+        lines.append(f"      --{name + '=':<28}{RUNNER[name][2]}")
+    return "\n".join(lines) + "\n"
+
+
+def _takesValue(options: usage.Options) -> tuple[set[str], set[str]]:
+    """sockd's long and short options that take a value (their next word is not an option)."""
+    longs = {o[:-1] for o in options.longOpt if o.endswith("=")}
+    shorts = {options.shortOpt[i] for i in range(len(options.shortOpt) - 1) if options.shortOpt[i + 1] == ":"}
+    return longs, shorts
+
+
+def splitArguments(argv: Sequence[str], options: usage.Options) -> tuple[list[str], list[str]]:
+    """(runner arguments, sockd arguments): runner options may stand anywhere before C{--}.
+
+    A word that is the value of one of sockd's options is never taken for a
+    runner option (C{--quotes --log-file} is a quotes file named C{--log-file}).
+    """
+    own = {o.rstrip("=") for o in options.longOpt}
+    runner = [name for name in RUNNER_OPTIONS if name not in own]
+    longs, shorts = _takesValue(options)
+    runnerArgs: list[str] = []
+    sockdArgs: list[str] = []
+    words = list(argv)
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if word == "--":
+            sockdArgs += words[i:]
+            break
+        name, hasValue, _ = word[2:].partition("=")
+        if word.startswith("--") and name in runner:
+            if hasValue:
+                runnerArgs.append(word)
+            else:
+                runnerArgs += words[i:i + 2]
+                i += 1
+        else:
+            sockdArgs.append(word)
+            consumesNext = (word.startswith("--") and not hasValue and name in longs) or (
+                word.startswith("-") and not word.startswith("--") and len(word) == 2 and word[1] in shorts)
+            if consumesNext and i + 1 < len(words):
+                sockdArgs.append(words[i + 1])
+                i += 1
+        i += 1
+    return runnerArgs, sockdArgs
+
+
+def _usageError(message: str) -> NoReturn:
+    sys.stderr.write(f"sockd: error: {message} (see sockd --help)\n")
+    raise SystemExit(EX_USAGE)
+
+
+def _commandClasses() -> tuple[Any, Any]:
+    Twist, TwistOptions = _twist()
+    SockdOptions = _sockdOptionsClass()
+
+    class RunnerOptions(TwistOptions):  # type: ignore[misc,valid-type]
+        """twist's options with sockd as the only plugin, so no other plugin is looked up or offered."""
+
+        @property
+        def subCommands(self) -> Iterable[tuple[str, None, Any, str]]:
+            return [("sockd", None, SockdOptions, "sockd")]
+
+        @property
+        def plugins(self) -> dict[str, Any]:
+            from twisted.plugins.sockd_plugin import sockd
+
+            return {"sockd": sockd}
+
+    class Command(Twist):  # type: ignore[misc,valid-type]
+        """twist, parsing sockd's command line and starting the service as twistd does."""
+
+        @staticmethod
+        def options(argv: Sequence[str]) -> Any:
+            runnerArgs, sockdArgs = splitArguments(argv[1:], SockdOptions())
+            options = RunnerOptions()
+            try:
+                options.parseOptions([*runnerArgs, "sockd", *sockdArgs])
+            except usage.UsageError as e:
+                _usageError(str(e))
+            return options
+
+        @staticmethod
+        def startService(reactor: Any, service: Any) -> None:
+            service.privilegedStartService()
+            Twist.startService(reactor, service)
+
+    return Command, RunnerOptions
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The C{sockd} console command."""
+    Command, _ = _commandClasses()
+    Command.main(["sockd", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    main()
