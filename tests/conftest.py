@@ -21,3 +21,18 @@ def daemon(tmp_path: Path) -> Iterator:
     yield start
     for d in started:
         d.stop()
+
+
+@pytest.fixture(scope="session")
+def sockdImage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The sockd container image built from this tree (tests/podman.py), shared by the podman tests."""
+    from tests import podman
+
+    base = podman.baseImage()
+    context = podman.wheelhouse(tmp_path_factory.mktemp("image") / "context")
+    tag, seconds = podman.buildImage(context, base)
+    print(f"\nsockd image {tag} built in {seconds:.1f}s", flush=True)
+    try:
+        yield tag
+    finally:
+        podman.removeImage(tag)
