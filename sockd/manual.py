@@ -284,8 +284,11 @@ _sockd() {{
         fi
     else
         COMPREPLY=($(compgen -W "{flat}" -- "$cur"))
-        [[ ${{#COMPREPLY[@]}} -eq 1 && ${{COMPREPLY[0]}} == @({takes}) ]] && compopt -o nospace 2>/dev/null \\
-            && COMPREPLY[0]+="="
+        # One option that takes a value: complete it with its '=' and go straight on to the value.
+        if [[ ${{#COMPREPLY[@]}} -eq 1 && ${{COMPREPLY[0]}} == @({takes}) ]]; then
+            COMPREPLY[0]+="="
+            compopt -o nospace 2>/dev/null
+        fi
     fi
     # What bash will put back in place of the last word: from its last ':' (bash-completion's own fix-up).
     if declare -F __ltrim_colon_completions >/dev/null; then
@@ -314,16 +317,20 @@ def _zshQuote(text: str) -> str:
 def zshCompletion() -> str:
     """A zsh completion function for C{sockd} (_arguments): the same options and values as bash's."""
     specs: list[str] = []
+    helpers: list[str] = []
     for o in _allOptions():
-        doc = _zshQuote(o.doc.split(". ")[0].rstrip(".")[:110])
+        doc = _zshQuote(o.doc[:120].rstrip())
         if o.value is None:
             action = ""
         elif o.value == "file":
             action = f":file:_files{' -g ' + chr(34) + o.words[0] + chr(34) if o.words else ''}"
         elif o.value in ("words", "listen"):
-            quoted = " ".join(w.replace(":", "\\\\:") for w in o.words)
-            suffix = " -S ''" if o.value == "listen" else ""
-            action = f":{_metavar(o).lower()}:{{compadd{suffix} -- {quoted}}}"
+            # Word lists hold ':' (tcp:9101), which an _arguments action would take apart: a function each.
+            function = "_sockd_" + o.name.replace("-", "_")
+            quoted = " ".join("'" + w + "'" for w in o.words)
+            suffix = "-S '' " if o.value == "listen" else ""
+            helpers.append(f"{function}() {{ compadd {suffix}-- {quoted}; }}")
+            action = f":{_metavar(o).lower()}:{function}"
         else:
             action = f":{_metavar(o).lower()}: "
         equals = "=" if o.value is not None else ""
@@ -335,9 +342,12 @@ def zshCompletion() -> str:
             exclusive = "" if o.repeatable else f"(--{o.name})"
             specs.append(f"'{exclusive}{repeat}--{o.name}{equals}[{doc}]{action}'")
     body = " \\\n    ".join(specs)
+    functions = "\n".join(helpers)
     return f"""#compdef sockd
 # zsh completion for sockd(8).  Generated from sockd.tap.Options by python -m sockd.manual; do not edit.
 # Install as _sockd in a directory of $fpath (pip puts it under <prefix>/share/zsh/site-functions).
+
+{functions}
 
 _arguments -s -S \\
     {body}

@@ -1,0 +1,157 @@
+"""sockd(8) and the shell completions: generated from sockd.tap.Options, committed up to date, and working.
+
+An option added to sockd without regenerating (C{python -m sockd.manual})
+fails here, and so does an option whose value the generator cannot describe.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sockd import manual, tap
+from sockd.tap import Options
+
+ROOT = Path(__file__).resolve().parent.parent
+MAN = ROOT / "contrib" / "man" / "sockd.8"
+BASH = ROOT / "contrib" / "completion" / "sockd"
+ZSH = ROOT / "contrib" / "completion" / "_sockd"
+GROFF = shutil.which("groff")
+ZSH_BIN = shutil.which("zsh")
+BASH_COMPLETION = Path("/usr/share/bash-completion/bash_completion")
+
+
+def everyOption() -> list[str]:
+    return list(dict.fromkeys(o.rstrip("=") for o in Options().longOpt))
+
+
+def test_committed_files_are_what_the_generator_writes() -> None:
+    result = subprocess.run([sys.executable, "-m", "sockd.manual", "--check", "--root", str(ROOT)],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 0, f"run `python -m sockd.manual` and commit: {result.stderr}"
+    for relative, generate in manual.OUTPUTS.items():
+        assert (ROOT / relative).read_text() == generate(), relative
+
+
+def test_man_page_lists_every_option() -> None:
+    text = MAN.read_text()
+    for name in everyOption():
+        assert f"\\fB\\-\\-{name.replace('-', chr(92) + '-')}\\fR" in text, name
+    for short in Options().shortOpt.replace(":", ""):
+        assert f"\\fB\\-{short}\\fR, " in text, short
+    for name in manual.RUNNER:
+        assert f"\\-\\-{name.replace('-', chr(92) + '-')}" in text, name
+
+
+def test_man_page_marks_the_per_service_and_repeatable_options() -> None:
+    text = MAN.read_text()
+    listen = text.split(".SH LISTEN OPTIONS", 1)[1].split(".SH OPTIONS", 1)[0]
+    for service in tap.SERVICES:
+        assert f"\\fB\\-\\-{service.name}\\fR \\fIDESC\\fR" in listen, service.name
+    repeated = [tap.optionName(f.name) for f in tap.FIELDS if f.metadata["repeat"]]
+    assert repeated, "no repeatable settings?"
+    for name in repeated:
+        entry = text.split(f"\\fB\\-\\-{name}\\fR", 1)[1].split(".TP", 1)[0]
+        assert "repeatable" in entry, name
+
+
+def test_man_page_values_that_are_not_file_names() -> None:
+    text = MAN.read_text()
+    workers = text.split("\\fB\\-\\-workers\\fR", 1)[1].split(".TP", 1)[0]
+    assert "auto" in workers
+
+
+@pytest.mark.skipif(GROFF is None, reason="groff is not installed")
+def test_man_page_renders_without_warnings() -> None:
+    result = subprocess.run([GROFF, "-man", "-Tutf8", "-ww", "-z", str(MAN)], capture_output=True, text=True,
+                            timeout=60)
+    assert (result.returncode, result.stderr) == (0, "")
+    rendered = subprocess.run([GROFF, "-man", "-Tascii", str(MAN)], capture_output=True, text=True, timeout=60)
+    plain = re.sub(r".\x08", "", rendered.stdout)
+    assert "SOCKD(8)" in plain and "--max-per-source" in plain and "EXIT STATUS" in plain
+
+
+def test_generator_refuses_an_option_it_cannot_describe(monkeypatch: pytest.MonkeyPatch) -> None:
+    class WithNewOption(tap.Options):
+        optParameters = [*tap.Options.optParameters, ["frobnicate", None, None, "a new option"]]
+
+    monkeypatch.setattr(tap, "Options", WithNewOption)
+    with pytest.raises(ValueError, match="--frobnicate"):
+        manual.manPage()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# bash
+
+
+def complete(words: list[str], withBashCompletion: bool = False) -> list[str]:
+    """What the bash completion offers for the last of C{words} (the command line so far)."""
+    script = ""
+    if withBashCompletion:
+        script += f"source {BASH_COMPLETION}\n"
+    script += f"source {BASH}\n"
+    quoted = " ".join("'" + w.replace("'", "'\\''") + "'" for w in words)
+    script += (f"COMP_WORDS=({quoted}); COMP_CWORD={len(words) - 1}; COMP_LINE=\"${{COMP_WORDS[*]}}\"; "
+               "COMP_POINT=${#COMP_LINE}; _sockd; printf '%s\\n' \"${COMPREPLY[@]}\"\n")
+    result = subprocess.run(["bash", "--norc", "--noprofile", "-c", script], capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 0, result.stderr
+    return [line for line in result.stdout.splitlines() if line]
+
+
+def test_bash_completes_every_option_name() -> None:
+    offered = complete(["sockd", "--"])
+    for name in everyOption():
+        if name != "worker":  # internal: between a --workers parent and its workers
+            assert f"--{name}" in offered, name
+    assert {"--log-format", "--log-level", "--log-file", "--reactor"} <= set(offered)
+
+
+def test_bash_completes_values_that_are_not_file_names() -> None:
+    assert complete(["sockd", "--workers", ""]) == ["auto", "1", "2", "4", "8"]
+    assert "tcp:9101:interface=127.0.0.1" in complete(["sockd", "--metrics", ""])
+    assert complete(["sockd", "--ack", "tc"]) == ["tcp:", "tcp6:"]
+    assert "udp:" in complete(["sockd", "--echo", ""])
+    assert complete(["sockd", "--log-format", ""]) == ["text", "json"]
+    assert complete(["sockd", "--metrics=tcp:9101"]) == ["--metrics=tcp:9101:interface=127.0.0.1",
+                                                         "--metrics=tcp:9101"]
+    assert complete(["sockd", "--max-connections", ""]) == []  # a number: nothing to offer, not file names
+
+
+def test_bash_completes_config_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "sockd.toml").write_text("")
+    (tmp_path / "notes.txt").write_text("")
+    monkeypatch.chdir(tmp_path)
+    assert complete(["sockd", "--config", ""]) == ["sockd.toml"]
+    assert sorted(complete(["sockd", "--quotes", ""])) == ["notes.txt", "sockd.toml"]
+
+
+@pytest.mark.skipif(not BASH_COMPLETION.exists(), reason="bash-completion is not installed")
+def test_bash_completion_with_the_bash_completion_package() -> None:
+    assert complete(["sockd", "--workers", "a"], withBashCompletion=True) == ["auto"]
+    assert complete(["sockd", "--log-l"], withBashCompletion=True) == ["--log-level="]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# zsh
+
+
+def test_zsh_completion_covers_every_option() -> None:
+    text = ZSH.read_text()
+    assert text.startswith("#compdef sockd\n")
+    for name in everyOption():
+        if name != "worker":
+            assert f"--{name}" in text, name
+    assert "_sockd_workers() { compadd -- 'auto' '1' '2' '4' '8'; }" in text
+    assert "'*--ack=[" in text, "a repeatable option is marked with *"
+
+
+@pytest.mark.skipif(ZSH_BIN is None, reason="zsh is not installed")
+def test_zsh_completion_parses() -> None:
+    result = subprocess.run([ZSH_BIN, "-n", str(ZSH)], capture_output=True, text=True, timeout=30)
+    assert (result.returncode, result.stderr) == (0, "")
