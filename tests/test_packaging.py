@@ -189,3 +189,78 @@ def test_wheel_installed_in_a_fresh_venv_serves(freshVenv: Path, tmp_path: Path,
         assert viaUnix.stdout == b"I got your message\n"
     finally:
         d.stop()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Licence, metadata, the sockd command and its manual (issue 9).
+
+
+def _metadata(built: Built) -> str:
+    wheel = zipfile.ZipFile(built.wheel)
+    info = next(n.split("/")[0] for n in wheel.namelist() if n.endswith(".dist-info/METADATA"))
+    return wheel.read(f"{info}/METADATA").decode()
+
+
+def test_license_is_mit_in_both_distributions(built: Built) -> None:
+    license = (REPO / "LICENSE").read_text()
+    assert license.startswith("MIT License")
+    names = set(zipfile.ZipFile(built.wheel).namelist())
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), sorted(names)
+    with tarfile.open(built.sdist) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith("/LICENSE") and m.name.count("/") == 1)
+        assert tar.extractfile(member).read().decode() == license  # type: ignore[union-attr]
+    metadata = _metadata(built)
+    assert "License-Expression: MIT" in metadata
+    assert "License-File: LICENSE" in metadata
+
+
+def test_version_is_written_once(built: Built) -> None:
+    """pyproject reads sockd.__version__: the wheel, the sdist and `sockd --version` agree with it."""
+    import sockd
+
+    assert 'version = "' not in (REPO / "pyproject.toml").read_text().split("[project]", 1)[1].split("[", 1)[0]
+    assert f"Version: {sockd.__version__}\n" in _metadata(built)
+    assert built.wheel.name.startswith(f"sockd-{sockd.__version__}-")
+    assert built.sdist.name == f"sockd-{sockd.__version__}.tar.gz"
+
+
+def test_metadata_classifiers_and_typed(built: Built) -> None:
+    metadata = _metadata(built)
+    classifiers = [line.split(": ", 1)[1] for line in metadata.splitlines() if line.startswith("Classifier: ")]
+    assert "Framework :: Twisted" in classifiers and "Typing :: Typed" in classifiers
+    assert not [c for c in classifiers if c.startswith("License ::")], "SPDX License-Expression replaces these"
+    assert "sockd/py.typed" in zipfile.ZipFile(built.wheel).namelist()
+
+
+def test_wheel_declares_the_sockd_command_and_carries_man_page_and_completions(built: Built) -> None:
+    wheel = zipfile.ZipFile(built.wheel)
+    info = next(n.split("/")[0] for n in wheel.namelist() if n.endswith(".dist-info/METADATA"))
+    assert "sockd = sockd.command:main" in wheel.read(f"{info}/entry_points.txt").decode()
+    data = info.replace(".dist-info", ".data")
+    for installed, source in (("share/man/man8/sockd.8", "contrib/man/sockd.8"),
+                              ("share/bash-completion/completions/sockd", "contrib/completion/sockd"),
+                              ("share/zsh/site-functions/_sockd", "contrib/completion/_sockd")):
+        assert wheel.read(f"{data}/data/{installed}") == (REPO / source).read_bytes(), installed
+
+
+def test_sdist_carries_contrib(built: Built) -> None:
+    with tarfile.open(built.sdist) as tar:
+        names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
+    tracked = subprocess.run(["git", "ls-files", "contrib"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    expected = set(tracked.stdout.split()) if tracked.returncode == 0 and tracked.stdout else {
+        str(p.relative_to(REPO)) for p in (REPO / "contrib").rglob("*") if p.is_file()}
+    assert expected, "no contrib files?"
+    assert expected <= names, sorted(expected - names)
+    assert {"LICENSE", "MANIFEST.in", "contrib/container/Containerfile", "contrib/kubernetes/deployment.yaml"} <= names
+
+
+@pytest.mark.slow
+def test_wheel_installed_in_a_fresh_venv_gives_the_sockd_command_and_man_page(freshVenv: Path, tmp_path: Path) -> None:
+    import sockd
+
+    result = subprocess.run([str(freshVenv / "bin" / "sockd"), "--version"], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=60)
+    assert (result.returncode, result.stdout.strip()) == (0, f"sockd {sockd.__version__}"), result.stderr
+    assert (freshVenv / "share" / "man" / "man8" / "sockd.8").read_text().startswith(".\\\"")
+    assert (freshVenv / "share" / "bash-completion" / "completions" / "sockd").exists()
+    assert (freshVenv / "share" / "zsh" / "site-functions" / "_sockd").exists()
