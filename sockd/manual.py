@@ -94,6 +94,7 @@ def sockdOptions() -> tuple[type[usage.Options], list[Option]]:
 
 
 def runnerOptions() -> list[Option]:
+    """The C{sockd} command's runner options (twist's), typed like sockd's own."""
     return [Option(name, None, doc, kind, words) for name, (kind, words, doc) in RUNNER.items()]
 
 
@@ -365,6 +366,7 @@ OUTPUTS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Write the generated files into the source tree, or with C{--check} only say which are stale."""
     parser = argparse.ArgumentParser(prog="python -m sockd.manual", description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent,
                         help="the source tree (default: the one this module is in)")
