@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("sockd.runtime",),
     ("sockd.services",),
     ("sockd.app",),
-    ("sockd.tap", "sockd.logging", "sockd.client", "sockd.command"),
+    ("sockd.tap", "sockd.logging", "sockd.client", "sockd.command", "sockd.manual"),
 ]
 
 
