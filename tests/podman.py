@@ -100,8 +100,11 @@ def baseImage() -> str:
                 if MMDEBSTRAP is None:
                     _skip("mmdebstrap is not installed and no base image is cached")
                 partial = BASE_TAR.with_suffix(".partial.tar")
-                result = subprocess.run([MMDEBSTRAP, "--variant=minbase", "--mode=root", "bookworm", str(partial),
-                                         MIRROR], capture_output=True, text=True, timeout=BASE_TIMEOUT,
+                # apt's sandbox user (_apt) may not be able to open /dev/null on a locked-down host (then
+                # apt-key "cannot create /dev/null" and every Release file looks unsigned): run apt as root.
+                result = subprocess.run([MMDEBSTRAP, "--variant=minbase", "--mode=root",
+                                         '--aptopt=APT::Sandbox::User "root"', "bookworm", str(partial), MIRROR],
+                                        capture_output=True, text=True, timeout=BASE_TIMEOUT,
                                         stdin=subprocess.DEVNULL)
                 if result.returncode != 0:
                     partial.unlink(missing_ok=True)

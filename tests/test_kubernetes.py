@@ -140,6 +140,8 @@ class Played:
     def __init__(self, image: str, directory: Path) -> None:
         suffix = uuid.uuid4().hex[:10]
         configMap = load("configmap.yaml")
+        # kube play keeps a ConfigMap as a named volume, which kube down leaves: name it for this run.
+        configMap["metadata"]["name"] = f"sockd-test-config-{suffix}"
         deployment = copy.deepcopy(load("deployment.yaml"))
         deployment["metadata"]["name"] = f"sockd-test-{suffix}"
         deployment["spec"]["replicas"] = 1
@@ -159,7 +161,9 @@ class Played:
                 for mount in container["volumeMounts"]:
                     if mount["name"] == old:
                         mount["name"] = volume["name"]
-        self.volumes = [v["name"] for v in spec["volumes"] if "emptyDir" in v]
+            if "configMap" in volume:
+                volume["configMap"]["name"] = configMap["metadata"]["name"]
+        self.volumes = [v["name"] for v in spec["volumes"] if "emptyDir" in v] + [configMap["metadata"]["name"]]
         self.pod = f"{deployment['metadata']['name']}-pod-0"
         self.container = f"{self.pod}-{container['name']}"
         self.path = directory / "play.yaml"
