@@ -155,3 +155,43 @@ def test_zsh_completion_covers_every_option() -> None:
 def test_zsh_completion_parses() -> None:
     result = subprocess.run([ZSH_BIN, "-n", str(ZSH)], capture_output=True, text=True, timeout=30)
     assert (result.returncode, result.stderr) == (0, "")
+
+
+#: Types each line into an interactive zsh (in a pseudo-terminal) and completes it once with the completion
+#: system, writing the resulting command line to a file: the real _arguments machinery, not a parse check.
+ZSH_DRIVER = r'''
+zmodload zsh/zpty
+dir=$1 out=$2; shift 2
+zpty z zsh -f -i
+zpty -w z "PS1=''; fpath=($dir \$fpath); autoload -U compinit; compinit -u -D; sockd() { }"
+zpty -w z "show() { zle complete-word; print -r -- \"\$BUFFER\" >> $out; BUFFER=''; }; zle -N show; bindkey '^T' show"
+for line in "$@"; do
+  zpty -w -n z "$line"$'\x14'
+done
+for i in {1..100}; do
+  [[ -f $out && $(wc -l < $out) -ge $# ]] && break
+  sleep 0.1
+done
+zpty -w z "exit"
+zpty -d z
+'''
+
+
+@pytest.mark.skipif(ZSH_BIN is None, reason="zsh is not installed")
+def test_zsh_completes_options_and_values(tmp_path: Path) -> None:
+    functions = tmp_path / "functions"
+    functions.mkdir()
+    shutil.copy(ZSH, functions / "_sockd")
+    (tmp_path / "drive.zsh").write_text(ZSH_DRIVER)
+    cases = {
+        "sockd --work": "sockd --workers=",
+        "sockd --workers a": "sockd --workers auto ",
+        "sockd --ack tcp6": "sockd --ack tcp6:",  # a listen description goes on: no space
+        "sockd --metrics tcp:9101:i": "sockd --metrics tcp:9101:interface=127.0.0.1 ",
+        "sockd --log-format j": "sockd --log-format json ",
+        "sockd --max-conn": "sockd --max-connections=",
+    }
+    out = tmp_path / "completed"
+    subprocess.run([ZSH_BIN, "-f", str(tmp_path / "drive.zsh"), str(functions), str(out), *cases],
+                   capture_output=True, timeout=60, cwd=tmp_path)
+    assert out.read_text().splitlines() == list(cases.values())
