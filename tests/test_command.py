@@ -19,7 +19,7 @@ import pytest
 
 from sockd.command import splitArguments
 from sockd.tap import Options
-from tests.daemon import BIN, LISTENING, connect, recvExactly, udpExchange
+from tests.daemon import BIN, LISTENING, children, connect, recvExactly, udpExchange, waitFor
 
 SOCKD = str(BIN / "sockd")
 ACK = b"I got your message"
@@ -124,6 +124,19 @@ def test_runner_options_anywhere_json_log(command) -> None:
     listening = [e for e in events if e.get("log_namespace") == "sockd.listeners"]
     assert listening and listening[0]["service"] == "ack", events
     assert c_.stop() in CLEAN
+
+
+def test_command_with_workers(command) -> None:
+    """--workers under the command: the parent binds, two workers serve, SIGTERM stops them all."""
+    c = command("--log-format", "text", "--workers", "2", "--ack", "tcp:0:interface=127.0.0.1")
+    waitFor(lambda: len(children(c.process.pid)) == 2, "two workers")
+    for i in range(4):
+        with connect(c.address("tcp")) as s:
+            s.sendall(b"to a worker %d\n" % i)
+            assert recvExactly(s, len(ACK)) == ACK
+    workers = children(c.process.pid)
+    assert c.stop() in CLEAN
+    waitFor(lambda: not [p for p in workers if Path(f"/proc/{p}").exists()], "the workers to exit")
 
 
 def test_help_names_the_command_and_every_option(tmp_path: Path) -> None:

@@ -115,6 +115,7 @@ def test_deployment_security_probes_and_grace() -> None:
     assert volumes[mounts["/etc/sockd"]]["configMap"]["name"] == load("configmap.yaml")["metadata"]["name"]
     assert "subPath" not in json.dumps(container["volumeMounts"]), "a subPath mount never sees ConfigMap updates"
     assert "emptyDir" in volumes[mounts["/var/lib/sockd"]], "the Unix socket needs a writable working directory"
+    assert "emptyDir" in volumes[mounts["/tmp"]], "--workers needs a writable temporary directory"
     assert container["args"] == ["--config", "/etc/sockd/sockd.toml"]
 
 
