@@ -149,12 +149,16 @@ def buildImage(context: Path, base: str) -> tuple[str, float]:
     common = ["build", "--format", "docker", "--build-arg", f"BASE={base}", "--build-arg", "PIP_OPTIONS=--no-index",
               "-f", str(CONTAINERFILE)]
     started = time.monotonic()
-    with cacheLock():
-        for stage in CACHED_STAGES:
-            podman(*common, "--target", stage, "-t", f"localhost/sockd-test-cache:{stage}", str(context),
-                   timeout=BUILD_TIMEOUT)
-    podman(*common, "--target", "build", "-t", f"{tag}-build", str(context), timeout=BUILD_TIMEOUT)
-    podman(*common, "-t", tag, str(context), timeout=BUILD_TIMEOUT)
+    try:
+        with cacheLock():
+            for stage in CACHED_STAGES:
+                podman(*common, "--target", stage, "-t", f"localhost/sockd-test-cache:{stage}", str(context),
+                       timeout=BUILD_TIMEOUT)
+        podman(*common, "--target", "build", "-t", f"{tag}-build", str(context), timeout=BUILD_TIMEOUT)
+        podman(*common, "-t", tag, str(context), timeout=BUILD_TIMEOUT)
+    except BaseException:
+        removeImage(tag)  # a build that failed half-way leaves no tagged image behind either
+        raise
     return tag, time.monotonic() - started
 
 
