@@ -12,6 +12,7 @@ ships with the C{sockd} package as it is listed for packaging.
 from __future__ import annotations
 
 import calendar
+import datetime
 import math
 import re
 import resource
@@ -1239,6 +1240,7 @@ def parseDaytime(text: str) -> float | None:
 
 def _fields(year: int, month: int, day: int, hh: int, mm: int, ss: int, zone: str | None) -> float | None:
     try:
+        datetime.datetime(year, month, day, hh, mm, ss)  # calendar.timegm takes 31 February without a word
         fields = (year, month, day, hh, mm, ss, 0, 0, -1)
         return float(calendar.timegm(fields)) if zone else time.mktime(fields)
     except (OverflowError, ValueError):

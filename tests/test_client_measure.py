@@ -583,6 +583,66 @@ def test_ping_and_load_against_socat_echo(socat: Callable[[str], int], kind: str
     assert load["pattern"] == "echo" and load["requests"] > 10 and load["corrupt"] == 0
 
 
+XINETD = shutil.which("xinetd") or ("/usr/sbin/xinetd" if Path("/usr/sbin/xinetd").exists() else None)
+
+XINETD_SERVICE = """\
+service {name}
+{{
+    id = {name}-{kind}
+    type = INTERNAL UNLISTED
+    socket_type = {socket}
+    protocol = {kind}
+    port = {port}
+    bind = 127.0.0.1
+    wait = {wait}
+    user = root
+}}
+"""
+
+
+@pytest.fixture(scope="module")
+def xinetd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[tuple[str, str], int]]:
+    """xinetd's internal echo (TCP and UDP), daytime and time, as Debian ships them, on free loopback ports."""
+    if XINETD is None or os.geteuid() != 0:
+        pytest.skip("xinetd is not installed (or not root to run it)")
+    tmp = tmp_path_factory.mktemp("xinetd")
+    ports: dict[tuple[str, str], int] = {}
+    conf = "defaults\n{\n    instances = UNLIMITED\n    per_source = UNLIMITED\n    cps = 100000 1\n}\n"
+    for name, kind in (("echo", "tcp"), ("echo", "udp"), ("daytime", "tcp"), ("time", "tcp")):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM if kind == "udp" else socket.SOCK_STREAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports[(name, kind)] = probe.getsockname()[1]
+        conf += XINETD_SERVICE.format(name=name, kind=kind, port=ports[(name, kind)],
+                                      socket="dgram" if kind == "udp" else "stream",
+                                      wait="yes" if kind == "udp" else "no")
+    (tmp / "xinetd.conf").write_text(conf)
+    process = subprocess.Popen([XINETD, "-f", str(tmp / "xinetd.conf"), "-dontfork", "-stayalive", "-pidfile",
+                                str(tmp / "xinetd.pid")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", ports[("time", "tcp")])) == 0:
+                    break
+            time.sleep(0.05)
+        yield ports
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_ping_and_clock_against_xinetd(xinetd: dict[tuple[str, str], int]) -> None:
+    for kind in ("tcp", "udp"):
+        udp = ["--udp"] if kind == "udp" else []
+        report = asJson(client(*udp, "127.0.0.1", str(xinetd[("echo", kind)]), "-c", "3", "-i", "0.05", "--json"))
+        assert (report["expect"], report["received"], report["corrupt"]) == ("echo", 3, 0), kind
+    load = asJson(client("127.0.0.1", str(xinetd[("echo", "tcp")]), "-C", "2", "-d", "0.5", "--json"))
+    assert load["requests"] > 10 and load["errors"] == 0
+    for protocol in ("daytime", "time"):
+        report = asJson(client(f"--{protocol}", "127.0.0.1", str(xinetd[(protocol, "tcp")]), "--json"))
+        assert abs(report["offset_s"]) <= report["offset_uncertainty_s"] + 0.1, report  # xinetd's "01 DEC 2026 ..."
+
+
 # --------------------------------------------------------------------------- time and daytime
 
 

@@ -1,0 +1,128 @@
+"""The measuring engine's parts on their own: histogram, probes, clock arithmetic, and what it may import."""
+
+from __future__ import annotations
+
+import calendar
+import random
+import statistics
+import subprocess
+import sys
+import time
+
+import pytest
+
+from sockd.measure import (
+    CHARGEN_CYCLE,
+    MIN_PROBE,
+    Histogram,
+    bucketBounds,
+    bucketOf,
+    loadRequest,
+    makeProbe,
+    parseDaytime,
+    parseProbe,
+    rfc868ToUnix,
+)
+
+
+def test_every_value_falls_inside_its_bucket_and_buckets_are_narrow() -> None:
+    values = [0, 1, 255, 256, 257, 511, 512, 1000, 40_000, 10**6, 10**9, 123_456_789_012]
+    values += [random.randrange(1, 10**11) for _ in range(2000)]
+    for value in values:
+        start, width = bucketBounds(bucketOf(value))
+        assert start <= value < start + width, value
+        assert width == 1 or width / start <= 1 / 128  # at most 0.8% wide
+
+
+def test_percentiles_are_within_the_bucket_error_and_the_rest_is_exact() -> None:
+    rng = random.Random(11)
+    samples = [int(rng.lognormvariate(11, 1)) for _ in range(20_000)]  # around 60 us, long tail
+    h = Histogram()
+    for s in samples:
+        h.record(s)
+    ordered = sorted(samples)
+    for q in (0.5, 0.9, 0.99, 0.999):
+        exact = ordered[max(0, int(q * len(ordered) + 0.999999) - 1)]
+        assert h.percentile(q) == pytest.approx(exact, rel=0.005), q
+    assert (h.low, h.high, h.count) == (ordered[0], ordered[-1], len(samples))
+    assert h.mean() == pytest.approx(statistics.fmean(samples))
+    assert h.mdev() == pytest.approx(statistics.pstdev(samples), rel=1e-6)  # ping's mdev is the population sd
+
+
+def test_absorbed_counts_from_a_hot_loop_give_the_same_percentiles() -> None:
+    samples = [1000 + 37 * i for i in range(5000)]
+    recorded, counts = Histogram(), [0] * len(Histogram().counts)
+    for s in samples:
+        recorded.record(s)
+        counts[bucketOf(s)] += 1
+    absorbed = Histogram()
+    absorbed.absorb(counts, sum(samples))
+    for q in (0.5, 0.99):
+        assert absorbed.percentile(q) == recorded.percentile(q)
+    assert absorbed.mean() == recorded.mean() and absorbed.count == 5000
+
+
+def test_an_empty_histogram_says_nothing() -> None:
+    assert Histogram().summary() == {"min": None, "avg": None, "max": None, "mdev": None, "p50": None, "p90": None,
+                                     "p99": None}
+
+
+def test_probes_carry_sequence_and_time_and_end_in_their_only_newline() -> None:
+    for size in (MIN_PROBE, 64, 255, 65507):
+        probe = makeProbe(1234, 987654321, size)
+        assert len(probe) == size
+        assert probe.count(b"\n") == 1 and probe.endswith(b"\n")  # one ack answer per probe
+        assert all(32 <= b < 127 for b in probe[:-1])
+        assert parseProbe(probe) == (1234, 987654321)
+    assert parseProbe(b"Got your message\n") is None
+    assert parseProbe(b"") is None
+
+
+def test_load_requests_are_one_message_each() -> None:
+    for size in (1, 6, 64, 255, 16384):
+        request = loadRequest(size)
+        assert len(request) == size and request.count(b"\n") == 1 and request.endswith(b"\n")
+
+
+def test_chargen_cycle_is_rfc_864() -> None:
+    lines = CHARGEN_CYCLE.split(b"\r\n")[:-1]
+    assert len(lines) == 95 and all(len(line) == 72 for line in lines)
+    assert lines[0] == bytes(range(32, 104)) and lines[1] == bytes(range(33, 105))
+    assert lines[94][:1] == b"~" and lines[94][1:] == bytes(range(32, 103))
+
+
+def test_rfc868_counts_are_read_in_the_era_nearest_now() -> None:
+    for when in ("1999-12-31", "2026-12-01", "2036-02-07", "2036-02-08", "2040-01-01"):
+        unix = calendar.timegm(time.strptime(when, "%Y-%m-%d")) + 12345
+        value = (unix + 2208988800) % 2**32
+        assert rfc868ToUnix(value, near=unix + 100) == unix, when
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Tuesday, November 24, 2026 22:04:29-UTC\r\n", "2026-11-24 22:04:29"),  # sockd
+    ("24 NOV 2026 22:04:29 UTC\r\n", "2026-11-24 22:04:29"),  # xinetd
+    ("Tue, 24 Nov 2026 22:04:29 +0000", "2026-11-24 22:04:29"),  # RFC 2822
+    ("Tue, 24 Nov 2026 23:04:29 +0100", "2026-11-24 22:04:29"),
+])
+def test_daytime_shapes_in_utc(text: str, expected: str) -> None:
+    assert parseDaytime(text) == calendar.timegm(time.strptime(expected, "%Y-%m-%d %H:%M:%S"))
+
+
+def test_daytime_in_ctime_shape_is_local_time() -> None:
+    now = int(time.time())
+    assert parseDaytime(time.ctime(now) + "\r\n") == now
+
+
+@pytest.mark.parametrize("text", ["", "teatime", "Tuesday, Smarch 24, 2026 22:04:29-UTC", "99 NOV 2026 22:04:29 UTC"])
+def test_daytime_that_is_no_time(text: str) -> None:
+    assert parseDaytime(text) is None
+
+
+def test_the_client_imports_neither_twisted_nor_the_daemon() -> None:
+    """It must start fast and share nothing with the server it measures."""
+    code = ("import sys, sockd.client; print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in"
+            " ('twisted', 'zope', 'OpenSSL', 'prometheus_client') or (m.startswith('sockd.') and m not in"
+            " ('sockd.client', 'sockd.measure')))))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ""
