@@ -400,7 +400,8 @@ def loadSummary(result: LoadResult, options: LoadOptions) -> list[str]:
                      f"{ms(lat.percentile(0.99))}/{ms(lat.percentile(0.999))} ms")
     per = f", {result.cpu / result.operations * 1e6:.2f} us per {what[:-1]}" if result.operations else ""
     share = result.cpu / result.window * 100 if result.window > 0 else 0.0
-    lines.append(f"client CPU {result.cpu:.3f} s ({share:.0f}% of one core{per})")
+    lines.append(f"client CPU {result.cpu:.3f} s ({share:.0f}% of one core{per}; user {result.cpuUser:.3f} s,"
+                 f" system {result.cpuSystem:.3f} s)")
     return lines
 
 
@@ -416,7 +417,8 @@ def loadJson(result: LoadResult, options: LoadOptions) -> dict[str, Any]:
         "errors": result.errors, "timeouts": result.timeouts, "closed": result.closed,
         "connect_errors": result.connectErrors, "corrupt": result.corrupt,
         "latency_ms": result.latency.summary((0.5, 0.9, 0.99, 0.999)) if requests else None,
-        "client_cpu_s": round(result.cpu, 6),
+        "client_cpu_s": round(result.cpu, 6), "client_cpu_user_s": round(result.cpuUser, 6),
+        "client_cpu_system_s": round(result.cpuSystem, 6),
         "client_cpu_percent": round(result.cpu / result.window * 100, 2) if result.window > 0 else None,
         "client_cpu_us_per_op": round(result.cpu / result.operations * 1e6, 3) if result.operations else None,
     }

@@ -308,7 +308,9 @@ def parseProbe(data: bytes) -> tuple[int, int] | None:
 # matching the reply by the socket it arrives on.
 
 
-#: With per-probe sockets (ack over UDP) at most this many are open at once (--timeout / --interval).
+#: With per-probe sockets (ack over UDP) at most this many are open at once: an answered probe's socket is
+#: kept until its deadline (to see a duplicate) only while fewer than half are open, and no probe is sent
+#: while this many wait for their answers.
 MAX_PROBE_SOCKETS = 1000
 
 
@@ -365,9 +367,6 @@ def checkAck(target: Target, options: PingOptions) -> None:
     if target.stream and options.size > ACK_MESSAGE_LIMIT:
         raise UsageError(f"the ack service answers every {ACK_MESSAGE_LIMIT} bytes of a message separately:"
                          f" use --size {ACK_MESSAGE_LIMIT} or less against it")
-    if not target.stream and options.timeout / max(options.interval, 1e-6) > MAX_PROBE_SOCKETS:
-        raise UsageError(f"against ack over UDP each probe has its own socket for --timeout seconds: keep"
-                         f" --timeout / --interval at most {MAX_PROBE_SOCKETS}")
 
 
 def ping(target: Target, options: PingOptions, reporter: Reporter) -> PingResult:
@@ -507,6 +506,7 @@ class _DatagramPing:
         self.answered: set[int] = set()
         self.highest = 0  # the highest sequence number answered so far
         self.sentUpTo = 0
+        self.ownSockets = 0
 
     def close(self) -> None:
         for probe in self.outstanding.values():
@@ -531,19 +531,21 @@ class _DatagramPing:
             now = time.perf_counter()
             more = options.count == 0 or seq < options.count
             undecided = result.expect == "auto"
-            waiting = undecided and any(not p.answered for p in self.outstanding.values())
+            waiting = (undecided and any(not p.answered for p in self.outstanding.values())) or \
+                self.ownSockets >= MAX_PROBE_SOCKETS
             due = started + seq * options.interval
             if more and not waiting and now >= due:
                 seq += 1
                 self.send(seq, timeoutNs)
-                continue
-            if not more and not any(not p.answered for p in self.outstanding.values()):
-                return
-            nowNs = time.perf_counter_ns()
-            wake = min((p.deadline for p in self.outstanding.values()), default=nowNs + timeoutNs)
-            delay = (wake - nowNs) / 1e9
-            if more and not waiting:
-                delay = min(delay, due - now)
+                delay = 0.0  # read what has come in before the next probe, even with --interval 0
+            else:
+                if not more and not any(not p.answered for p in self.outstanding.values()):
+                    return
+                nowNs = time.perf_counter_ns()
+                wake = min((p.deadline for p in self.outstanding.values()), default=nowNs + timeoutNs)
+                delay = (wake - nowNs) / 1e9
+                if more and not waiting:
+                    delay = min(delay, due - now)
             for key, _ in self.selector.select(max(delay, 0)):
                 self.receive(key.fileobj, key.data)  # type: ignore[arg-type]
             self.expire(time.perf_counter_ns())
@@ -558,6 +560,7 @@ class _DatagramPing:
         else:
             sock = own = self.target.datagramSocket()
             self.selector.register(sock, selectors.EVENT_READ, seq)
+            self.ownSockets += 1
         sentNs = time.perf_counter_ns()
         payload = makeProbe(seq, sentNs, self.options.size)
         self.outstanding[seq] = _Probe(seq, sentNs, sentNs + timeoutNs, payload, own)
@@ -584,6 +587,8 @@ class _DatagramPing:
                 self.reporter.problem(ownSeq, f"{self.target.label}: {_why(e)}")
                 return
             self.match(data, ownSeq, time.perf_counter_ns())
+            if sock.fileno() < 0:  # matching freed the probe's own socket
+                return
 
     def match(self, data: bytes, ownSeq: int | None, nowNs: int) -> None:
         result = self.result
@@ -625,6 +630,10 @@ class _DatagramPing:
             self.reporter.reply(seq, len(data), rtt, f"CORRUPT ({what}: {_preview(data)})")
             return
         probe.answered = True
+        if probe.sock is not None and self.ownSockets > MAX_PROBE_SOCKETS // 2:
+            self._drop(probe.sock)  # many in flight: free the socket now, at the cost of not seeing a duplicate
+            probe.sock = None
+            self.ownSockets -= 1
         self.answered.add(seq)
         result.received += 1
         result.rtt.record(rtt)
@@ -640,6 +649,7 @@ class _DatagramPing:
             probe = self.outstanding.pop(seq)
             if probe.sock is not None:
                 self._drop(probe.sock)
+                self.ownSockets -= 1
             if not probe.answered:
                 self.reporter.problem(seq, f"no reply from {self.target.label} within {self.options.timeout:g} s")
 
@@ -717,6 +727,8 @@ class LoadResult:
     connectErrors: int = 0
     corrupt: int = 0
     cpu: float = 0.0
+    cpuUser: float = 0.0
+    cpuSystem: float = 0.0
     interrupted: bool = False
     latency: Histogram = field(default_factory=Histogram)
 
@@ -734,7 +746,7 @@ class LoadResult:
 
 
 class _Conn:
-    __slots__ = ("sock", "fd", "recv", "send", "request", "expected", "size", "got", "t0", "pending",
+    __slots__ = ("sock", "fd", "recv", "send", "request", "got", "t0", "pending",
                  "retryAt", "offset", "check")
 
     def __init__(self) -> None:
@@ -850,8 +862,6 @@ class Load:
         conn.sock, conn.fd = sock, sock.fileno()
         conn.recv, conn.send = sock.recv, sock.send
         conn.request = self.request
-        conn.expected = self.expected
-        conn.size = len(self.expected)
         conn.got, conn.pending, conn.offset, conn.check = 0, None, -1, True
         self.conns[conn.fd] = conn
         if self.pattern == "discard":
@@ -940,7 +950,9 @@ class Load:
             self._startWindow(nowNs)
         assert self.windowStart is not None
         r.window = (nowNs - self.windowStart) / 1e9
-        r.cpu = _cpu() - self.cpuStart
+        user, system = _cpu()
+        r.cpuUser, r.cpuSystem = user - self.cpuStart[0], system - self.cpuStart[1]
+        r.cpu = r.cpuUser + r.cpuSystem
         r.operations = self.ops
         if self.pattern in ("echo", "ack"):
             r.requests = self.ops
@@ -1005,6 +1017,8 @@ class Load:
         wait = self.wait
         counts, total, ops = self.counts, self.total, self.ops
         wouldBlock = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+        request, expected = self.request, self.expected  # the same for every connection
+        requestSize, size = len(request), len(expected)
         while True:
             events = poll(wait)
             now = perf()
@@ -1029,8 +1043,8 @@ class Load:
                     continue
                 n = len(data)
                 got = c.got
-                if datagram or (got == 0 and n == c.size):
-                    if data != c.expected:
+                if datagram or (got == 0 and n == size):
+                    if data != expected:
                         self.result.corrupt += 1
                         self.lose(c, now)
                         continue
@@ -1038,11 +1052,11 @@ class Load:
                     self.result.closed += 1
                     self.lose(c, now)
                     continue
-                elif c.expected[got : got + n] != data:
+                elif expected[got : got + n] != data:
                     self.result.corrupt += 1
                     self.lose(c, now)
                     continue
-                elif got + n < c.size:
+                elif got + n < size:
                     c.got = got + n
                     continue
                 d = now - c.t0
@@ -1053,18 +1067,19 @@ class Load:
                     counts[(e << 7) + (d >> e)] += 1
                 total += d
                 ops += 1
-                c.got = 0
+                if got:
+                    c.got = 0
                 c.t0 = now
                 try:
-                    sent = c.send(c.request)
+                    sent = c.send(request)
                 except wouldBlock:
                     sent = 0
                 except OSError:
                     self.result.closed += 1
                     self.lose(c, now)
                     continue
-                if sent != len(c.request):
-                    c.pending = memoryview(c.request)[sent:] if not tls else memoryview(c.request)
+                if sent != requestSize:
+                    c.pending = memoryview(request)[sent:] if not tls else memoryview(request)
                     self.poller.modify(c.fd, IN | OUT)
             if now >= nextTick:
                 nextTick = now + tickNs
@@ -1164,10 +1179,10 @@ class Load:
                     return
 
 
-def _cpu() -> float:
-    """This process's user + system CPU seconds."""
+def _cpu() -> tuple[float, float]:
+    """This process's user and system CPU seconds."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    return usage.ru_utime, usage.ru_stime
 
 
 # --------------------------------------------------------------------------- clock

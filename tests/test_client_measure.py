@@ -37,8 +37,8 @@ PING_KEYS = {"mode", "target", "transport", "expect", "size", "count", "interval
 RTT_KEYS = {"min", "avg", "max", "mdev", "p50", "p90", "p99"}
 LOAD_KEYS = {"mode", "target", "transport", "pattern", "size", "concurrency", "duration_s", "warmup_s", "window_s",
              "interrupted", "requests", "operations", "rate", "bytes_sent", "bytes_received", "bytes_per_s", "errors",
-             "timeouts", "closed", "connect_errors", "corrupt", "latency_ms", "client_cpu_s", "client_cpu_percent",
-             "client_cpu_us_per_op"}
+             "timeouts", "closed", "connect_errors", "corrupt", "latency_ms", "client_cpu_s", "client_cpu_user_s",
+             "client_cpu_system_s", "client_cpu_percent", "client_cpu_us_per_op"}
 LATENCY_KEYS = {"min", "avg", "max", "mdev", "p50", "p90", "p99", "p999"}
 CLOCK_KEYS = {"mode", "target", "transport", "answer", "server_time", "server_unix", "local_unix", "offset_s",
               "offset_uncertainty_s", "rtt_ms"}
@@ -163,6 +163,14 @@ def test_ping_against_ack_refuses_probes_the_ack_service_would_split(sockd: Daem
         assert result.returncode == 2, (extra, result.stdout, result.stderr)
         assert "255" in result.stderr.splitlines()[-1] and "Traceback" not in result.stderr
     assert client(*where(sockd, "ack", "tcp"), "-c", "1", "-s", "255").returncode == 0
+
+
+@pytest.mark.parametrize("service", ["ack", "echo"])
+def test_ping_with_no_interval_over_udp(sockd: Daemon, service: str) -> None:
+    """--interval 0 sends back to back; against ack that is more probes in flight than sockets kept open."""
+    report = asJson(client(*where(sockd, service, "udp"), "-c", "1500", "-i", "0", "-t", "2", "--json", timeout=60))
+    assert (report["expect"], report["sent"], report["errors"], report["corrupt"]) == (service, 1500, 0, 0)
+    assert report["received"] >= 1400  # a loopback burst may overflow a socket buffer; nothing else is lost
 
 
 def test_ping_json_is_one_object_even_when_everything_is_lost() -> None:
@@ -455,6 +463,8 @@ def test_load_every_transport(sockd: Daemon, service: str, transport: str) -> No
     latency = report["latency_ms"]
     assert 0 < latency["min"] <= latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["p999"] <= latency["max"]
     assert 0 < report["client_cpu_s"] < 3 and report["client_cpu_us_per_op"] > 0
+    assert report["client_cpu_s"] == pytest.approx(report["client_cpu_user_s"] + report["client_cpu_system_s"],
+                                                   abs=2e-6)
 
 
 @pytest.mark.parametrize("transport", ["tcp", "tls"])
@@ -528,7 +538,8 @@ def test_load_summary_text_and_progress_line_on_a_terminal(sockd: Daemon) -> Non
     assert re.fullmatch(r"--- \S+ load statistics \(tcp, echo, 64 bytes, 2 connections\) ---", lines[0]), out
     assert re.fullmatch(r"[\d,]+ requests in \d\.\d{3} s: [\d,]+/s, \S+ \S?B/s, 0 errors", lines[1]), out
     assert lines[2].startswith("latency min/avg/max = ") and lines[3].startswith("latency p50/p90/p99/p99.9 = ")
-    assert re.fullmatch(r"client CPU \d+\.\d{3} s \(\d+% of one core, \d+\.\d\d us per request\)", lines[4]), out
+    assert re.fullmatch(r"client CPU \d+\.\d{3} s \(\d+% of one core, \d+\.\d\d us per request; user \d+\.\d{3} s,"
+                        r" system \d+\.\d{3} s\)", lines[4]), out
 
 
 def test_load_against_nothing_is_one_line_and_status_1() -> None:
