@@ -49,6 +49,7 @@ class ClientError(Exception):
 
 
 def readMessage(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> bytes:
+    """The one-shot message: -m, or one line of standard input (prompting a person at a terminal)."""
     if args.message is not None:
         text = args.message
     else:
@@ -92,6 +93,7 @@ def _readStream(sock: socket.socket, deadline: float, what: str) -> bytes:
 
 
 def streamExchange(family: int, address: object, message: bytes, timeout: float, what: str) -> bytes:
+    """Send C{message}, half-close, and read the answer to end of stream (or the timeout)."""
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         try:
@@ -118,6 +120,7 @@ def streamExchange(family: int, address: object, message: bytes, timeout: float,
 
 
 def datagramExchange(host: str, port: int, message: bytes, timeout: float) -> bytes:
+    """Send one datagram and return the first one that comes back."""
     what = f"{host} port {port}/udp"
     info = resolve(host, port, socket.SOCK_DGRAM)
     with socket.socket(info[0], socket.SOCK_DGRAM) as sock:
@@ -144,6 +147,7 @@ def resolveAll(host: str, port: int, kind: int) -> list[tuple[int, tuple]]:
 
 
 def resolve(host: str, port: int, kind: int) -> tuple[int, tuple]:
+    """The first address of C{host}."""
     return resolveAll(host, port, kind)[0]
 
 
@@ -180,6 +184,7 @@ def _positive(kind: type, low: float, what: str, inclusive: bool = False):  # no
 
 
 def parseArgs(argv: list[str] | None) -> argparse.Namespace:
+    """The command line, checked: every usage error is one line and status 2, before anything is sent."""
     parser = _Parser(
         prog="sockd-client",
         description="Send one message to a sockd service (or any stream/datagram server) and print the answer;"
@@ -292,6 +297,7 @@ class PingPrinter:
 
 
 class Silent:
+    """A ping reporter that says nothing (--json prints only the final object)."""
     def reply(self, seq: int, size: int, rttNs: int, note: str) -> None:
         pass
 
@@ -318,6 +324,7 @@ def pingSummary(result: PingResult) -> list[str]:
 
 
 def pingJson(result: PingResult, options: PingOptions) -> dict[str, Any]:
+    """Every figure of a ping run, under the keys the README lists (pinned by a test)."""
     return {
         "mode": "ping", "target": result.target, "transport": result.transport, "expect": result.expect,
         "size": result.size, "count": options.count, "interval_s": options.interval, "timeout_s": options.timeout,
@@ -331,6 +338,7 @@ def pingJson(result: PingResult, options: PingOptions) -> dict[str, Any]:
 
 
 def runPing(args: argparse.Namespace, out: TextIO) -> int:
+    """Ping mode: status 0 if every probe came back, 1 if not."""
     target = _target(args)
     options = PingOptions(count=args.count if args.count is not None else 0,
                           interval=args.interval if args.interval is not None else 1.0,
@@ -384,6 +392,7 @@ class ProgressLine:
 
 
 def loadSummary(result: LoadResult, options: LoadOptions) -> list[str]:
+    """The load run's summary lines (the first is blank, as ping's is)."""
     requests = result.pattern in ("echo", "ack")
     what = "requests" if requests else "writes" if result.pattern == "discard" else "reads"
     lines = ["", f"--- {result.target} load statistics ({result.transport}, {result.pattern}, {options.size} bytes,"
@@ -406,6 +415,7 @@ def loadSummary(result: LoadResult, options: LoadOptions) -> list[str]:
 
 
 def loadJson(result: LoadResult, options: LoadOptions) -> dict[str, Any]:
+    """Every figure of a load run, under the keys the README lists (pinned by a test)."""
     requests = result.pattern in ("echo", "ack")
     return {
         "mode": "load", "target": result.target, "transport": result.transport, "pattern": result.pattern,
@@ -425,6 +435,7 @@ def loadJson(result: LoadResult, options: LoadOptions) -> dict[str, Any]:
 
 
 def runLoad(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Load mode: status 0 if there were requests and no errors, 1 if not."""
     target = _target(args)
     pattern = "discard" if args.discard else "chargen" if args.chargen else args.expect
     options = LoadOptions(concurrency=args.concurrency or 1, duration=args.duration or 10.0, warmup=args.warmup,
@@ -451,6 +462,7 @@ def _utc(unix: float) -> str:
 
 
 def clockJson(reading: ClockReading) -> dict[str, Any]:
+    """Every figure of a clock reading, under the keys the README lists (pinned by a test)."""
     server = reading.serverUnix
     return {
         "mode": reading.protocol, "target": reading.target, "transport": reading.transport,
@@ -465,6 +477,7 @@ def clockJson(reading: ClockReading) -> dict[str, Any]:
 
 
 def runClock(args: argparse.Namespace, out: TextIO) -> int:
+    """--time or --daytime: status 0 if the answer is a time, 1 if not."""
     target = _target(args)
     reading = readClock(target, "time" if args.time else "daytime", args.timeout)
     if args.json:
@@ -481,6 +494,7 @@ def runClock(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+    """The sockd-client command: the one-shot exchange, or ping, load or a clock check."""
     args = parseArgs(argv)
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout

@@ -52,6 +52,7 @@ class FatalError(MeasureError):
 
 @dataclass
 class Target:
+    """One server to measure: where it is, over what, and with which TLS settings."""
     transport: str  # "tcp", "udp" or "unix"
     host: str = ""
     port: int = 0
@@ -315,6 +316,7 @@ MAX_PROBE_SOCKETS = 1000
 
 
 class Reporter(Protocol):
+    """What ping tells as it goes: a line per reply, a line per problem."""
     def reply(self, seq: int, size: int, rttNs: int, note: str) -> None: ...
 
     def problem(self, seq: int | None, text: str) -> None: ...
@@ -322,6 +324,7 @@ class Reporter(Protocol):
 
 @dataclass
 class PingOptions:
+    """How to ping: how many probes, how often, how big, how long to wait, and what answers."""
     count: int = 0  # 0: until interrupted
     interval: float = 1.0
     size: int = 64
@@ -331,6 +334,7 @@ class PingOptions:
 
 @dataclass
 class PingResult:
+    """Everything a ping run counted; loss is 1 - received/sent, so a corrupt reply is a loss too."""
     target: str
     transport: str
     size: int
@@ -364,6 +368,7 @@ def checkPingOptions(target: Target, options: PingOptions) -> None:
 
 
 def checkAck(target: Target, options: PingOptions) -> None:
+    """Refuse what the ack service cannot answer one-for-one (a probe it would split in two)."""
     if target.stream and options.size > ACK_MESSAGE_LIMIT:
         raise UsageError(f"the ack service answers every {ACK_MESSAGE_LIMIT} bytes of a message separately:"
                          f" use --size {ACK_MESSAGE_LIMIT} or less against it")
@@ -702,6 +707,7 @@ def loadRequest(size: int) -> bytes:
 
 @dataclass
 class LoadOptions:
+    """How to load: connections, seconds (after a warm-up), request size, timeout, and the pattern."""
     concurrency: int = 1
     duration: float = 10.0
     warmup: float = 0.5
@@ -712,6 +718,7 @@ class LoadOptions:
 
 @dataclass
 class LoadResult:
+    """What the measured window of a load run counted, and what it cost this process."""
     target: str
     transport: str
     pattern: str
@@ -775,6 +782,7 @@ Progress = Callable[[Snapshot], None]
 
 
 def checkLoadOptions(target: Target, options: LoadOptions) -> None:
+    """Usage errors of a load run that do not need the server."""
     if options.expect in ("discard", "chargen") and not target.stream:
         raise UsageError(f"--{options.expect} load runs over a stream (TCP, Unix, TLS): UDP {options.expect}"
                          " has no flow control to measure")
@@ -1200,6 +1208,7 @@ EPOCH_1900 = 2208988800
 
 @dataclass
 class ClockReading:
+    """One reading of a time or daytime server, and the local clock at the middle of the round trip."""
     target: str
     transport: str
     protocol: str  # "time" or "daytime"
