@@ -1027,6 +1027,9 @@ class Load:
         wouldBlock = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
         request, expected = self.request, self.expected  # the same for every connection
         requestSize, size = len(request), len(expected)
+        # recv(n) allocates n bytes before it shrinks them to what came: ask for an answer and a little more
+        # (more than expected is noticed as corrupt), not for 64 KiB each time.
+        want = min(size + 64, RECV_SIZE)
         while True:
             events = poll(wait)
             now = perf()
@@ -1039,10 +1042,10 @@ class Load:
                     if c.sock is None:
                         continue
                 try:
-                    data = c.recv(RECV_SIZE)
+                    data = c.recv(want)
                     if tls:
                         while c.sock.pending():
-                            data += c.recv(RECV_SIZE)
+                            data += c.recv(want)
                 except wouldBlock:
                     continue
                 except OSError:
