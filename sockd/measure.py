@@ -61,6 +61,8 @@ class Target:
     servername: str | None = None
     family: int = socket.AF_UNSPEC
     sockaddr: object = None
+    #: The resolver's other addresses, tried in turn while connections are refused (streams only).
+    others: list[tuple[int, object]] = field(default_factory=list, repr=False)
 
     @property
     def label(self) -> str:
@@ -79,7 +81,11 @@ class Target:
         return f"{self.transport}+tls" if self.tls else self.transport
 
     def resolve(self) -> None:
-        """Pick the first address the resolver gives (once: every socket of a run goes to the same one)."""
+        """Look the host up once: every socket of a run goes to the same address.
+
+        That is the resolver's first, or for a stream the first that accepts a connection (localhost may be
+        ::1 first, with the server only on 127.0.0.1), as the one-shot client does.
+        """
         if self.transport == "unix":
             self.family, self.sockaddr = socket.AF_UNIX, self.path
             return
@@ -89,9 +95,22 @@ class Target:
         except socket.gaierror:
             raise MeasureError(f"unknown host {self.host}") from None
         self.family, self.sockaddr = infos[0][0], infos[0][4]
+        self.others = [(info[0], info[4]) for info in infos[1:]] if kind == socket.SOCK_STREAM else []
 
     def connectStream(self, timeout: float) -> socket.socket:
         """A connected (and, with TLS, handshaken) blocking stream socket with C{timeout}; MeasureError if not."""
+        while True:
+            try:
+                sock = self._connectStream(timeout)
+            except MeasureError as e:
+                if not self.others or not str(e).startswith("connection refused"):
+                    raise
+                self.family, self.sockaddr = self.others.pop(0)
+                continue
+            self.others = []  # settled: from now on only this address
+            return sock
+
+    def _connectStream(self, timeout: float) -> socket.socket:
         sock = socket.socket(self.family, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         if self.family != socket.AF_UNIX:
@@ -411,9 +430,11 @@ class _StreamPing:
     def run(self, started: float) -> None:
         options, result = self.options, self.result
         seq = 0
+        due = started
         while options.count == 0 or seq < options.count:
             seq += 1
-            _sleepUntil(started + (seq - 1) * options.interval)
+            _sleepUntil(due)
+            due = max(due, time.perf_counter()) + options.interval  # after a slow reply: no burst to catch up
             if self.sock is None:
                 t0 = time.perf_counter_ns()
                 try:
@@ -532,16 +553,17 @@ class _DatagramPing:
         options, result = self.options, self.result
         timeoutNs = int(options.timeout * 1e9)
         seq = 0
+        due = started
         while True:
             now = time.perf_counter()
             more = options.count == 0 or seq < options.count
             undecided = result.expect == "auto"
             waiting = (undecided and any(not p.answered for p in self.outstanding.values())) or \
                 self.ownSockets >= MAX_PROBE_SOCKETS
-            due = started + seq * options.interval
             if more and not waiting and now >= due:
                 seq += 1
                 self.send(seq, timeoutNs)
+                due = max(due, now) + options.interval  # after waiting for a first reply: no burst to catch up
                 delay = 0.0  # read what has come in before the next probe, even with --interval 0
             else:
                 if not more and not any(not p.answered for p in self.outstanding.values()):

@@ -379,6 +379,34 @@ def test_duplicates_reordering_and_corruption_are_counted() -> None:
     assert "8 sent, 6 received, 1 corrupt, +1 duplicates, 1 reordered, 25% loss" in out
 
 
+def test_ping_after_a_lost_first_probe_keeps_its_interval() -> None:
+    """Under --expect auto the second probe waits for the first's timeout; the rest must not then burst out."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.settimeout(0.1)
+        arrivals: list[float] = []
+
+        def echoAllButTheFirst() -> None:
+            deadline = time.monotonic() + 20
+            while len(arrivals) < 4 and time.monotonic() < deadline:
+                try:
+                    data, peer = server.recvfrom(65536)
+                except TimeoutError:
+                    continue
+                arrivals.append(time.monotonic())
+                if len(arrivals) > 1:
+                    server.sendto(data, peer)
+
+        thread = threading.Thread(target=echoAllButTheFirst, daemon=True)
+        thread.start()
+        report = asJson(client("--udp", *map(str, server.getsockname()), "-c", "4", "-i", "0.2", "-t", "0.5",
+                               "--json"))
+        thread.join(5)
+    assert (report["expect"], report["sent"], report["received"]) == ("echo", 4, 3)
+    gaps = [later - earlier for earlier, later in zip(arrivals[1:], arrivals[2:], strict=False)]
+    assert len(gaps) == 2 and all(gap >= 0.15 for gap in gaps), gaps
+
+
 def byteAtATimeEcho(stop: threading.Event) -> tuple[socket.socket, Callable[[], None]]:
     """A TCP echo server that sends each reply one byte per segment."""
     server = socket.socket()

@@ -140,3 +140,25 @@ def test_the_client_documents_every_public_definition() -> None:
     missing = [node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))
                and not node.name.startswith("_") and not ast.get_docstring(node)]
     assert missing == []
+
+
+def test_a_stream_target_tries_the_next_address_while_refused_and_then_keeps_the_one_that_answered() -> None:
+    """localhost may resolve to ::1 first with the server only on 127.0.0.1 (the one-shot client does the same)."""
+    import socket
+
+    from sockd.measure import MeasureError, Target
+
+    with socket.socket() as refusing, socket.socket() as listening:
+        refusing.bind(("127.0.0.1", 0))  # bound, not listening: refused
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        target = Target("tcp", host="127.0.0.1", port=refusing.getsockname()[1])
+        target.resolve()
+        good = listening.getsockname()
+        target.others = [(socket.AF_INET, good)]
+        with target.connectStream(2.0) as sock:
+            assert sock.getpeername() == good
+        assert (target.sockaddr, target.others) == (good, [])
+        target.sockaddr = refusing.getsockname()
+        with pytest.raises(MeasureError, match="connection refused"):
+            target.connectStream(2.0)  # nothing else left to try
