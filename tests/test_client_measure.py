@@ -570,6 +570,24 @@ def test_load_summary_text_and_progress_line_on_a_terminal(sockd: Daemon) -> Non
                         r" system \d+\.\d{3} s\)", lines[4]), out
 
 
+def test_load_ctrl_c_reports_the_window_so_far(sockd: Daemon) -> None:
+    process = subprocess.Popen([CLIENT, *where(sockd, "echo", "tcp"), "-C", "2", "-d", "60", "--warmup", "0",
+                                "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=15)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert (process.returncode, err) == (0, "")
+    report = json.loads(out)
+    assert report["interrupted"] is True and report["requests"] > 0 and report["errors"] == 0
+    assert 0.3 < report["window_s"] < 5
+    assert report["rate"] == pytest.approx(report["requests"] / report["window_s"], rel=0.01)
+
+
 def test_load_against_nothing_is_one_line_and_status_1() -> None:
     with socket.socket() as bound:
         bound.bind(("127.0.0.1", 0))
