@@ -297,14 +297,19 @@ HEADER = b"sockd %010d %016x "
 #: The header's length; a probe is at least this plus its newline.
 HEADER_SIZE = len(HEADER % (0, 0))
 MIN_PROBE = HEADER_SIZE + 1
-_PAD = bytes(range(ord("a"), ord("z") + 1)) * 2522  # 65,572 bytes: enough for the largest datagram
+_ALPHABET = bytes(range(ord("a"), ord("z") + 1))
+
+
+def filler(size: int) -> bytes:
+    """C{size} printable bytes without a newline (a to z, over and over)."""
+    return (_ALPHABET * (size // len(_ALPHABET) + 1))[:size]
 _PARSE = re.compile(rb"sockd (\d{10}) ([0-9a-f]{16}) ")
 
 
 def makeProbe(seq: int, sentNs: int, size: int) -> bytes:
     """Probe C{seq}, C{size} bytes long (size >= MIN_PROBE)."""
     head = HEADER % (seq % 10**10, sentNs & 0xFFFFFFFFFFFFFFFF)
-    return head + _PAD[: size - HEADER_SIZE - 1] + b"\n"
+    return head + filler(size - HEADER_SIZE - 1) + b"\n"
 
 
 def parseProbe(data: bytes) -> tuple[int, int] | None:
@@ -451,33 +456,59 @@ class _StreamPing:
             self.probe(seq)
 
     def probe(self, seq: int) -> None:
+        """Send probe C{seq} and read its reply at once, both as far as the socket allows.
+
+        Sending all of a big probe before reading would deadlock with an echo server that stops reading
+        while its answers are not read (sockd's flow control does): both directions' buffers fill.
+        """
         options, result, sock = self.options, self.result, self.sock
         assert sock is not None
         payload = makeProbe(seq, time.perf_counter_ns(), options.size)
         result.sent += 1
-        t0 = time.perf_counter_ns()
+        sock.setblocking(False)
+        selector = selectors.DefaultSelector()
+        selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
         try:
-            sock.sendall(payload)
-        except OSError as e:
-            self.fail(seq, f"cannot send to {self.target.label}: {_why(e)}")
-            return
-        expected = {"echo": payload, "ack": ACK_STREAM}.get(result.expect)
+            self.exchange(seq, sock, selector, payload)
+        finally:
+            selector.close()
+
+    def exchange(self, seq: int, sock: socket.socket, selector: selectors.BaseSelector, payload: bytes) -> None:
+        options, result = self.options, self.result
+        wouldBlock = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+        t0 = time.perf_counter_ns()
         deadline = t0 + int(options.timeout * 1e9)
-        buffer = b""
+        view, sent = memoryview(payload), 0
+        expected = {"echo": payload, "ack": ACK_STREAM}.get(result.expect)
+        buffer = bytearray()
         while True:
-            remaining = deadline - time.perf_counter_ns()
-            if remaining <= 0:
-                self.fail(seq, f"no reply from {self.target.label} within {options.timeout:g} s", lost=True)
-                return
-            sock.settimeout(remaining / 1e9)
+            if sent < len(payload):
+                try:
+                    sent += sock.send(view[sent:])
+                except wouldBlock:
+                    pass
+                except OSError as e:
+                    self.fail(seq, f"cannot send to {self.target.label}: {_why(e)}")
+                    return
+                if sent == len(payload):
+                    selector.modify(sock, selectors.EVENT_READ)
             try:
                 chunk = sock.recv(65536)
-            except TimeoutError:
-                continue
-            except (OSError, ssl.SSLError) as e:
+                while chunk and isinstance(sock, ssl.SSLSocket) and sock.pending():
+                    chunk += sock.recv(65536)
+            except wouldBlock:
+                chunk = None
+            except OSError as e:
                 self.fail(seq, f"connection to {self.target.label} failed: {_why(e)}")
                 return
             t1 = time.perf_counter_ns()
+            if chunk is None:
+                remaining = deadline - t1
+                if remaining <= 0:
+                    self.fail(seq, f"no reply from {self.target.label} within {options.timeout:g} s", lost=True)
+                    return
+                selector.select(remaining / 1e9)
+                continue
             if not chunk:
                 self.fail(seq, f"{self.target.label} closed the connection")
                 return
@@ -489,11 +520,12 @@ class _StreamPing:
                     result.expect, expected = "ack", ACK_STREAM
                     checkAck(self.target, options)
                 else:
-                    self.corrupt(seq, buffer, t1 - t0, "neither the probe's echo nor the ack answer")
+                    self.corrupt(seq, bytes(buffer), t1 - t0, "neither the probe's echo nor the ack answer")
                     return
-            if len(buffer) >= len(expected) or not expected.startswith(buffer):
+            done = len(buffer) >= len(expected)
+            if done or expected[len(buffer) - len(chunk) : len(buffer)] != chunk:
                 if buffer != expected:
-                    self.corrupt(seq, buffer, t1 - t0, f"not the {result.expect} expected")
+                    self.corrupt(seq, bytes(buffer), t1 - t0, f"not the {result.expect} expected")
                     return
                 result.received += 1
                 result.rtt.record(t1 - t0)
@@ -719,12 +751,11 @@ _PRINTABLE = bytes(range(32, 127))
 #: RFC 864: 95 lines of 72 characters and CR LF, then the pattern repeats.
 CHARGEN_CYCLE = b"".join((_PRINTABLE * 2)[i : i + 72] + b"\r\n" for i in range(95))
 _CHARGEN_RUN = CHARGEN_CYCLE * (RECV_SIZE // len(CHARGEN_CYCLE) + 3)
-_FILL = (b"sockd-client load " + bytes(range(ord("a"), ord("z") + 1)) * 2600)
 
 
 def loadRequest(size: int) -> bytes:
     """A C{size}-byte message: printable, one newline at its end (one ack answer per request)."""
-    return _FILL[: size - 1] + b"\n"
+    return (b"sockd-client load " + filler(size))[: size - 1] + b"\n"
 
 
 @dataclass
@@ -775,7 +806,7 @@ class LoadResult:
 
 
 class _Conn:
-    __slots__ = ("sock", "fd", "recv", "send", "request", "got", "t0", "pending",
+    __slots__ = ("sock", "fd", "recv", "send", "request", "other", "got", "t0", "pending",
                  "retryAt", "offset", "check")
 
     def __init__(self) -> None:
@@ -842,10 +873,12 @@ class Load:
         """--expect auto: one blocking round trip says echo or ack (the first byte of the answer)."""
         if self.pattern != "auto":
             return
+        # A short request: a big one could fill both directions' buffers before the first byte is read.
+        request = loadRequest(min(self.options.size, 64))
         if self.target.stream:
             sock = self.target.connectStream(self.options.timeout)
             try:
-                sock.sendall(self.request)
+                sock.sendall(request)
                 first = sock.recv(1)
             except (OSError, ssl.SSLError) as e:
                 raise MeasureError(f"no answer from {self.target.label} to a first request: {e}") from None
@@ -856,7 +889,7 @@ class Load:
             sock.setblocking(True)
             sock.settimeout(self.options.timeout)
             try:
-                sock.send(self.request)
+                sock.send(request)
                 first = sock.recv(65536)[:1]
             except TimeoutError:
                 raise MeasureError(f"no answer from {self.target.label} within {self.options.timeout:g} s") from None
@@ -864,7 +897,7 @@ class Load:
                 raise MeasureError(f"no answer from {self.target.label}: {e.strerror or e}") from None
             finally:
                 sock.close()
-        if first == self.request[:1]:
+        if first == request[:1]:
             self.pattern = "echo"
         elif first in (ACK_STREAM[:1], ACK_DATAGRAM[:1]):
             self.pattern = "ack"
@@ -891,7 +924,7 @@ class Load:
             return False
         conn.sock, conn.fd = sock, sock.fileno()
         conn.recv, conn.send = sock.recv, sock.send
-        conn.request = self.request
+        conn.request, conn.other = self.request, self.alternate
         conn.got, conn.pending, conn.offset, conn.check = 0, None, -1, True
         self.conns[conn.fd] = conn
         if self.pattern == "discard":
@@ -928,7 +961,7 @@ class Load:
             self.lose(conn, time.perf_counter_ns())
             return
         if sent < len(data):
-            conn.pending = memoryview(data)[sent:] if not self.tls else memoryview(data)
+            conn.pending = memoryview(data)[sent:]  # Python's TLS accepts the rest of a buffer on retry
             self.poller.modify(conn.fd, IN | OUT)
 
     def flush(self, conn: _Conn) -> None:
@@ -948,7 +981,10 @@ class Load:
         self.expected = {"echo": self.request, "ack": ACK_STREAM if self.target.stream else ACK_DATAGRAM}.get(
             self.pattern, b"")
         if self.pattern == "discard":
-            self.request = _FILL[: options.size]
+            self.request = filler(options.size)
+        self.alternate = self.request
+        if self.pattern == "echo" and len(self.request) > 1:
+            self.alternate = self.request[:1].swapcase() + self.request[1:]
         started = time.perf_counter_ns()
         for _ in range(options.concurrency):
             self.open(_Conn(), started)
@@ -1047,8 +1083,9 @@ class Load:
         wait = self.wait
         counts, total, ops = self.counts, self.total, self.ops
         wouldBlock = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
-        request, expected = self.request, self.expected  # the same for every connection
-        requestSize, size = len(request), len(expected)
+        echo = self.pattern == "echo"
+        expected = self.expected  # ack: the same answer for every connection; echo: the request in flight
+        requestSize, size = len(self.request), len(expected)
         # recv(n) allocates n bytes before it shrinks them to what came: ask for an answer and a little more
         # (more than expected is noticed as corrupt), not for 64 KiB each time.
         want = min(size + 64, RECV_SIZE)
@@ -1076,6 +1113,8 @@ class Load:
                     continue
                 n = len(data)
                 got = c.got
+                if echo:
+                    expected = c.request
                 if datagram or (got == 0 and n == size):
                     if data != expected:
                         self.result.corrupt += 1
@@ -1103,8 +1142,10 @@ class Load:
                 if got:
                     c.got = 0
                 c.t0 = now
+                if echo:  # alternate two requests, so an echo out of step with its request is seen
+                    c.request, c.other = c.other, c.request
                 try:
-                    sent = c.send(request)
+                    sent = c.send(c.request)
                 except wouldBlock:
                     sent = 0
                 except OSError:
@@ -1112,7 +1153,7 @@ class Load:
                     self.lose(c, now)
                     continue
                 if sent != requestSize:
-                    c.pending = memoryview(request)[sent:] if not tls else memoryview(request)
+                    c.pending = memoryview(c.request)[sent:]
                     self.poller.modify(c.fd, IN | OUT)
             if now >= nextTick:
                 nextTick = now + tickNs

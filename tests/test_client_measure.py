@@ -143,10 +143,13 @@ def test_ping_reply_sizes_say_which_service_answered(sockd: Daemon) -> None:
         assert len(re.findall(rf"^{size} bytes from .*: seq=\d time=", result.stdout, re.M)) == 2, result.stdout
 
 
-def test_ping_large_echo_probe_over_tcp_and_udp(sockd: Daemon) -> None:
-    for transport, size in (("tcp", 200_000), ("udp", 65_507)):
+def test_ping_large_echo_probes(sockd: Daemon) -> None:
+    """Bigger than the socket buffers: sent and read at once (sending first would deadlock with flow control)."""
+    for transport, size in (("tcp", 1_000_000), ("unix", 1_000_000), ("tls", 1_000_000), ("udp", 65_507)):
         report = asJson(client(*where(sockd, "echo", transport), "-c", "2", "-i", "0.02", "-s", str(size), "--json"))
         assert (report["received"], report["corrupt"], report["size"]) == (2, 0, size)
+        text = client(*where(sockd, "echo", transport), "-c", "1", "-s", str(size))
+        assert f"{size} bytes from " in text.stdout, text.stdout
 
 
 def test_ping_expect_given_and_wrong_is_reported_as_corrupt(sockd: Daemon) -> None:
@@ -493,6 +496,58 @@ def test_load_every_transport(sockd: Daemon, service: str, transport: str) -> No
     assert 0 < report["client_cpu_s"] < 3 and report["client_cpu_us_per_op"] > 0
     assert report["client_cpu_s"] == pytest.approx(report["client_cpu_user_s"] + report["client_cpu_system_s"],
                                                    abs=2e-6)
+
+
+@pytest.mark.parametrize("transport", ["tcp", "tls", "unix"])
+def test_load_requests_bigger_than_a_socket_buffer(sockd: Daemon, transport: str) -> None:
+    """A 1 MB echo request is sent in pieces as the socket takes them, TLS included, and comes back whole."""
+    report = asJson(client(*where(sockd, "echo", transport), "-C", "2", "-d", "1", "--warmup", "0.2",
+                           "-s", "1000000", "--json", timeout=60))
+    assert (report["errors"], report["corrupt"]) == (0, 0) and report["requests"] >= 2
+    assert report["bytes_received"] == report["bytes_sent"] == 1_000_000 * report["requests"]
+
+
+def test_load_notices_an_echo_out_of_step() -> None:
+    """Requests alternate, so an echo server that answers one request twice is caught (the bytes alone match)."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        stop = threading.Event()
+
+        def echoFirstTwice() -> None:
+            server.settimeout(5)
+            conns: list[socket.socket] = []
+            deadline = time.monotonic() + 10
+            try:
+                while len(conns) < 2 and time.monotonic() < deadline:  # the detection round trip, then the load
+                    conn, _ = server.accept()
+                    conns.append(conn)
+                    conn.settimeout(0.2)
+                    first = True
+                    while not stop.is_set() and time.monotonic() < deadline:
+                        try:
+                            data = conn.recv(65536)
+                        except TimeoutError:
+                            continue
+                        if not data:
+                            break
+                        conn.sendall(data * 2 if first and len(conns) == 2 else data)
+                        first = False
+                        if len(conns) == 1:
+                            break
+            except OSError:
+                pass
+            for conn in conns:
+                conn.close()
+
+        thread = threading.Thread(target=echoFirstTwice, daemon=True)
+        thread.start()
+        result = client("127.0.0.1", str(server.getsockname()[1]), "-C", "1", "-d", "0.5", "--warmup", "0",
+                        "--json")
+        stop.set()
+        thread.join(5)
+    report = asJson(result)
+    assert report["corrupt"] >= 1 and result.returncode == 1, report
 
 
 @pytest.mark.parametrize("transport", ["tcp", "tls"])

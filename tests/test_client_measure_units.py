@@ -68,7 +68,7 @@ def test_an_empty_histogram_says_nothing() -> None:
 
 
 def test_probes_carry_sequence_and_time_and_end_in_their_only_newline() -> None:
-    for size in (MIN_PROBE, 64, 255, 65507):
+    for size in (MIN_PROBE, 64, 255, 65507, 200_000):
         probe = makeProbe(1234, 987654321, size)
         assert len(probe) == size
         assert probe.count(b"\n") == 1 and probe.endswith(b"\n")  # one ack answer per probe
@@ -79,7 +79,7 @@ def test_probes_carry_sequence_and_time_and_end_in_their_only_newline() -> None:
 
 
 def test_load_requests_are_one_message_each() -> None:
-    for size in (1, 6, 64, 255, 16384):
+    for size in (1, 6, 64, 255, 16384, 200_000):
         request = loadRequest(size)
         assert len(request) == size and request.count(b"\n") == 1 and request.endswith(b"\n")
 
