@@ -203,7 +203,8 @@ def parseArgs(argv: list[str] | None) -> argparse.Namespace:
     measure.add_argument("-i", "--interval", type=_positive(float, 0, "number of seconds", inclusive=True),
                          help="ping: seconds between probes (1)")
     measure.add_argument("-s", "--size", type=_positive(int, 0, "whole number"),
-                         help="bytes per probe or request, newline included (64; 16384 per write for --discard)")
+                         help="bytes per probe or request, newline included (64); per write for --discard (16384),"
+                              " per read at most for --chargen (65536)")
     measure.add_argument("--expect", choices=("auto", "echo", "ack"), default="auto",
                          help="what answers: an echo server, or sockd's ack service (auto: the first answer says)")
     measure.add_argument("-q", "--quiet", action="store_true", help="ping: print only the summary")
@@ -439,7 +440,8 @@ def runLoad(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     target = _target(args)
     pattern = "discard" if args.discard else "chargen" if args.chargen else args.expect
     options = LoadOptions(concurrency=args.concurrency or 1, duration=args.duration or 10.0, warmup=args.warmup,
-                          size=args.size or (16384 if args.discard else 64), timeout=args.timeout, expect=pattern)
+                          size=args.size or {"discard": 16384, "chargen": 65536}.get(pattern, 64), timeout=args.timeout,
+                          expect=pattern)
     progress = None
     if not args.json and err.isatty():
         progress = ProgressLine(err, pattern not in ("discard", "chargen"))

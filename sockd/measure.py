@@ -750,7 +750,7 @@ BACKOFF_NS = 2_000_000
 _PRINTABLE = bytes(range(32, 127))
 #: RFC 864: 95 lines of 72 characters and CR LF, then the pattern repeats.
 CHARGEN_CYCLE = b"".join((_PRINTABLE * 2)[i : i + 72] + b"\r\n" for i in range(95))
-_CHARGEN_RUN = CHARGEN_CYCLE * (RECV_SIZE // len(CHARGEN_CYCLE) + 3)
+_CHARGEN_RUN = CHARGEN_CYCLE * (2 * RECV_SIZE // len(CHARGEN_CYCLE) + 3)
 
 
 def loadRequest(size: int) -> bytes:
@@ -1211,6 +1211,7 @@ class Load:
         cycle = len(CHARGEN_CYCLE)
         run = _CHARGEN_RUN
         tls = self.tls
+        readSize = min(self.options.size, RECV_SIZE)
         while True:
             now = perf()
             for fd, _ in self.poller.poll(wait):
@@ -1218,10 +1219,10 @@ class Load:
                 if c is None:
                     continue
                 try:
-                    data = c.recv(RECV_SIZE)
+                    data = c.recv(readSize)
                     if tls:
-                        while c.sock.pending():  # type: ignore[attr-defined]
-                            data += c.recv(RECV_SIZE)
+                        while c.sock.pending() and len(data) < RECV_SIZE:  # type: ignore[attr-defined]
+                            data += c.recv(readSize)
                 except (BlockingIOError, ssl.SSLWantReadError):
                     continue
                 except OSError:
