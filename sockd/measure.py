@@ -416,6 +416,16 @@ def ping(target: Target, options: PingOptions, reporter: Reporter) -> PingResult
     return result
 
 
+def _nextDue(due: float, now: float, interval: float) -> float:
+    """When the next probe goes: on the schedule, or, fallen behind (a slow reply), one interval from now.
+
+    Keeping to the schedule keeps a long run from drifting by each sleep's overshoot; starting afresh
+    when behind keeps the probes that were due meanwhile from going out in a burst.
+    """
+    following = due + interval
+    return following if following > now else now + interval
+
+
 def _sleepUntil(when: float) -> None:
     delay = when - time.perf_counter()
     if delay > 0:
@@ -439,7 +449,7 @@ class _StreamPing:
         while options.count == 0 or seq < options.count:
             seq += 1
             _sleepUntil(due)
-            due = max(due, time.perf_counter()) + options.interval  # after a slow reply: no burst to catch up
+            due = _nextDue(due, time.perf_counter(), options.interval)
             if self.sock is None:
                 t0 = time.perf_counter_ns()
                 try:
@@ -595,7 +605,7 @@ class _DatagramPing:
             if more and not waiting and now >= due:
                 seq += 1
                 self.send(seq, timeoutNs)
-                due = max(due, now) + options.interval  # after waiting for a first reply: no burst to catch up
+                due = _nextDue(due, now, options.interval)
                 delay = 0.0  # read what has come in before the next probe, even with --interval 0
             else:
                 if not more and not any(not p.answered for p in self.outstanding.values()):

@@ -162,3 +162,12 @@ def test_a_stream_target_tries_the_next_address_while_refused_and_then_keeps_the
         target.sockaddr = refusing.getsockname()
         with pytest.raises(MeasureError, match="connection refused"):
             target.connectStream(2.0)  # nothing else left to try
+
+
+def test_ping_keeps_its_schedule_and_starts_afresh_only_when_behind() -> None:
+    from sockd.measure import _nextDue
+
+    assert _nextDue(10.0, 10.0003, 1.0) == 11.0  # a sleep's overshoot does not drift the schedule
+    assert _nextDue(10.0, 10.9, 1.0) == 11.0  # late, but the next one is still ahead: on schedule
+    assert _nextDue(10.0, 15.0, 1.0) == 16.0  # a 5 s reply: one interval from now, not four probes at once
+    assert _nextDue(10.0, 10.0, 0.0) == 10.0  # --interval 0: at once
