@@ -21,6 +21,16 @@ from typing import Any
 
 BIN = Path(sys.executable).parent
 TWISTD = str(BIN / "twistd")
+#: Twisted's foreground runner; sockd must work the same under it as under twistd.
+TWIST = str(BIN / "twist")
+RUNNERS = ("twistd", "twist")
+
+
+def runnerCommand(runner: str, logPath: Path | None = None) -> list[str]:
+    """The start of a command line that runs the sockd plugin under C{runner}, logging to C{logPath}."""
+    if runner == "twist":
+        return [TWIST, "--log-format=text", *([f"--log-file={logPath}"] if logPath else [])]
+    return [TWISTD, "-n", "--pidfile=", *(["--logfile", str(logPath)] if logPath else [])]
 
 LISTENING = re.compile(r"\[sockd\.listeners#info\] (\w+) listening on (\w+) (\S+)")
 
@@ -33,11 +43,11 @@ class Daemon:
     """One running sockd; C{listeners[(service, transport)]} is a list of bound addresses."""
 
     def __init__(self, args: list[str], cwd: Path, expect: int | None = None, timeout: float = 15.0,
-                 twistdArgs: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+                 twistdArgs: list[str] | None = None, env: dict[str, str] | None = None,
+                 runner: str = "twistd") -> None:
         self.cwd = Path(cwd)
         self.logPath = self.cwd / "sockd.log"
-        self.command = [TWISTD, "-n", "--pidfile=", "--logfile", str(self.logPath), *(twistdArgs or []),
-                        "sockd", *args]
+        self.command = [*runnerCommand(runner, self.logPath), *(twistdArgs or []), "sockd", *args]
         if expect is None:
             expect = sum(1 for a in args if a.split("=")[0].lstrip("-") in SERVICE_NAMES)
         self.expect = expect

@@ -291,3 +291,25 @@ def test_ready_is_announced_only_once_the_reactor_runs(monkeypatch):
     assert sent == []
     reactor.run()
     assert sent == ["READY=1"]
+
+
+def test_started_without_the_privileged_step_binds_first_as_under_twist():
+    """C{twist} calls only startService: the listeners must still be bound, before they start."""
+    reactor = MemoryReactorClock()
+    top, policy = topService(reactor)
+    journal: list[str] = []
+    RecordingListener("a", journal).setServiceParent(top)
+    RecordingDatagramListener("udp", journal).setServiceParent(top)
+    top.startService()
+    assert journal == ["bind a", "bind udp", "start a", "start udp"]
+    assert 5353 in policy.blockedPorts
+
+
+def test_started_after_the_privileged_step_binds_once_as_under_twistd():
+    reactor = MemoryReactorClock()
+    top, _ = topService(reactor)
+    journal: list[str] = []
+    RecordingListener("a", journal).setServiceParent(top)
+    top.privilegedStartService()
+    top.startService()
+    assert journal == ["bind a", "start a"]

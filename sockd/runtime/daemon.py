@@ -47,6 +47,8 @@ class SockdService(MultiService):
         self.grace = grace
         #: Called on SIGHUP: re-read the configuration (set by the wiring).
         self.reload: Callable[[], None] | None = None
+        #: Whether the listeners are bound: twistd binds in privilegedStartService, `twist` never calls it.
+        self.bound = False
 
     def privilegedStartService(self) -> None:
         if self.reload is not None:
@@ -66,8 +68,13 @@ class SockdService(MultiService):
         for listener in bound:
             if IDatagramListener.providedBy(listener):
                 self.datagramPolicy.addOwnPort(listener.boundPort)
+        self.bound = True
 
     def startService(self) -> None:
+        if not self.bound:
+            # `twist` (and any runner but twistd) starts services without the privileged step: bind now,
+            # as StreamServerEndpointService does.  (No privilege drop happens in between then.)
+            self.privilegedStartService()
         super().startService()
         # Every listener was bound in privilegedStartService: a Type=notify unit (contrib/systemd) may
         # count sockd as up, and a --workers parent (whose notify socket a worker has) may send SIGHUP.
