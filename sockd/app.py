@@ -28,8 +28,7 @@ from sockd.defences.proxyprotocol import ProxyProtocolFactory
 from sockd.defences.stream import ConnectionRegistry, PolicyFactory
 from sockd.errors import StartupError
 from sockd.interfaces import IDatagramListener
-from sockd.observe import metrics
-from sockd.observe.metrics import REGISTRY
+from sockd.observe.metrics import Metrics
 from sockd.protocols.qotd import QuotePicker, builtinQuotes, loadQuotes
 from sockd.protocols.speakfirst import SpeakFirstFactory
 from sockd.runtime.daemon import SockdService
@@ -52,6 +51,8 @@ class Assembly:
         self.worker: dict[str, Any] | None = json.loads(options["worker"]) if options["worker"] else None
         settings = self._share(options.settings)
         self.settings = settings
+        #: This daemon's counts and their registry, handed to everything that counts.
+        self.metrics = Metrics()
         self.context = Context(settings, reactor, QuotePicker(_quotes(settings)))
         self.admission = Admission(settings, reactor.seconds)
         self.registry = ConnectionRegistry(reactor)
@@ -88,7 +89,8 @@ class Assembly:
         settings = self.settings
         if isDatagram(description):
             assert service.datagram is not None
-            protocol = GuardedDatagramProtocol(service.datagram(self.context), self.datagramPolicy, name)
+            protocol = GuardedDatagramProtocol(service.datagram(self.context), self.datagramPolicy, name,
+                                               metrics=self.metrics)
             listener = DatagramListener(self.reactor, name, description, protocol, inheritedFd=inheritedFd)
         else:
             transport = transportName(description)
@@ -101,6 +103,7 @@ class Assembly:
                 clock=self.reactor,
                 idleTimeout=settings.idle_timeout,
                 handshakeTimeout=settings.tls_handshake_timeout if transport in ("ssl", "tls") else 0,
+                metrics=self.metrics,
             )
             bindTo = description
             if transport == "haproxy":
@@ -128,14 +131,14 @@ class Assembly:
         if self.supervisor is not None:
             root.putChild(b"metrics", AggregatedMetrics(self.reactor, self.supervisor))
         else:
-            root.putChild(b"metrics", MetricsResource(registry=REGISTRY))
+            root.putChild(b"metrics", MetricsResource(registry=self.metrics.registry))
         site = Site(root)
         site.noisy = False
         StreamListener(self.reactor, "metrics", description, site).setServiceParent(self.top)
 
     def _addWorkerMetrics(self, path: str) -> None:
         """A worker answers its parent's scrapes on a private Unix socket: the exposition, then close."""
-        factory = SpeakFirstFactory(lambda: generate_latest(REGISTRY), self.reactor)
+        factory = SpeakFirstFactory(lambda: generate_latest(self.metrics.registry), self.reactor)
         StreamListener(self.reactor, "worker-metrics", f"unix:{path}:mode=600", factory,
                        announce=False).setServiceParent(self.top)
 
@@ -144,7 +147,7 @@ class Assembly:
         try:
             settings, active = self.options.resolve()
         except (StartupError, ConfigError) as e:
-            metrics.RELOADS["failed"] += 1
+            self.metrics.reloads["failed"] += 1
             log.error("reload failed, keeping the running configuration: {why}", why=str(e))
             return
         settings = self._share(settings)
@@ -185,7 +188,7 @@ class Assembly:
                 self.supervisor.restartAll()
             else:
                 self.supervisor.signalAll(signal.SIGHUP)
-        metrics.RELOADS["ok"] += 1
+        self.metrics.reloads["ok"] += 1
         log.info("reloaded {path}: {count} listeners ({opened} opened)", path=self.options["config"] or "options",
                  count=len(self.listeners), opened=opened)
 

@@ -13,8 +13,8 @@ from sockd.defences.access import AccessError, AccessList, parseHost, parseNetwo
 from sockd.defences.admission import Admission, sourceKey
 from sockd.defences.datagram import DatagramPolicy, GuardedDatagramProtocol
 from sockd.defences.ratelimit import GlobalBucket, KeyedBuckets, LogThrottle, TokenBucket
-from sockd.observe import metrics
 from sockd.observe.messagelog import MessageLog
+from sockd.observe.metrics import Metrics
 from sockd.protocols.ack import AckDatagramProtocol
 from sockd.protocols.echo import EchoDatagramProtocol
 from sockd.services import SMALL_SERVICE_PORTS
@@ -434,17 +434,19 @@ def test_datagram_reconfigure() -> None:
     assert policy.verdict("10.1.1.1", 40000) == "access"
 
 
-def sample(name: str, **labels: str) -> float:
-    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
 
 
 def test_guarded_protocol_passes_allowed_and_drops_others() -> None:
     policy, _ = makePolicy(deny=["192.0.2.66"], udp_rate=1.0, udp_burst=2)
     service = "guard-test-1"
-    guarded = GuardedDatagramProtocol(AckDatagramProtocol(MessageLog("ack", False)), policy, service)
+    metrics = Metrics(process=False)
+    guarded = GuardedDatagramProtocol(AckDatagramProtocol(MessageLog("ack", False)), policy, service,
+                                      metrics=metrics)
     transport = FakeDatagramTransport()
     guarded.makeConnection(transport)
-    before = {r: sample("sockd_datagrams_dropped_total", service=service, transport="udp", reason=r)
+    before = {r: sample(metrics, "sockd_datagrams_dropped_total", service=service, transport="udp", reason=r)
               for r in ("source-port", "access", "rate")}
     with capturedLogs() as events:
         guarded.datagramReceived(b"hello", ("192.0.2.1", 40000))
@@ -454,12 +456,12 @@ def test_guarded_protocol_passes_allowed_and_drops_others() -> None:
         guarded.datagramReceived(b"again", ("192.0.2.1", 40000))
         guarded.datagramReceived(b"too many", ("192.0.2.1", 40000))
     assert transport.written == [(b"Got your message\n", ("192.0.2.1", 40000))] * 2
-    after = {r: sample("sockd_datagrams_dropped_total", service=service, transport="udp", reason=r)
+    after = {r: sample(metrics, "sockd_datagrams_dropped_total", service=service, transport="udp", reason=r)
              for r in ("source-port", "access", "rate")}
     assert {r: after[r] - before[r] for r in after} == {"source-port": 2, "access": 1, "rate": 1}
-    assert sample("sockd_answers_total", service=service, transport="udp") == 2
-    assert sample("sockd_datagrams_received_total", service=service, transport="udp") == 6
-    assert sample("sockd_bytes_sent_total", service=service, transport="udp") == 34
+    assert sample(metrics, "sockd_answers_total", service=service, transport="udp") == 2
+    assert sample(metrics, "sockd_datagrams_received_total", service=service, transport="udp") == 6
+    assert sample(metrics, "sockd_sent_bytes_total", service=service, transport="udp") == 34
     warnings = [formatEvent(e) for e in events if e.get("log_namespace") == "sockd.udpguard"]
     # One warning per (source, reason) and interval: the two source-port drops log once.
     assert warnings == [

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import urllib.request
 
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from sockd import __version__
+from sockd.observe.metrics import Metrics
 from tests.daemon import connect, recvAll, recvExactly, udpExchange
 
 
@@ -41,8 +44,8 @@ def test_metrics_count_connections_refusals_bytes_and_datagrams(daemon):
     tcp = {"service": "ack", "transport": "tcp"}
     assert value(samples, "sockd_connections_accepted_total", **tcp) == 1
     assert value(samples, "sockd_connections_refused_total", reason="per-source", **tcp) == 1
-    assert value(samples, "sockd_bytes_received_total", **tcp) == 8
-    assert value(samples, "sockd_bytes_sent_total", **tcp) == 36
+    assert value(samples, "sockd_received_bytes_total", **tcp) == 8
+    assert value(samples, "sockd_sent_bytes_total", **tcp) == 36
     assert value(samples, "sockd_answers_total", **tcp) == 2  # one per ack message
 
     echo = d.address("echo", "udp")
@@ -57,3 +60,50 @@ def test_metrics_count_connections_refusals_bytes_and_datagrams(daemon):
     assert value(samples, "sockd_datagrams_received_total", **udp) == 4
     assert value(samples, "sockd_answers_total", **udp) == 1
     assert value(samples, "sockd_datagrams_dropped_total", reason="rate", **udp) == 3
+
+
+def families(metrics: Metrics) -> dict[str, list]:
+    text = generate_latest(metrics.registry).decode()
+    return {f.name: f.samples for f in text_string_to_metric_families(text)}
+
+
+def test_each_daemon_counts_in_its_own_registry():
+    one, two = Metrics(process=False), Metrics(process=False)
+    one.statsFor("ack", "tcp").accepted += 1
+    labels = {"service": "ack", "transport": "tcp"}
+    assert one.registry.get_sample_value("sockd_connections_accepted_total", labels) == 1
+    assert two.registry.get_sample_value("sockd_connections_accepted_total", labels) is None
+
+
+def test_names_units_build_info_and_process_collectors():
+    metrics = Metrics()
+    metrics.statsFor("echo", "tcp")
+    found = families(metrics)
+    assert found["sockd_build_info"][0].labels == {"version": __version__}
+    assert "sockd_received_bytes" in found and "sockd_sent_bytes" in found
+    assert not any(name.startswith("sockd_bytes_") for name in found)
+    assert "process_cpu_seconds" in found and "process_resident_memory_bytes" in found and "python_info" in found
+
+
+def test_series_that_can_occur_start_at_zero_and_no_others_exist():
+    metrics = Metrics(process=False)
+    for service, transport in (("ack", "tcp"), ("ack", "udp"), ("ack", "unix"), ("echo", "ssl"), ("ack", "haproxy")):
+        metrics.statsFor(service, transport)
+    found = families(metrics)
+
+    def labelled(family: str, label: str, **match: str) -> set[str]:
+        return {s.labels[label] for s in found[family] if s.labels.items() >= match.items()}
+
+    assert labelled("sockd_connections_refused", "reason", transport="tcp") == {
+        "access", "per-source", "rate", "max-connections"}
+    assert labelled("sockd_connections_refused", "reason", transport="unix") == {"max-connections"}
+    assert {"proxy-malformed", "proxy-timeout"} <= labelled("sockd_connections_refused", "reason", transport="haproxy")
+    assert labelled("sockd_connections_timed_out", "kind", transport="tcp") == {"idle"}
+    assert labelled("sockd_connections_timed_out", "kind", transport="ssl") == {"idle", "tls-handshake"}
+    assert labelled("sockd_datagrams_dropped", "reason") == {"access", "source-port", "rate", "budget"}
+    assert labelled("sockd_reloads", "result") == {"ok", "failed"}
+    assert all(s.value == 0 for samples in found.values() for s in samples if not s.name.endswith("_info"))
+    # No stream series for a datagram listener, no datagram series for a stream one.
+    assert "udp" not in labelled("sockd_connections_accepted", "transport")
+    assert "udp" not in labelled("sockd_connections_active", "transport")
+    assert labelled("sockd_datagrams_received", "transport") == {"udp"}

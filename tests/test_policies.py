@@ -15,8 +15,8 @@ from twisted.logger import capturedLogs, formatEvent
 from sockd.config.settings import Settings
 from sockd.defences.admission import Admission
 from sockd.defences.stream import ConnectionRegistry, PolicyFactory, PolicyProtocol
-from sockd.observe import metrics
 from sockd.observe.messagelog import MessageLog
+from sockd.observe.metrics import Metrics
 from sockd.protocols.ack import AckFactory, AckProtocol
 from sockd.protocols.chargen import CHUNK, ChargenFactory
 from sockd.protocols.discard import DiscardFactory
@@ -34,7 +34,8 @@ class Setup:
         self, wrapped: Any = None, idle: float = 0, handshake: float = 0, clock: Clock | None = None, **settings: Any
     ) -> None:
         Setup._count += 1
-        self.service = f"policy-test-{Setup._count}"  # own metric labels per test
+        self.service = f"policy-test-{Setup._count}"
+        self.metrics = Metrics(process=False)  # this test's own counts
         self.clock = clock or Clock()
         values: dict[str, Any] = {"max_connections": 0, "max_per_source": 0, "connection_rate": 0.0, "exempt": []}
         values.update(settings)
@@ -44,7 +45,7 @@ class Setup:
             wrapped = AckFactory(self.clock, MessageLog("ack", False))
         self.factory = PolicyFactory(
             wrapped, serviceName=self.service, transportName="tcp", admission=self.admission, registry=self.registry,
-            clock=self.clock, idleTimeout=idle, handshakeTimeout=handshake,
+            clock=self.clock, idleTimeout=idle, handshakeTimeout=handshake, metrics=self.metrics,
         )
 
     def connect(
@@ -61,7 +62,7 @@ class Setup:
 
     def sample(self, name: str, **labels: str) -> float:
         labels = {"service": self.service, "transport": "tcp", **labels}
-        return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+        return self.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
 def test_admitted_connection_is_wrapped_counted_and_released() -> None:
@@ -76,8 +77,8 @@ def test_admitted_connection_is_wrapped_counted_and_released() -> None:
     assert s.sample("sockd_connections_accepted_total") == 1
     proto.dataReceived(b"hello\n")
     assert transport.value() == ANSWER
-    assert s.sample("sockd_bytes_received_total") == 6
-    assert s.sample("sockd_bytes_sent_total") == 18
+    assert s.sample("sockd_received_bytes_total") == 6
+    assert s.sample("sockd_sent_bytes_total") == 18
     assert s.sample("sockd_answers_total") == 1
     transport.loseConnection()
     assert s.registry.connections == set()

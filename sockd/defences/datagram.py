@@ -28,7 +28,7 @@ from zope.interface import implementer
 from sockd.config.settings import Settings
 from sockd.defences.access import HostRules
 from sockd.defences.ratelimit import GlobalBucket, KeyedBuckets, LogThrottle
-from sockd.observe import metrics
+from sockd.observe.metrics import ListenerStats, Metrics
 
 log = Logger(namespace="sockd.udpguard")
 
@@ -75,11 +75,11 @@ class GuardedDatagramProtocol(DatagramProtocol):
     noisy = False
 
     def __init__(self, inner: DatagramProtocol, policy: DatagramPolicy, serviceName: str,
-                 transportName: str = "udp") -> None:
+                 transportName: str = "udp", metrics: Metrics | None = None) -> None:
         self.inner = inner
         self.policy = policy
         self.serviceName = serviceName
-        self.stats = metrics.statsFor(serviceName, transportName)
+        self.stats = (metrics or Metrics(process=False)).statsFor(serviceName, transportName)
 
     def makeConnection(self, transport: Any) -> None:
         super().makeConnection(transport)
@@ -121,7 +121,7 @@ class _CountingTransport:
     handles it as it always does (nothing was sent: a datagram is all or nothing).
     """
 
-    def __init__(self, transport: Any, stats: metrics.ListenerStats) -> None:
+    def __init__(self, transport: Any, stats: ListenerStats) -> None:
         self._transport = transport
         self._stats = stats
         handle = getattr(transport, "getHandle", None)

@@ -29,7 +29,6 @@ from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
 from sockd.defences.ratelimit import LogThrottle
-from sockd.observe import metrics
 from sockd.observe.addresses import formatAddress
 
 log = Logger(namespace="sockd.proxyprotocol")
@@ -315,7 +314,9 @@ class ProxyProtocolFactory(WrappingFactory):
         self.failures[kind] += 1
         service = getattr(self.wrappedFactory, "serviceName", "unknown")
         transport = getattr(self.wrappedFactory, "transportName", "haproxy")
-        metrics.statsFor(service, transport).refused[f"proxy-{kind}"] += 1
+        stats = getattr(self.wrappedFactory, "stats", None)  # the PolicyFactory's counters, if it counts
+        if stats is not None:
+            stats.refused[f"proxy-{kind}"] += 1
         peer = formatAddress(balancer)
         if self._logThrottle.allow((getattr(balancer, "host", peer), kind)):
             log.warn(

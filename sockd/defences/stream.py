@@ -22,8 +22,8 @@ from zope.interface import directlyProvides, implementer, providedBy
 
 from sockd.defences.admission import Admission
 from sockd.interfaces import IPendingInput
-from sockd.observe import metrics
 from sockd.observe.addresses import formatAddress, hostOf
+from sockd.observe.metrics import Metrics
 from sockd.protocols.flow import ReadPauser
 
 log = Logger(namespace="sockd.policies")
@@ -325,6 +325,7 @@ class PolicyFactory(WrappingFactory):
         clock: IReactorTime,
         idleTimeout: float = 0,
         handshakeTimeout: float = 0,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__(wrappedFactory)
         self.serviceName = serviceName
@@ -334,7 +335,8 @@ class PolicyFactory(WrappingFactory):
         self.clock = clock
         self.idleTimeout = idleTimeout
         self.handshakeTimeout = handshakeTimeout
-        self.stats = metrics.statsFor(serviceName, transportName)
+        #: Counted here (C{metrics}: the daemon's, or a private one for a factory made on its own).
+        self.stats = (metrics or Metrics(process=False)).statsFor(serviceName, transportName)
         self.seconds = clock.seconds
 
     def buildProtocol(self, addr: Any) -> PolicyProtocol | None:

@@ -6,6 +6,10 @@ Prometheus families when C{/metrics} is scraped.  (A C{prometheus_client}
 Counter takes a lock on every C{inc()}: several of those per message cost
 more than the rest of sockd's own work.)  With C{--workers}, the parent adds
 up its workers' scrapes (L{sockd.runtime.workers}).
+
+There is no global state: each daemon (each L{sockd.app.Assembly}) makes one
+L{Metrics} and hands it to what counts, as the protocols are handed their
+clock, so tests build their own.
 """
 
 from __future__ import annotations
@@ -13,19 +17,39 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from sockd import __version__
+
+#: Why a stream connection may be refused, by what its listener can see of the peer.
+ADDRESS_REFUSALS = ("access", "per-source", "rate", "max-connections")
+#: A Unix-socket peer has no address: only the total limit applies.
+UNIX_REFUSALS = ("max-connections",)
+#: A PROXY protocol listener also refuses connections for their header (sockd.defences.proxyprotocol).
+PROXY_REFUSALS = ("proxy-malformed", "proxy-timeout")
+#: Why a datagram may be dropped unanswered (sockd.defences.datagram).
+DROP_REASONS = ("access", "source-port", "rate", "budget")
+#: Transports with a TLS handshake, and so a handshake deadline.
+TLS_TRANSPORTS = ("ssl", "tls")
+RELOAD_RESULTS = ("ok", "failed")
 
 
 class ListenerStats:
-    """The counts of one service on one transport; shared by all its listeners."""
+    """The counts of one service on one transport; shared by all its listeners.
 
-    __slots__ = ("service", "transport", "accepted", "active", "bytesIn", "bytesOut", "answers", "datagrams",
-                 "refused", "dropped", "timedOut")
+    Every label value that can occur is there from the start, at 0, so a rate()
+    over it works from the first scrape; none that cannot occur is ever shown.
+    """
+
+    __slots__ = ("service", "transport", "datagram", "accepted", "active", "bytesIn", "bytesOut", "answers",
+                 "datagrams", "refused", "dropped", "timedOut")
 
     def __init__(self, service: str, transport: str) -> None:
         self.service = service
         self.transport = transport
+        #: Datagram listeners have datagram families; stream listeners have connection families.
+        self.datagram = transport == "udp"
         self.accepted = 0
         self.active = 0
         self.bytesIn = 0
@@ -35,48 +59,81 @@ class ListenerStats:
         self.refused: defaultdict[str, int] = defaultdict(int)
         self.dropped: defaultdict[str, int] = defaultdict(int)
         self.timedOut: defaultdict[str, int] = defaultdict(int)
-
-
-STATS: dict[tuple[str, str], ListenerStats] = {}
-RELOADS: defaultdict[str, int] = defaultdict(int)
-
-
-def statsFor(service: str, transport: str) -> ListenerStats:
-    """The counters of one service on one transport, created at first use."""
-    stats = STATS.get((service, transport))
-    if stats is None:
-        stats = STATS[(service, transport)] = ListenerStats(service, transport)
-    return stats
+        if self.datagram:
+            for reason in DROP_REASONS:
+                self.dropped[reason] = 0
+            return
+        reasons = UNIX_REFUSALS if transport == "unix" else ADDRESS_REFUSALS
+        if transport == "haproxy":
+            reasons += PROXY_REFUSALS
+        for reason in reasons:
+            self.refused[reason] = 0
+        self.timedOut["idle"] = 0
+        if transport in TLS_TRANSPORTS:
+            self.timedOut["tls-handshake"] = 0
 
 
 _LABELS = ["service", "transport"]
 
-#: name, help, kind, attribute, extra label (for the per-reason dictionaries)
+#: name, help, kind, attribute, extra label (for the per-reason dictionaries), for stream / datagram listeners
 _FAMILIES = (
-    ("sockd_connections_accepted", "Stream connections accepted", "counter", "accepted", None),
-    ("sockd_connections_refused", "Stream connections refused, by reason", "counter", "refused", "reason"),
-    ("sockd_connections_active", "Stream connections open now", "gauge", "active", None),
-    ("sockd_connections_timed_out", "Stream connections closed by a timeout, by kind", "counter", "timedOut", "kind"),
-    ("sockd_bytes_received", "Bytes received", "counter", "bytesIn", None),
-    ("sockd_bytes_sent", "Bytes sent", "counter", "bytesOut", None),
-    ("sockd_answers", "Answers sent: stream writes and datagrams", "counter", "answers", None),
-    ("sockd_datagrams_received", "Datagrams received", "counter", "datagrams", None),
-    ("sockd_datagrams_dropped", "Datagrams dropped unanswered, by reason", "counter", "dropped", "reason"),
+    ("sockd_connections_accepted", "Stream connections accepted", "counter", "accepted", None, (True, False)),
+    ("sockd_connections_refused", "Stream connections refused, by reason", "counter", "refused", "reason",
+     (True, False)),
+    ("sockd_connections_active", "Stream connections open now", "gauge", "active", None, (True, False)),
+    ("sockd_connections_timed_out", "Stream connections closed by a timeout, by kind", "counter", "timedOut",
+     "kind", (True, False)),
+    ("sockd_received_bytes", "Bytes received", "counter", "bytesIn", None, (True, True)),
+    ("sockd_sent_bytes", "Bytes sent", "counter", "bytesOut", None, (True, True)),
+    ("sockd_answers", "Answers sent: stream writes and datagrams", "counter", "answers", None, (True, True)),
+    ("sockd_datagrams_received", "Datagrams received", "counter", "datagrams", None, (False, True)),
+    ("sockd_datagrams_dropped", "Datagrams dropped unanswered, by reason", "counter", "dropped", "reason",
+     (False, True)),
 )
 
 
+class Metrics:
+    """One daemon's counts, and the Prometheus registry that reads them at scrape time."""
+
+    def __init__(self, process: bool = True) -> None:
+        self.stats: dict[tuple[str, str], ListenerStats] = {}
+        self.reloads: defaultdict[str, int] = defaultdict(int, {result: 0 for result in RELOAD_RESULTS})
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(SockdCollector(self))
+        if process:
+            # The client library's own: process_cpu_seconds_total, process_resident_memory_bytes, python_info...
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+
+    def statsFor(self, service: str, transport: str) -> ListenerStats:
+        """The counters of one service on one transport, created (at 0) at first use."""
+        stats = self.stats.get((service, transport))
+        if stats is None:
+            stats = self.stats[(service, transport)] = ListenerStats(service, transport)
+        return stats
+
+
 class SockdCollector:
-    """Reads L{STATS} at scrape time."""
+    """Reads a L{Metrics}' counts at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
-        for name, documentation, kind, attribute, extra in _FAMILIES:
+        info = GaugeMetricFamily("sockd_build_info", "sockd's version (always 1)", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+        everything = list(self.metrics.stats.values())
+        for name, documentation, kind, attribute, extra, (stream, datagram) in _FAMILIES:
             labels = _LABELS + ([extra] if extra else [])
             family: Metric
             if kind == "counter":
                 family = CounterMetricFamily(name, documentation, labels=labels)
             else:
                 family = GaugeMetricFamily(name, documentation, labels=labels)
-            for stats in list(STATS.values()):
+            for stats in everything:
+                if not (datagram if stats.datagram else stream):
+                    continue
                 value = getattr(stats, attribute)
                 if extra:
                     for reason, count in sorted(value.items()):
@@ -85,10 +142,6 @@ class SockdCollector:
                     family.add_metric([stats.service, stats.transport], value)
             yield family
         reloads = CounterMetricFamily("sockd_reloads", "Configuration reloads, by result", labels=["result"])
-        for result, count in sorted(RELOADS.items()):
+        for result, count in sorted(self.metrics.reloads.items()):
             reloads.add_metric([result], count)
         yield reloads
-
-
-REGISTRY = CollectorRegistry(auto_describe=False)
-REGISTRY.register(SockdCollector())
