@@ -129,7 +129,7 @@ class Assembly:
 
         root = Resource()
         if self.supervisor is not None:
-            root.putChild(b"metrics", AggregatedMetrics(self.reactor, self.supervisor))
+            root.putChild(b"metrics", AggregatedMetrics(self.reactor, self.supervisor, self.metrics))
         else:
             root.putChild(b"metrics", MetricsResource(registry=self.metrics.registry))
         site = Site(root)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from sockd import __version__
 from sockd.config.settings import Settings, workerCount
 from sockd.runtime.workers import shareLimits, sumExpositions
 from tests.daemon import children, connect, recvAll, recvExactly, udpExchange, waitFor
@@ -61,12 +62,19 @@ def test_workers_serve_share_sockets_restart_and_stop(daemon, tmp_path):
                           == 21 and s, "metrics from both workers add up")
         assert samples[("sockd_connections_active", (("service", "ack"), ("transport", "tcp")))] == 1
 
+    assert samples[("sockd_build_info", (("version", __version__),))] == 1  # the parent's, not one per worker
+    assert samples[("process_cpu_seconds_total", ())] > 0  # the parent's own process
+    assert samples[("sockd_workers_process_cpu_seconds_total", ())] > 0  # the workers', summed
+
     victim = sorted(workers)[0]
     os.kill(victim, signal.SIGKILL)
     replaced = waitFor(lambda: (c := children(d.pid)) and len(c) == 2 and victim not in c and c, "a new worker")
     assert replaced - workers
     assert "restarting it" in d.log()
     waitFor(lambda: all(ack(tcp) == b"I got your message" for _ in range(5)), "still serving")
+    # A counter never goes backwards: the killed worker's counts are carried in the parent's totals.
+    accepted = ("sockd_connections_accepted_total", (("service", "ack"), ("transport", "tcp")))
+    assert scrape(d.address("metrics", "tcp"))[accepted] >= 21 + 5
 
     assert d.stop() in (0, -signal.SIGTERM)
     assert not (tmp_path / "ack.sock").exists()

@@ -99,7 +99,8 @@ class Metrics:
         self.stats: dict[tuple[str, str], ListenerStats] = {}
         self.reloads: defaultdict[str, int] = defaultdict(int, {result: 0 for result in RELOAD_RESULTS})
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(SockdCollector(self))
+        self.collector = SockdCollector(self)
+        self.registry.register(self.collector)
         if process:
             # The client library's own: process_cpu_seconds_total, process_resident_memory_bytes, python_info...
             ProcessCollector(registry=self.registry)
@@ -118,13 +119,17 @@ class SockdCollector:
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
+        #: Whether to show the per-listener families (a --workers parent shows its workers' sums instead).
+        self.listeners = True
 
     def collect(self) -> Iterator[Metric]:
         info = GaugeMetricFamily("sockd_build_info", "sockd's version (always 1)", labels=["version"])
         info.add_metric([__version__], 1)
         yield info
-        everything = list(self.metrics.stats.values())
+        everything = list(self.metrics.stats.values()) if self.listeners else []
         for name, documentation, kind, attribute, extra, (stream, datagram) in _FAMILIES:
+            if not self.listeners:
+                break
             labels = _LABELS + ([extra] if extra else [])
             family: Metric
             if kind == "counter":
