@@ -28,7 +28,7 @@ from sockd.defences.proxyprotocol import ProxyProtocolFactory
 from sockd.defences.stream import ConnectionRegistry, PolicyFactory
 from sockd.errors import StartupError
 from sockd.interfaces import IDatagramListener
-from sockd.observe.metrics import Metrics
+from sockd.observe.metrics import TLS_TRANSPORTS, Metrics
 from sockd.protocols.qotd import QuotePicker, builtinQuotes, loadQuotes
 from sockd.protocols.speakfirst import SpeakFirstFactory
 from sockd.runtime.daemon import SockdService
@@ -102,7 +102,7 @@ class Assembly:
                 registry=self.registry,
                 clock=self.reactor,
                 idleTimeout=settings.idle_timeout,
-                handshakeTimeout=settings.tls_handshake_timeout if transport in ("ssl", "tls") else 0,
+                handshakeTimeout=settings.tls_handshake_timeout if transport in TLS_TRANSPORTS else 0,
                 metrics=self.metrics,
             )
             bindTo = description
@@ -207,7 +207,7 @@ class Assembly:
         if policy.idleTimeout != self.settings.idle_timeout:
             policy.idleTimeout = self.settings.idle_timeout
             self.registry.rescheduleIdle()
-        if policy.handshakeTimeout:
+        if policy.transport in TLS_TRANSPORTS:  # by transport, not by the old value: 0 must be able to turn on again
             policy.handshakeTimeout = self.settings.tls_handshake_timeout
 
 

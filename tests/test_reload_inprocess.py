@@ -1,0 +1,73 @@
+"""Reload in-process: an Assembly built from real options on a fake reactor, its configuration file rewritten.
+
+No daemon and no socket: nothing is bound (the listeners bind only when
+started), so what a reload changes is read straight off the policies.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.testing import MemoryReactorClock
+
+from sockd.app import Assembly
+from sockd.defences.stream import PolicyFactory
+from sockd.tap import Options
+
+TLS = "ssl:0:interface=127.0.0.1:privateKey=key.pem:certKey=cert.pem"
+
+
+def build(tmp_path: Path, text: str, *args: str) -> tuple[Assembly, Path]:
+    config = tmp_path / "sockd.toml"
+    config.write_text(text)
+    options = Options()
+    options.parseOptions(["--config", str(config), *args])
+    return Assembly(options, MemoryReactorClock()), config
+
+
+def policy(assembly: Assembly, service: str, description: str) -> PolicyFactory:
+    factory: Any = assembly.listeners[(service, description)].factory
+    while not isinstance(factory, PolicyFactory):
+        factory = factory.wrappedFactory
+    return factory
+
+
+def test_a_reload_can_turn_the_tls_handshake_deadline_off_and_on_again(tmp_path: Path) -> None:
+    listen = f'[listen]\nack = ["{TLS}"]\n'
+    assembly, config = build(tmp_path, "tls_handshake_timeout = 3\n" + listen)
+    assert policy(assembly, "ack", TLS).handshakeTimeout == 3
+    config.write_text("tls_handshake_timeout = 0\n" + listen)
+    assembly.reload()
+    assert policy(assembly, "ack", TLS).handshakeTimeout == 0
+    config.write_text("tls_handshake_timeout = 7\n" + listen)
+    assembly.reload()
+    assert policy(assembly, "ack", TLS).handshakeTimeout == 7
+
+
+def test_a_plain_tcp_listener_never_gets_a_handshake_deadline(tmp_path: Path) -> None:
+    listen = '[listen]\nack = ["tcp:0"]\n'
+    assembly, config = build(tmp_path, "tls_handshake_timeout = 3\n" + listen)
+    config.write_text("tls_handshake_timeout = 9\n" + listen)
+    assembly.reload()
+    assert policy(assembly, "ack", "tcp:0").handshakeTimeout == 0
+
+
+def test_a_reload_that_turns_the_idle_timeout_on_closes_connections_already_idle(tmp_path: Path) -> None:
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransportWithDisconnection
+
+    listen = '[listen]\necho = ["tcp:0"]\n'
+    assembly, config = build(tmp_path, "idle_timeout = 0\n" + listen)
+    factory = policy(assembly, "echo", "tcp:0")
+    address = IPv4Address("TCP", "192.0.2.1", 40000)
+    protocol = factory.buildProtocol(address)
+    transport = StringTransportWithDisconnection(peerAddress=address)
+    transport.protocol = protocol
+    protocol.makeConnection(transport)
+    clock = assembly.reactor
+    clock.advance(100)
+    config.write_text("idle_timeout = 5\n" + listen)
+    assembly.reload()
+    clock.advance(5)
+    assert not transport.connected
