@@ -5,9 +5,31 @@ from __future__ import annotations
 import sys
 from types import TracebackType
 
+#: Exit statuses (sysexits.h), so a supervisor can tell a mistake to fix from a failure to retry.
+EX_RUNTIME = 1
+EX_USAGE = 64
+EX_CONFIG = 78
+
 
 class StartupError(Exception):
     """Something the user can fix: a bad option, a port in use, a missing certificate."""
+
+    #: A failure at run time (a port in use, a socket file that cannot be made): 1.
+    exitStatus = EX_RUNTIME
+
+
+class ConfigurationError(StartupError):
+    """A listen description, a setting's value or the configuration file is wrong: EX_CONFIG (78)."""
+
+    exitStatus = EX_CONFIG
+
+
+def exitWithError(message: str, status: int) -> None:
+    """Print the one C{sockd: error:} line and exit with C{status}: for mistakes found before anything runs."""
+    stream = sys.__stderr__ or sys.stderr
+    stream.write(f"sockd: error: {message}\n")
+    stream.flush()
+    raise SystemExit(status)
 
 
 def _hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:

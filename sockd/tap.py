@@ -14,11 +14,11 @@ from twisted.python import usage
 
 from sockd import __version__
 from sockd.app import Assembly
-from sockd.config.descriptions import DescriptionError, isDatagram, parseDatagram, split
-from sockd.config.file import ConfigError, loadConfig
+from sockd.config.descriptions import DescriptionError, escapeInterface, isDatagram, parseDatagram, split
+from sockd.config.file import loadConfig
 from sockd.config.settings import FIELDS, Settings, optionName
 from sockd.defences.access import AccessError, AccessList, parseNetworks
-from sockd.errors import StartupError, installExceptHook
+from sockd.errors import EX_USAGE, ConfigurationError, StartupError, exitWithError, installExceptHook
 from sockd.protocols.qotd import QuoteError, loadQuotes
 from sockd.services import BY_NAME, SERVICES
 
@@ -90,7 +90,9 @@ class Options(usage.Options):
         try:
             super().parseOptions(options)
         except usage.UsageError as e:
-            raise SystemExit(f"sockd: error: {e} (see twistd sockd --help)") from None
+            exitWithError(f"{e} (see twistd sockd --help)", EX_USAGE)
+        except StartupError as e:  # a bad description, setting or configuration file: EX_CONFIG
+            exitWithError(str(e), e.exitStatus)
 
     def postOptions(self) -> None:
         for f in FIELDS:
@@ -109,10 +111,7 @@ class Options(usage.Options):
             self.given["ack_once"] = True
         if self["no-log-messages"]:
             self.given["log_messages"] = False
-        try:
-            self.settings, self.active = self.resolve()
-        except (StartupError, ConfigError) as e:
-            raise usage.UsageError(str(e)) from None
+        self.settings, self.active = self.resolve()
 
     def resolve(self) -> tuple[Settings, list[tuple[str, str]]]:
         """Settings and listeners: defaults, then the file, then the command line.
@@ -140,10 +139,10 @@ def checkDescription(name: str, description: str) -> None:
     """Reject a description that cannot work before anything is bound."""
     if ":" not in description:
         example = BY_NAME[name].defaults[0]
-        raise StartupError(f"--{name} {description!r}: expected a listen description such as {example}")
+        raise ConfigurationError(f"--{name} {description!r}: expected a listen description such as {example}")
     kind, args, _ = split(description)
     if kind == "haproxy" and args and args[0].lower() in ("ssl", "tls"):
-        raise StartupError(
+        raise ConfigurationError(
             f"--{name} {description}: PROXY protocol over TLS is not supported (the balancer sends the header"
             " before the TLS handshake); terminate TLS at the balancer, or use haproxy:tcp:..."
         )
@@ -151,14 +150,39 @@ def checkDescription(name: str, description: str) -> None:
     if inner[0] in ("tcp", "tcp6", "ssl"):
         port = inner[2].get("port", inner[1][0] if inner[1] else None)
         if port is None or not port.isdigit() or int(port) > 65535:
-            raise StartupError(f"--{name} {description}: port {port!r} is not a number from 0 to 65535")
+            raise ConfigurationError(f"--{name} {description}: port {port!r} is not a number from 0 to 65535")
     if isDatagram(description):
         if BY_NAME[name].datagram is None:
-            raise StartupError(f"--{name} {description}: {name} has no datagram flavour")
+            raise ConfigurationError(f"--{name} {description}: {name} has no datagram flavour")
         try:
             parseDatagram(description)
         except DescriptionError as e:
-            raise StartupError(f"--{name}: {e}") from None
+            raise ConfigurationError(f"--{name}: {e}") from None
+        return
+    checkStreamDescription(f"--{name} {description}", inner[0],
+                           description.split(":", 1)[1] if kind == "haproxy" else description)
+
+
+#: Stream kinds whose parser reads files or the environment (certificates, LISTEN_FDS): checked when bound.
+_CHECKED_WHEN_BOUND = ("ssl", "tls", "systemd")
+
+
+def checkStreamDescription(where: str, kind: str, description: str) -> None:
+    """Parse a stream description as Twisted will, without binding: an unknown kind or argument fails now."""
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.interfaces import IStreamServerEndpointStringParser
+    from twisted.internet.testing import MemoryReactor
+    from twisted.plugin import getPlugins
+
+    kinds = {"tcp", "unix", "ssl"} | {p.prefix for p in getPlugins(IStreamServerEndpointStringParser)}
+    if kind not in kinds:
+        raise ConfigurationError(f"{where}: unknown endpoint type {kind!r} (known: {', '.join(sorted(kinds))}, udp)")
+    if kind in _CHECKED_WHEN_BOUND:
+        return
+    try:
+        serverFromString(MemoryReactor(), escapeInterface(description))
+    except (ValueError, TypeError, KeyError, IndexError) as e:
+        raise ConfigurationError(f"{where}: bad listen description: {e}") from None
 
 
 def checkSettings(settings: Settings) -> None:
@@ -167,14 +191,15 @@ def checkSettings(settings: Settings) -> None:
         AccessList(settings.allow, settings.deny)
         parseNetworks(settings.exempt, "--exempt")
     except AccessError as e:
-        raise StartupError(str(e)) from None
+        raise ConfigurationError(str(e)) from None
     if settings.quotes:
         try:
             loadQuotes(settings.quotes)
         except QuoteError as e:
-            raise StartupError(str(e)) from None
+            raise ConfigurationError(str(e)) from None
     if settings.metrics and ":" not in settings.metrics:
-        raise StartupError(f"--metrics {settings.metrics!r}: expected an endpoint such as tcp:9101:interface=127.0.0.1")
+        raise ConfigurationError(
+            f"--metrics {settings.metrics!r}: expected an endpoint such as tcp:9101:interface=127.0.0.1")
 
 
 def makeService(options: Options) -> Any:

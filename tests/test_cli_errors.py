@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon import TWISTD, Daemon
+from tests.daemon import RUNNERS, Daemon, runnerCommand
 
 
 @dataclass
@@ -37,9 +37,9 @@ class Run:
         return [line for line in (self.stdout + "\n" + self.stderr).splitlines() if "sockd: error:" in line]
 
 
-def runSockd(args: list[str], cwd: Path, timeout: float = 20.0) -> Run:
+def runSockd(args: list[str], cwd: Path, timeout: float = 20.0, runner: str = "twistd") -> Run:
     """Start sockd as a user would and wait for it to give up (every case here must fail)."""
-    process = subprocess.Popen([TWISTD, "-n", "--pidfile=", "sockd", *args], cwd=cwd,
+    process = subprocess.Popen([*runnerCommand(runner), "sockd", *args], cwd=cwd,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         out, err = process.communicate(timeout=timeout)
@@ -69,6 +69,8 @@ CASES: dict[str, Case] = {
     "unknown-option": Case(lambda d, p: ["--bogus"], lambda d, p: ["--bogus"]),
     "description-without-kind": Case(lambda d, p: ["--ack", "nonsense"], lambda d, p: ["nonsense"]),
     "udp-port-not-a-number": Case(lambda d, p: ["--ack", "udp:notaport"], lambda d, p: ["notaport"]),
+    "unknown-endpoint-type": Case(lambda d, p: ["--ack", "foo:1"], lambda d, p: ["foo:1", "foo"]),
+    "bad-endpoint-argument": Case(lambda d, p: ["--ack", "tcp:0:bogus=1"], lambda d, p: ["tcp:0:bogus=1"]),
     "tcp-port-out-of-range": Case(lambda d, p: ["--ack", "tcp:99999"], lambda d, p: ["99999"]),
     "port-in-use": Case(lambda d, p: ["--ack", f"tcp:{p}:interface=127.0.0.1"], lambda d, p: ["ack", str(p)]),
     "unix-directory-missing": Case(lambda d, p: ["--ack", f"unix:{d}/no/such/dir/ack.sock"],
@@ -186,3 +188,37 @@ def test_failed_start_releases_the_tcp_port_already_bound(tmp_path: Path, busyPo
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
+
+
+#: What each kind of mistake exits with: EX_USAGE (64) for the command line, EX_CONFIG (78) for a bad
+#: description or configuration file, 1 for a failure at run time; under both runners.
+EXIT_STATUSES = {
+    "unknown-option": 64,
+    "bad-number": 64,
+    "description-without-kind": 78,
+    "unknown-endpoint-type": 78,
+    "bad-endpoint-argument": 78,
+    "udp-port-not-a-number": 78,
+    "tcp-port-out-of-range": 78,
+    "port-in-use": 1,
+    "unix-directory-missing": 1,
+}
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize("name", list(EXIT_STATUSES))
+def test_exit_status(name: str, runner: str, tmp_path: Path, busyPort: int) -> None:
+    run = runSockd(CASES[name].args(tmp_path, busyPort), tmp_path, runner=runner)
+    assert run.code == EXIT_STATUSES[name], run.stdout + run.stderr
+    assert len(run.stderr.splitlines()) == 1 and "sockd: error:" in run.stderr, run.stderr
+    if EXIT_STATUSES[name] != 1:  # refused while parsing the options: before any banner or reactor
+        assert run.stdout == "", run.stdout
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_bad_configuration_file_exits_78(runner: str, tmp_path: Path) -> None:
+    config = tmp_path / "sockd.toml"
+    config.write_text("max_connections = 'many'\n")
+    run = runSockd(["--config", str(config)], tmp_path, runner=runner)
+    assert run.code == 78, run.stdout + run.stderr
+    assert run.stderr.startswith(f"sockd: error: {config}:1:"), run.stderr

@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sockd.config.settings import FIELDS
+from sockd.errors import ConfigurationError
 
 
-class ConfigError(ValueError):
+class ConfigError(ConfigurationError, ValueError):
     """A configuration file that cannot be used: C{file:line: what}."""
 
 
