@@ -17,7 +17,6 @@ from typing import Any
 from prometheus_client import generate_latest
 from twisted.logger import Logger
 from twisted.web.resource import Resource
-from twisted.web.server import Site
 
 from sockd.config.descriptions import isDatagram, transportName
 from sockd.config.file import ConfigError
@@ -32,6 +31,7 @@ from sockd.observe.metrics import TLS_TRANSPORTS, Metrics
 from sockd.protocols.qotd import QuotePicker, builtinQuotes, loadQuotes
 from sockd.protocols.speakfirst import SpeakFirstFactory
 from sockd.runtime.daemon import SockdService
+from sockd.runtime.health import Health, QuietSite, Readiness
 from sockd.runtime.listeners import DatagramListener, StreamListener
 from sockd.runtime.workers import AggregatedMetrics, Supervisor, shareLimits
 from sockd.services import BY_NAME, SMALL_SERVICE_PORTS, Context
@@ -132,9 +132,16 @@ class Assembly:
             root.putChild(b"metrics", AggregatedMetrics(self.reactor, self.supervisor, self.metrics))
         else:
             root.putChild(b"metrics", MetricsResource(registry=self.metrics.registry))
-        site = Site(root)
-        site.noisy = False
-        StreamListener(self.reactor, "metrics", description, site).setServiceParent(self.top)
+        root.putChild(b"healthz", Health())
+        root.putChild(b"readyz", Readiness(self.ready))
+        listener = StreamListener(self.reactor, "metrics", description, QuietSite(root))
+        listener.setServiceParent(self.top)
+        self.top.stopLast.append(listener)  # answers /readyz with 503 while the connections drain
+
+    def ready(self) -> bool:
+        """Whether sockd serves: every listener bound, every worker started, and not stopping."""
+        top = self.top
+        return bool(top.running and top.bound and (self.supervisor is None or self.supervisor.allReady()))
 
     def _addWorkerMetrics(self, path: str) -> None:
         """A worker answers its parent's scrapes on a private Unix socket: the exposition, then close."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.error
 import urllib.request
 
 from prometheus_client import generate_latest
@@ -107,3 +108,52 @@ def test_series_that_can_occur_start_at_zero_and_no_others_exist():
     assert "udp" not in labelled("sockd_connections_accepted", "transport")
     assert "udp" not in labelled("sockd_connections_active", "transport")
     assert labelled("sockd_datagrams_received", "transport") == {"udp"}
+
+
+def get(address: tuple[str, int], path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://{address[0]}:{address[1]}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_health_and_readiness_probes_and_quiet_scrapes(daemon):
+    import signal
+    import threading
+    import time
+
+    d = daemon("--discard", "tcp:0:interface=127.0.0.1", "--metrics", "tcp:0:interface=127.0.0.1", "--grace", "3",
+               expect=2)
+    metricsAddress = d.address("metrics", "tcp")
+    assert get(metricsAddress, "/healthz") == (200, "ok\n")
+    assert get(metricsAddress, "/readyz") == (200, "ready\n")
+    scrape(metricsAddress)
+    # Probes and scrapes are not logged at info (twisted.web's access log would be, once per scrape).
+    assert [line for line in d.log().splitlines()
+            if ("/metrics" in line or "/readyz" in line) and "#debug]" not in line] == []
+
+    busy = connect(d.address("discard", "tcp"))
+    stop = threading.Event()
+
+    def keepBusy() -> None:  # never quiet: the drain lasts until the grace period ends
+        while not stop.is_set():
+            try:
+                busy.sendall(b"x")
+            except OSError:
+                return
+            time.sleep(0.02)
+
+    sender = threading.Thread(target=keepBusy)
+    sender.start()
+    try:
+        d.process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert d.process.poll() is None, "stopped before the grace period"
+        assert get(metricsAddress, "/readyz")[0] == 503
+        assert get(metricsAddress, "/healthz") == (200, "ok\n")
+    finally:
+        stop.set()
+        sender.join()
+        busy.close()
+    assert d.stop() == -signal.SIGTERM

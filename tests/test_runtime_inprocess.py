@@ -313,3 +313,50 @@ def test_started_after_the_privileged_step_binds_once_as_under_twistd():
     top.privilegedStartService()
     top.startService()
     assert journal == ["bind a", "start a"]
+
+
+def test_services_that_stop_last_outlive_the_drain():
+    """The health endpoint keeps answering (503 on /readyz) while connections drain."""
+    reactor = MemoryReactorClock()
+    top, _ = topService(reactor)
+    journal: list[str] = []
+    RecordingListener("a", journal).setServiceParent(top)
+    health = RecordingListener("health", journal)
+    health.setServiceParent(top)
+    top.stopLast.append(health)
+    top.startService()
+    journal.clear()
+    draining: defer.Deferred[None] = defer.Deferred()
+    top.registry.drain = lambda grace: draining  # type: ignore[method-assign]
+    d = top.stopService()
+    assert journal == ["stop a"]
+    draining.callback(None)
+    assert journal == ["stop a", "stop health"]
+    assert d.called
+
+
+def render(resource: Any, path: bytes = b"/") -> tuple[int, bytes]:
+    from twisted.web.test.requesthelper import DummyRequest
+
+    request = DummyRequest([path])
+    body = resource.render(request)
+    return request.responseCode or 200, body
+
+
+def test_healthz_and_readyz_follow_the_top_service():
+    from sockd.runtime.health import Health, Readiness
+
+    reactor = MemoryReactorClock()
+    top, _ = topService(reactor)
+    RecordingListener("a", []).setServiceParent(top)
+    workersReady = [False]
+    ready = Readiness(lambda: top.running and top.bound and workersReady[0])
+    assert render(Health()) == (200, b"ok\n")
+    assert render(ready)[0] == 503  # not bound yet
+    top.startService()
+    assert render(ready)[0] == 503  # the workers are still starting
+    workersReady[0] = True
+    assert render(ready) == (200, b"ready\n")
+    top.stopService()
+    assert render(ready)[0] == 503  # draining
+    assert render(Health()) == (200, b"ok\n")  # still alive while it drains

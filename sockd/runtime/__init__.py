@@ -4,4 +4,4 @@ Binds what L{sockd.config} describes to the factories that the service table
 and L{sockd.defences} build; the layer just below the assembly (L{sockd.app}).
 """
 
-__all__ = ["adopt", "daemon", "listeners", "reactor", "sdnotify", "sendnow", "workers"]
+__all__ = ["adopt", "daemon", "health", "listeners", "reactor", "sdnotify", "sendnow", "workers"]

@@ -49,6 +49,8 @@ class SockdService(MultiService):
         self.reload: Callable[[], None] | None = None
         #: Whether the listeners are bound: twistd binds in privilegedStartService, `twist` never calls it.
         self.bound = False
+        #: Stopped only after the connections drained: the health endpoint, which says 503 meanwhile.
+        self.stopLast: list[Any] = []
 
     def privilegedStartService(self) -> None:
         if self.reload is not None:
@@ -95,9 +97,13 @@ class SockdService(MultiService):
         self.running = 0
         # Worker processes (if any) finish first, while the sockets they serve still exist.
         first = [s for s in self if IStopsFirst.providedBy(s)]
-        rest = [s for s in reversed(list(self)) if s not in first]
+        last = [s for s in self.stopLast if s.parent is self]
+        rest = [s for s in reversed(list(self)) if s not in first and s not in last]
         d = defer.DeferredList([defer.maybeDeferred(s.stopService) for s in first], consumeErrors=True)
         d.addCallback(lambda _: defer.DeferredList([defer.maybeDeferred(s.stopService) for s in rest],
                                                    consumeErrors=True))
         d.addCallback(lambda _: self.registry.drain(self.grace))
+        d.addCallback(lambda _: defer.DeferredList([defer.maybeDeferred(s.stopService) for s in last],
+                                                   consumeErrors=True))
+        d.addCallback(lambda _: None)
         return d

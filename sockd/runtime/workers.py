@@ -157,6 +157,10 @@ class Supervisor(Service):
         #: Counts spawns, so a new generation's notify socket never reuses a path the old one still has.
         self.spawned = 0
 
+    def allReady(self) -> bool:
+        """Whether every worker has started and said READY=1 (a /readyz probe)."""
+        return len(self.workers) == self.count and all(w.ready for w in self.workers.values())
+
     def metricsPath(self, index: int) -> str:
         return os.path.join(self.metricsDir, f"worker-{index}.sock")
 
