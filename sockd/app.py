@@ -54,9 +54,17 @@ class Assembly:
         #: This daemon's counts and their registry, handed to everything that counts.
         self.metrics = Metrics()
         self.context = Context(settings, reactor, QuotePicker(_quotes(settings)))
+        #: The daemon's admission and datagram rules: those of every service without a table of its own.
         self.admission = Admission(settings, reactor.seconds)
         self.registry = ConnectionRegistry(reactor)
         self.datagramPolicy = DatagramPolicy(settings, reactor.seconds, SMALL_SERVICE_PORTS)
+        #: Services with a table of their own in the file ([echo]): their settings, contexts and rules.
+        self.serviceSettings: dict[str, Settings] = {}
+        self.contexts: dict[str, Context] = {}
+        self.admissions: dict[str, Admission] = {}
+        self.datagramPolicies: dict[str, DatagramPolicy] = {}
+        self._configureServices(getattr(options, "serviceSettings", {}))
+        self.context.quotes.quotes = _quotes(self.settingsFor("qotd"))  # [qotd] quotes = ... is qotd's
         self.top = SockdService(reactor, self.registry, self.datagramPolicy, settings.grace)
         self.top.reload = self.reload
         self.listeners: dict[tuple[str, str], Any] = {}
@@ -75,6 +83,26 @@ class Assembly:
         if settings.metrics:
             self._addMetrics(settings.metrics)
 
+    def _configureServices(self, serviceSettings: dict[str, Settings]) -> None:
+        """Give each service with a table of its own its settings, context and rules (kept across reloads)."""
+        self.serviceSettings = {name: self._share(own) for name, own in serviceSettings.items()}
+        for name, own in self.serviceSettings.items():
+            self.contexts[name] = Context(own, self.reactor, self.context.quotes)
+            if name in self.admissions:
+                self.admissions[name].reconfigure(own)
+                self.datagramPolicies[name].reconfigure(own)
+            else:
+                self.admissions[name] = Admission(own, self.reactor.seconds, daemon=self.admission)
+                self.datagramPolicies[name] = DatagramPolicy(own, self.reactor.seconds, (),
+                                                             daemon=self.datagramPolicy)
+        for name in [n for n in self.contexts if n not in self.serviceSettings]:
+            # Its table is gone: back to the daemon's rules (open connections release where they were counted).
+            del self.contexts[name], self.admissions[name], self.datagramPolicies[name]
+
+    def settingsFor(self, name: str) -> Settings:
+        """The settings one service runs with: its own table's, or the defaults."""
+        return self.serviceSettings.get(name, self.settings)
+
     def _share(self, settings: Settings) -> Settings:
         if self.worker is None:
             return settings
@@ -86,19 +114,20 @@ class Assembly:
 
     def _add(self, name: str, description: str, inheritedFd: int | None = None) -> Any:
         service = BY_NAME[name]
-        settings = self.settings
+        settings = self.settingsFor(name)
+        context = self.contexts.get(name, self.context)
         if isDatagram(description):
             assert service.datagram is not None
-            protocol = GuardedDatagramProtocol(service.datagram(self.context), self.datagramPolicy, name,
-                                               metrics=self.metrics)
+            protocol = GuardedDatagramProtocol(service.datagram(context), self.datagramPolicies.get(
+                name, self.datagramPolicy), name, metrics=self.metrics)
             listener = DatagramListener(self.reactor, name, description, protocol, inheritedFd=inheritedFd)
         else:
             transport = transportName(description)
             factory: Any = PolicyFactory(
-                service.stream(self.context),
+                service.stream(context),
                 serviceName=name,
                 transportName=transport,
-                admission=self.admission,
+                admission=self.admissions.get(name, self.admission),
                 registry=self.registry,
                 clock=self.reactor,
                 idleTimeout=settings.idle_timeout,
@@ -152,7 +181,8 @@ class Assembly:
     def reload(self) -> None:
         """Re-read the configuration: new rules at once, listeners opened or closed, connections kept."""
         try:
-            settings, active = self.options.resolve()
+            settings, active, serviceSettings = self.options.resolve()
+            quotes = _quotes(serviceSettings.get("qotd", settings))
         except (StartupError, ConfigError) as e:
             self.metrics.reloads["failed"] += 1
             log.error("reload failed, keeping the running configuration: {why}", why=str(e))
@@ -160,9 +190,10 @@ class Assembly:
         settings = self._share(settings)
         self.settings = settings
         self.context.settings = settings
-        self.context.quotes.quotes = _quotes(settings)
+        self.context.quotes.quotes = quotes
         self.admission.reconfigure(settings)
         self.datagramPolicy.reconfigure(settings)
+        self._configureServices(serviceSettings)
         self.top.grace = settings.grace
         wanted = list(dict.fromkeys(active))
         if self.worker is not None:
@@ -203,23 +234,23 @@ class Assembly:
         """Give a kept listener a service built from the new settings; open connections keep theirs."""
         name, description = key
         service = BY_NAME[name]
+        settings = self.settingsFor(name)
+        context = self.contexts.get(name, self.context)
         if isDatagram(description):
             assert service.datagram is not None
-            listener.protocol.replaceInner(service.datagram(self.context))
+            listener.protocol.policy = self.datagramPolicies.get(name, self.datagramPolicy)
+            listener.protocol.replaceInner(service.datagram(context))
             return
         policy = listener.factory
         while not isinstance(policy, PolicyFactory):
             policy = policy.wrappedFactory
-        policy.wrappedFactory = service.stream(self.context)
-        if policy.idleTimeout != self.settings.idle_timeout:
-            policy.idleTimeout = self.settings.idle_timeout
+        policy.wrappedFactory = service.stream(context)
+        policy.admission = self.admissions.get(name, self.admission)  # open connections release where counted
+        if policy.idleTimeout != settings.idle_timeout:
+            policy.idleTimeout = settings.idle_timeout
             self.registry.rescheduleIdle()
         if policy.transport in TLS_TRANSPORTS:  # by transport, not by the old value: 0 must be able to turn on again
-            policy.handshakeTimeout = self.settings.tls_handshake_timeout
-
-
-def _quotes(settings: Settings) -> tuple[bytes, ...]:
-    return loadQuotes(settings.quotes) if settings.quotes else builtinQuotes()
+            policy.handshakeTimeout = settings.tls_handshake_timeout
 
 
 def _quotes(settings: Settings) -> tuple[bytes, ...]:

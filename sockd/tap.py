@@ -8,6 +8,7 @@ anything is bound); L{makeService} hands them to L{sockd.app.Assembly}.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from typing import Any
 
 from twisted.python import usage
@@ -111,28 +112,35 @@ class Options(usage.Options):
             self.given["ack_once"] = True
         if self["no-log-messages"]:
             self.given["log_messages"] = False
-        self.settings, self.active = self.resolve()
+        self.settings, self.active, self.serviceSettings = self.resolve()
 
-    def resolve(self) -> tuple[Settings, list[tuple[str, str]]]:
-        """Settings and listeners: defaults, then the file, then the command line.
+    def resolve(self) -> tuple[Settings, list[tuple[str, str]], dict[str, Settings]]:
+        """Settings, listeners and each service's own settings: defaults, then the file, then the command line.
 
-        Called at start and again on every reload, so a changed file takes effect
-        while command-line choices keep winning.
+        The file's top-level settings are the defaults of every service; a service's table ([echo]) changes
+        them for that service only.  Called at start and again on every reload, so a changed file takes
+        effect while command-line choices keep winning (over the service tables too).
         """
         settings = Settings()
         fileListeners = None
+        fileServices: dict[str, dict[str, Any]] = {}
         if self["config"]:
             config = loadConfig(self["config"], set(BY_NAME))
             for name, value in config.values.items():
                 setattr(settings, name, value)
             fileListeners = config.listeners
+            fileServices = config.services
         for name, value in self.given.items():
             setattr(settings, name, list(value) if isinstance(value, list) else value)
         listeners = self.listeners or fileListeners or [(s.name, d) for s in SERVICES for d in s.defaults]
         for name, description in listeners:
             checkDescription(name, description)
         checkSettings(settings)
-        return settings, list(dict.fromkeys(listeners))
+        serviceSettings = {}
+        for service, own in fileServices.items():
+            serviceSettings[service] = replace(settings, **{k: v for k, v in own.items() if k not in self.given})
+            checkSettings(serviceSettings[service])
+        return settings, list(dict.fromkeys(listeners)), serviceSettings
 
 
 def checkDescription(name: str, description: str) -> None:

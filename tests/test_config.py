@@ -19,12 +19,13 @@ SERVICES = set(BY_NAME)
 
 def test_settings_at_top_level_and_in_tables():
     config = parseConfig(
-        'max_connections = 10\n[limits]\nmax-per-source = 3\nallow = ["10.0.0.0/8"]\n[ack]\nquiet_time = 0.5\n'
-        "unix_mode = 600\n",
+        'max_connections = 10\n[limits]\nmax-per-source = 3\nallow = ["10.0.0.0/8"]\n[daemon]\nunix_mode = 600\n'
+        "[ack]\nquiet_time = 0.5\nmax_per_source = 1\n",
         "x.toml", SERVICES,
     )
     assert config.values == {"max_connections": 10, "max_per_source": 3, "allow": ["10.0.0.0/8"],
-                             "quiet_time": 0.5, "unix_mode": 0o600}
+                             "unix_mode": 0o600}
+    assert config.services == {"ack": {"quiet_time": 0.5, "max_per_source": 1}}  # [ack]'s are ack's only
     assert config.listeners is None
 
 
@@ -41,7 +42,23 @@ def test_listen_table():
         ("[listen]\nfinger = ['tcp:79']\n", "x.toml:2: unknown service 'finger'"),
         ("ack_once = 1\n", "x.toml:1: ack_once must be true or false"),
         ("allow = 7\n", "x.toml:1: allow must be a list of strings"),
-        ("max_connections = \n", "x.toml: Invalid value (at line 1, column 19)"),
+        ("max_connections = \n", "x.toml:1: Invalid value"),
+        # Unknown tables and keys, with a suggestion.
+        ("[limts]\nmax_connections = 1\n", "x.toml:1: unknown table [limts] (did you mean 'limits'?)"),
+        ("[limits]\nmax_conections = 1\n", "x.toml:2: unknown setting 'max_conections' (did you mean "
+                                            "'max_connections'?)"),
+        ("[ack]\nmax_mesage = 1\n", "x.toml:2: unknown setting 'max_mesage' (did you mean 'max_message'?)"),
+        ("[listen]\neho = ['tcp:1']\n", "x.toml:2: unknown service 'eho' in [listen] (did you mean 'echo'?)"),
+        # Duplicates: tomllib refuses them; the line comes from its message.
+        ("[limits]\nmax_per_source = 1\ngrace = 2\nmax_per_source = 3\n", "x.toml:4: Cannot overwrite a value"),
+        ("[limits]\ngrace = 1\n[limits]\ngrace = 2\n", "x.toml:3: Cannot declare ('limits',) twice"),
+        # Wrong types, on the line of the key in its own table (not the first key of that name).
+        ("[limits]\nmax_per_source = 3\n[echo]\nmax_per_source = '3'\n",
+         "x.toml:4: max_per_source must be a whole number, not '3'"),
+        ("idle_timeout = 'soon'\n", "x.toml:1: idle_timeout must be a number, not 'soon'"),
+        ("metrics = 9101\n", "x.toml:1: metrics must be a string, not 9101"),
+        # A daemon-wide setting in a service's table means nothing there: refused.
+        ("[ack]\nworkers = 2\n", "x.toml:2: workers is the whole daemon's, not one service's"),
     ],
 )
 def test_errors_name_file_line_and_problem(text, expected):
@@ -74,7 +91,7 @@ def test_bad_file_is_one_line_and_nonzero(daemon, tmp_path: Path):
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 78  # EX_CONFIG
     assert result.stderr.strip().splitlines() == [
-        f"sockd: error: {path}:2: max_connections = 'many': invalid literal for int() with base 10: 'many'"
+        f"sockd: error: {path}:2: max_connections must be a whole number, not 'many'"
     ]
 
 
@@ -128,3 +145,24 @@ def test_sighup_reload_keeps_connections_and_applies_changes(daemon, tmp_path: P
     os.kill(d.pid, signal.SIGHUP)
     _wait(lambda: d.log().count("reloaded") == 2, "no second reload:\n" + d.log())
     assert udpExchange(qotd, b"?") == b"second quote\r\n"
+
+
+def test_a_service_table_limits_that_service_only_over_real_sockets(daemon, tmp_path: Path):
+    path = tmp_path / "sockd.toml"
+    path.write_text('exempt = ["none"]\nmax_per_source = 5\n[echo]\nmax_per_source = 1\n'
+                    '[listen]\nack = ["tcp:0:interface=127.0.0.1"]\necho = ["tcp:0:interface=127.0.0.1"]\n')
+    d = daemon("--config", str(path), expect=2)
+    with connect(d.address("echo", "tcp")) as first:
+        first.sendall(b"one\n")
+        assert recvExactly(first, 4) == b"one\n"
+        with connect(d.address("echo", "tcp")) as second:  # [echo]'s own per-source limit of 1
+            assert recvAll(second) == b""
+        held = [connect(d.address("ack", "tcp")) for _ in range(3)]  # ack inherits the top level's 5
+        try:
+            for s in held:
+                s.sendall(b"hi\n")
+                assert recvExactly(s, 18) == b"I got your message"
+        finally:
+            for s in held:
+                s.close()
+    assert "echo/tcp: refused 127.0.0.1 (per-source)" in d.log()

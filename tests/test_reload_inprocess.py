@@ -71,3 +71,44 @@ def test_a_reload_that_turns_the_idle_timeout_on_closes_connections_already_idle
     assembly.reload()
     clock.advance(5)
     assert not transport.connected
+
+
+def test_a_service_table_sets_that_services_limits_only_and_a_reload_changes_them(tmp_path: Path) -> None:
+    listen = '[listen]\nack = ["tcp:0"]\necho = ["tcp:0"]\n'
+    text = 'exempt = ["none"]\nmax_per_source = 3\n[echo]\nmax_per_source = 1\nidle_timeout = 4\n' + listen
+    assembly, config = build(tmp_path, text)
+    ack, echo = policy(assembly, "ack", "tcp:0"), policy(assembly, "echo", "tcp:0")
+    assert (ack.idleTimeout, echo.idleTimeout) == (120, 4)
+    assert [echo.admission.admit("192.0.2.1") for _ in range(2)] == [None, "per-source"]
+    assert [ack.admission.admit("192.0.2.1") for _ in range(4)] == [None, None, None, "per-source"]
+    assert assembly.admission.total == 4  # the daemon's total counts every service's connections
+
+    config.write_text('exempt = ["none"]\nmax_per_source = 3\n[echo]\nmax_per_source = 2\n' + listen)
+    assembly.reload()
+    echo = policy(assembly, "echo", "tcp:0")
+    assert echo.admission.admit("192.0.2.1") is None  # 2 now, with the one still open
+    assert echo.admission.admit("192.0.2.1") == "per-source"
+    assert echo.idleTimeout == 120  # no longer in [echo]: the default again
+
+    config.write_text('exempt = ["none"]\nmax_per_source = 3\n' + listen)
+    assembly.reload()
+    echo = policy(assembly, "echo", "tcp:0")
+    assert echo.admission is assembly.admission  # no table: the daemon's rules
+
+
+def test_the_daemon_total_bounds_services_with_their_own_limits(tmp_path: Path) -> None:
+    listen = '[listen]\nack = ["tcp:0"]\necho = ["tcp:0"]\n'
+    assembly, _ = build(tmp_path, 'exempt = ["none"]\nmax_connections = 2\n[echo]\nmax_connections = 5\n' + listen)
+    ack, echo = policy(assembly, "ack", "tcp:0"), policy(assembly, "echo", "tcp:0")
+    assert ack.admission.admit("192.0.2.1") is None
+    assert echo.admission.admit("192.0.2.2") is None
+    assert echo.admission.admit("192.0.2.3") == "max-connections"
+
+
+def test_a_bad_service_table_at_reload_keeps_the_running_configuration(tmp_path: Path) -> None:
+    listen = '[listen]\necho = ["tcp:0"]\n'
+    assembly, config = build(tmp_path, '[echo]\nmax_per_source = 1\n' + listen)
+    config.write_text('[echo]\nmax_per_sourc = 5\n' + listen)
+    assembly.reload()
+    assert assembly.metrics.reloads["failed"] == 1
+    assert policy(assembly, "echo", "tcp:0").admission.limits.maxPerSource == 1

@@ -1,22 +1,28 @@
-"""The configuration file: TOML that can say everything the options can.
+"""The configuration file: TOML that can say everything the options can, and refuses mistakes.
 
     # /etc/sockd/sockd.toml
+    max_connections = 2000            # top level: the daemon's settings, the defaults of every service
+    [limits]                          # [limits], [access], [udp], [logging], [daemon]: the same, grouped
+    max_per_source = 64
+    [echo]                            # a service's table: settings for that service only
+    max_per_source = 4
+    allow = ["192.0.2.0/24"]
     [listen]
     ack = ["tcp:51717", "udp:51717", "unix:/run/sockd/ack.sock"]
-    echo = ["tcp:50007", "udp:50007"]
 
-    [limits]
-    max_connections = 2000
-    allow = ["192.0.2.0/24", "2001:db8::/32"]
-
-Every setting of L{sockd.config.settings.Settings} may appear at the top level or in
-any table (tables are only for grouping: C{[limits]}, C{[ack]}, C{[logging]}),
-with underscores or dashes.  C{[listen]} maps service names to lists of listen
-descriptions.  Errors name the file, the line and what is wrong.
+Settings at the top level or in a grouping table are the defaults every
+service inherits; settings in a service's table ([ack], [echo]...) apply to
+that service only, as xinetd allows per service (daemon-wide settings such
+as C{workers} or C{grace} cannot go there).  C{[listen]} maps service names to
+lists of listen descriptions.  An unknown table or key (with a "did you
+mean"), a duplicate key or a value of the wrong type is an error naming the
+file and the line: at start, and at reload (which then keeps the running
+configuration).
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -25,6 +31,9 @@ from typing import Any
 from sockd.config.settings import FIELDS
 from sockd.errors import ConfigurationError
 
+#: Tables that only group daemon-wide settings and defaults: their settings apply to every service.
+DEFAULT_TABLES = ("limits", "access", "udp", "logging", "daemon")
+
 
 class ConfigError(ConfigurationError, ValueError):
     """A configuration file that cannot be used: C{file:line: what}."""
@@ -32,25 +41,73 @@ class ConfigError(ConfigurationError, ValueError):
 
 @dataclass
 class ConfigFile:
-    """A parsed configuration file: setting values by field name, and the [listen] table if it has one."""
+    """A parsed configuration file: default settings, each service's own, and the [listen] table if any."""
 
     path: str
     values: dict[str, Any] = field(default_factory=dict)
+    services: dict[str, dict[str, Any]] = field(default_factory=dict)
     listeners: list[tuple[str, str]] | None = None
 
 
 _BY_NAME = {f.name: f for f in FIELDS}
+_HEADER = re.compile(r"""^\s*\[\s*["']?([^\]"']+?)["']?\s*\]\s*(?:#.*)?$""")
+_KEY = re.compile(r"""^\s*(["']?)([A-Za-z0-9_-]+)\1\s*=""")
+_TOML_WHERE = re.compile(r"\s*\(at line (\d+), column \d+\)$")
 
 
-def _lineOf(text: str, key: str) -> int | None:
-    pattern = re.compile(r"^[ \t]*[\"']?" + re.escape(key) + r"[\"']?[ \t]*=", re.MULTILINE)
-    match = pattern.search(text)
-    return text.count("\n", 0, match.start()) + 1 if match else None
+class _Lines:
+    """Where each table and key is written: tomllib gives values, not lines (a small scan of the text)."""
+
+    def __init__(self, path: str, text: str) -> None:
+        self.path = path
+        self.tables: dict[str, int] = {}
+        self.keys: dict[tuple[str, str], int] = {}
+        table = ""
+        for number, line in enumerate(text.splitlines(), 1):
+            header = _HEADER.match(line)
+            if header:
+                table = header.group(1).strip()
+                self.tables.setdefault(table, number)
+                continue
+            key = _KEY.match(line)
+            if key:
+                self.keys.setdefault((table, key.group(2)), number)
+
+    def key(self, table: str, key: str) -> str:
+        line = self.keys.get((table, key))
+        return f"{self.path}:{line}" if line else self.path
+
+    def table(self, table: str) -> str:
+        line = self.tables.get(table)
+        return f"{self.path}:{line}" if line else self.path
 
 
-def _where(path: str, text: str, key: str) -> str:
-    line = _lineOf(text, key)
-    return f"{path}:{line}" if line else path
+def _didYouMean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _checkType(name: str, value: Any, where: str) -> None:
+    """The TOML type a setting takes: a number is not a string, a string is not a list."""
+    f = _BY_NAME[name]
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if f.metadata["flag"]:
+        expected, ok = "true or false", isinstance(value, bool)
+    elif f.metadata["repeat"]:
+        expected = "a list of strings"
+        ok = isinstance(value, str) or isinstance(value, list) and all(isinstance(v, str) for v in value)
+    elif name == "workers":
+        expected, ok = 'a whole number or "auto"', isinstance(value, (int, str)) and not isinstance(value, bool)
+    elif name.endswith("mode"):
+        expected, ok = "a mode such as 660", isinstance(value, (int, str)) and not isinstance(value, bool)
+    elif kind == "int":
+        expected, ok = "a whole number", isinstance(value, int) and not isinstance(value, bool)
+    elif kind == "float":
+        expected, ok = "a number", isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:
+        expected, ok = "a string", isinstance(value, str)
+    if not ok:
+        raise ConfigError(f"{where}: {name} must be {expected}, not {value!r}")
 
 
 def _coerce(name: str, value: Any, where: str) -> Any:
@@ -77,39 +134,65 @@ def _coerce(name: str, value: Any, where: str) -> Any:
 
 
 def parseConfig(text: str, path: str, services: set[str]) -> ConfigFile:
-    """Parse TOML text into setting values and listeners, naming the line of any mistake."""
+    """Parse TOML text into settings and listeners, naming the file and line of any mistake."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: {e}") from None
+        # tomllib already refuses duplicate keys and tables; its message ends with the line.
+        message = str(e)
+        where = _TOML_WHERE.search(message)
+        if where is None:
+            raise ConfigError(f"{path}: {message}") from None
+        problem = message[:where.start()]
+        if "overwrite" in problem or "twice" in problem:
+            problem += " (a duplicate key or table)"
+        raise ConfigError(f"{path}:{where.group(1)}: {problem}") from None
+    lines = _Lines(path, text)
     config = ConfigFile(path)
+    settingNames = sorted(_BY_NAME)
 
-    def take(key: str, value: Any) -> None:
+    def take(table: str, key: str, value: Any, into: dict[str, Any], service: str | None = None) -> None:
         name = key.replace("-", "_")
-        where = _where(path, text, key)
+        where = lines.key(table, key)
         if name not in _BY_NAME:
-            raise ConfigError(f"{where}: unknown setting {key!r}")
-        config.values[name] = _coerce(name, value, where)
+            raise ConfigError(f"{where}: unknown setting {key!r}{_didYouMean(name, settingNames)}")
+        if service is not None and _BY_NAME[name].metadata["daemon"]:
+            raise ConfigError(f"{where}: {name} is the whole daemon's, not one service's: put it at the top level"
+                              f" or in [{DEFAULT_TABLES[0]}], not in [{service}]")
+        _checkType(name, value, where)
+        into[name] = _coerce(name, value, where)
 
+    tables = ["listen", *DEFAULT_TABLES, *sorted(services)]
     for key, value in data.items():
         if key == "listen":
             if not isinstance(value, dict):
-                raise ConfigError(f"{_where(path, text, key)}: listen must be a table of service = [descriptions]")
+                raise ConfigError(f"{lines.key('', key)}: listen must be a table of service = [descriptions]")
             config.listeners = []
             for service, descriptions in value.items():
-                where = _where(path, text, service)
+                where = lines.key("listen", service)
                 if service not in services:
-                    raise ConfigError(f"{where}: unknown service {service!r} in [listen]")
+                    raise ConfigError(f"{where}: unknown service {service!r} in [listen]"
+                                      f"{_didYouMean(service, sorted(services))}")
                 if isinstance(descriptions, str):
                     descriptions = [descriptions]
                 if not isinstance(descriptions, list) or not all(isinstance(d, str) for d in descriptions):
                     raise ConfigError(f"{where}: {service} must be a list of listen descriptions")
                 config.listeners.extend((service, d) for d in descriptions)
         elif isinstance(value, dict):
-            for inner, innerValue in value.items():
-                take(inner, innerValue)
+            if key in DEFAULT_TABLES:
+                for inner, innerValue in value.items():
+                    take(key, inner, innerValue, config.values)
+            elif key in services:
+                own: dict[str, Any] = {}
+                for inner, innerValue in value.items():
+                    take(key, inner, innerValue, own, service=key)
+                if own:  # an empty table changes nothing
+                    config.services[key] = own
+            else:
+                raise ConfigError(f"{lines.table(key)}: unknown table [{key}]{_didYouMean(key, tables)}"
+                                  f" (tables: {', '.join(tables)})")
         else:
-            take(key, value)
+            take("", key, value, config.values)
     return config
 
 

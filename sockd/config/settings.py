@@ -17,8 +17,9 @@ LOOPBACK = ("127.0.0.0/8", "::1/128")
 
 
 def _setting(default: Any, help: str, coerce: Callable[[str], Any] | None = None, flag: bool = False,
-             repeat: bool = False) -> Any:
-    meta = {"help": help, "coerce": coerce, "flag": flag, "repeat": repeat}
+             repeat: bool = False, daemon: bool = False) -> Any:
+    """One setting; C{daemon}: it is the whole daemon's, never one service's (not allowed in [ack], [echo]...)."""
+    meta = {"help": help, "coerce": coerce, "flag": flag, "repeat": repeat, "daemon": daemon}
     if repeat:
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -84,7 +85,7 @@ class Settings:
     max_per_source: int = _setting(64, "most stream connections open at once from one address (xinetd per_source); 0 is unlimited", nonNegativeInt)
     connection_rate: float = _setting(20.0, "new connections per second allowed from one address (xinetd cps); 0 is unlimited", nonNegativeFloat)
     connection_burst: int = _setting(40, "connections one address may open in a burst above --connection-rate", positiveInt)
-    refusal_log_interval: float = _setting(10.0, "log a refused address at most once per this many seconds", nonNegativeFloat)
+    refusal_log_interval: float = _setting(10.0, "log a refused address at most once per this many seconds", nonNegativeFloat, daemon=True)
 
     # Access control.
     allow: list[str] = _setting((), "only these CIDR blocks may use sockd (repeatable; default: everyone)", repeat=True)
@@ -94,17 +95,17 @@ class Settings:
     # Datagram (reflection) hardening.
     udp_rate: float = _setting(20.0, "datagram answers per second to one address (token bucket); 0 is unlimited", nonNegativeFloat)
     udp_burst: int = _setting(40, "datagram answers one address may get in a burst above --udp-rate", positiveInt)
-    udp_budget: float = _setting(5000.0, "datagram answers per second over all addresses; 0 is unlimited", nonNegativeFloat)
+    udp_budget: float = _setting(5000.0, "datagram answers per second over all addresses; 0 is unlimited", nonNegativeFloat, daemon=True)
 
     # Observability.
-    metrics: str | None = _setting(None, "serve Prometheus metrics at /metrics on this endpoint, e.g. tcp:9101:interface=127.0.0.1")
+    metrics: str | None = _setting(None, "serve Prometheus metrics at /metrics on this endpoint, e.g. tcp:9101:interface=127.0.0.1", daemon=True)
 
     # Processes.
-    workers: int = _setting(1, "worker processes sharing every listening socket ('auto': one per core)", workerCount)
+    workers: int = _setting(1, "worker processes sharing every listening socket ('auto': one per core)", workerCount, daemon=True)
 
     # Unix sockets and shutdown.
-    unix_mode: int = _setting(0o660, "mode of Unix socket files unless the listen description sets mode=", octalMode)
-    grace: float = _setting(5.0, "seconds to finish answering and close connections at shutdown", nonNegativeFloat)
+    unix_mode: int = _setting(0o660, "mode of Unix socket files unless the listen description sets mode=", octalMode, daemon=True)
+    grace: float = _setting(5.0, "seconds to finish answering and close connections at shutdown", nonNegativeFloat, daemon=True)
 
 
 FIELDS: tuple[dataclasses.Field, ...] = dataclasses.fields(Settings)

@@ -31,8 +31,10 @@ class Limits:
 class Admission:
     """Admits or refuses new connections and keeps the counts they are judged by."""
 
-    def __init__(self, settings: Settings, seconds: Callable[[], float]) -> None:
+    def __init__(self, settings: Settings, seconds: Callable[[], float], daemon: Admission | None = None) -> None:
         self.seconds = seconds
+        #: A service with limits of its own ([echo] in the file) also counts towards the daemon's total.
+        self.daemon = daemon
         self.limits = Limits(settings, seconds)
         self.refusalLog = LogThrottle(settings.refusal_log_interval, seconds)
         self.total = 0
@@ -46,10 +48,13 @@ class Admission:
     def admit(self, host: str | None) -> str | None:
         """Count a new connection from C{host} and return None, or return why it is refused."""
         limits = self.limits
+        daemon = self.daemon
+        if daemon is not None and daemon.limits.maxConnections and daemon.total >= daemon.limits.maxConnections:
+            return "max-connections"
         if host is None:
             if limits.maxConnections and self.total >= limits.maxConnections:
                 return "max-connections"
-            self.total += 1
+            self._count()
             return None
         verdict = limits.rules.lookup(host)
         if not verdict.allowed:
@@ -64,12 +69,19 @@ class Admission:
             if not limits.rates.take(key):
                 return "rate"
         perSource[key] = perSource.get(key, 0) + 1
-        self.total += 1
+        self._count()
         return None
+
+    def _count(self) -> None:
+        self.total += 1
+        if self.daemon is not None:
+            self.daemon.total += 1
 
     def release(self, host: str | None) -> None:
         """Forget one connection from C{host} that L{admit} counted."""
         self.total -= 1
+        if self.daemon is not None:
+            self.daemon.total -= 1
         if host is not None:
             key = sourceKey(host)
             left = self.perSource.get(key, 1) - 1

@@ -36,17 +36,22 @@ log = Logger(namespace="sockd.udpguard")
 class DatagramPolicy:
     """The datagram rules of one configuration, shared by every datagram listener."""
 
-    def __init__(self, settings: Settings, seconds: Callable[[], float], blockedPorts: Iterable[int]) -> None:
+    def __init__(self, settings: Settings, seconds: Callable[[], float], blockedPorts: Iterable[int],
+                 daemon: DatagramPolicy | None = None) -> None:
         self.seconds = seconds
-        self.blockedPorts = set(blockedPorts)
-        self.refusalLog = LogThrottle(settings.refusal_log_interval, seconds)
+        #: A service with rules of its own ([echo] in the file) shares the daemon's ports, budget and log.
+        self.daemon = daemon
+        self.blockedPorts = daemon.blockedPorts if daemon is not None else set(blockedPorts)
+        self.refusalLog = daemon.refusalLog if daemon is not None else LogThrottle(settings.refusal_log_interval,
+                                                                                   seconds)
         self.reconfigure(settings)
 
     def reconfigure(self, settings: Settings) -> None:
         self.rules = HostRules(settings.allow, settings.deny, settings.exempt)
         self.perSource = KeyedBuckets(settings.udp_rate, settings.udp_burst, self.seconds)
-        self.budget = GlobalBucket(settings.udp_budget, self.seconds)
-        self.refusalLog.interval = settings.refusal_log_interval
+        if self.daemon is None:
+            self.budget = GlobalBucket(settings.udp_budget, self.seconds)
+            self.refusalLog.interval = settings.refusal_log_interval
 
     def addOwnPort(self, port: int) -> None:
         """A port sockd listens on: datagrams from it would be another sockd answering us."""
@@ -64,7 +69,7 @@ class DatagramPolicy:
             return None  # loopback by default: it cannot be forged from the network, so it reflects nothing
         if not self.perSource.take(known.key):
             return "rate"
-        if not self.budget.take():
+        if not (self.budget if self.daemon is None else self.daemon.budget).take():
             return "budget"
         return None
 

@@ -152,6 +152,8 @@ class PolicyProtocol(ProtocolWrapper):
         self.wrappedProtocol = wrappedProtocol  # ProtocolWrapper.__init__, inlined
         self.factory = factory
         self.host = host
+        #: Released where it was counted, even if a reload gives the factory another service's admission.
+        self.admission = factory.admission
         self._lastActive = 0.0
 
     @property
@@ -300,7 +302,7 @@ class PolicyProtocol(ProtocolWrapper):
             if call.active():
                 call.cancel()
         factory = self.factory
-        factory.admission.release(self.host)
+        self.admission.release(self.host)
         factory.stats.active -= 1
         factory.registry.remove(self)
         # ProtocolWrapper.connectionLost, less the no-op unregisterProtocol; None breaks the cycle.
