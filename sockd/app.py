@@ -18,7 +18,7 @@ from prometheus_client import generate_latest
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
-from sockd.config.descriptions import isDatagram, transportName
+from sockd.config.descriptions import isDatagram, socketTransport, transportName
 from sockd.config.file import ConfigError
 from sockd.config.settings import Settings
 from sockd.defences.admission import Admission
@@ -122,18 +122,21 @@ class Assembly:
                 name, self.datagramPolicy), name, metrics=self.metrics)
             listener = DatagramListener(self.reactor, name, description, protocol, inheritedFd=inheritedFd)
         else:
-            transport = transportName(description)
+            kind = transportName(description)
+            tls = kind in TLS_TRANSPORTS
             factory: Any = PolicyFactory(
                 service.stream(context),
                 serviceName=name,
-                transportName=transport,
+                transportName=socketTransport(description),  # tcp or unix, in metrics and logs alike
                 admission=self.admissions.get(name, self.admission),
                 registry=self.registry,
                 clock=self.reactor,
                 idleTimeout=settings.idle_timeout,
-                handshakeTimeout=settings.tls_handshake_timeout if transport in TLS_TRANSPORTS else 0,
+                handshakeTimeout=settings.tls_handshake_timeout if tls else 0,
                 metrics=self.metrics,
+                tls=tls,
             )
+            transport = kind
             bindTo = description
             if transport == "haproxy":
                 # Twisted's own haproxy: wrapper drops split headers (twisted#8287) and starts the service
@@ -249,7 +252,7 @@ class Assembly:
         if policy.idleTimeout != settings.idle_timeout:
             policy.idleTimeout = settings.idle_timeout
             self.registry.rescheduleIdle()
-        if policy.transport in TLS_TRANSPORTS:  # by transport, not by the old value: 0 must be able to turn on again
+        if policy.tls:  # by the listener's kind, not by the old value: 0 must be able to turn on again
             policy.handshakeTimeout = settings.tls_handshake_timeout
 
 

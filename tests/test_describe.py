@@ -171,3 +171,15 @@ def test_inherited_descriptor_closed() -> None:
     os.close(w)
     with pytest.raises(DescriptionError, match=f"descriptor {r} is not an open socket"):
         parseDatagram(f"udp:fd={r}")
+
+
+def test_the_transport_of_a_description_is_tcp_udp_or_unix():
+    from sockd.config.descriptions import socketTransport
+
+    cases = {
+        "tcp:0": "tcp", "tcp6:0:interface=\\:\\:1": "tcp", "ssl:0:privateKey=k:certKey=c": "tcp",
+        "tls:/pems:port=0": "tcp", "haproxy:tcp:0": "tcp", "haproxy:unix:x.sock": "unix",
+        "systemd:domain=INET6:index=0": "tcp", "systemd:domain=UNIX:index=0": "unix",
+        "unix:x.sock": "unix", "udp:0": "udp", "udp:index=1": "udp",
+    }
+    assert {d: socketTransport(d) for d in cases} == cases

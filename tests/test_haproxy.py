@@ -95,7 +95,7 @@ def client(address: tuple[str, int], source: str = "127.0.0.1") -> socket.socket
 
 def idleClosed(log: str) -> list[int]:
     """Client ports of the connections sockd closed for idleness, from its text log."""
-    return [int(p) for p in re.findall(r"ack/haproxy: closing 127\.0\.0\.1:(\d+): idle", log)]
+    return [int(p) for p in re.findall(r"ack/tcp: closing 127\.0\.0\.1:(\d+): idle", log)]
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +161,7 @@ def test_access_control_sees_the_client(tmp_path: Path) -> None:
         with client(proxy.address("daytime")) as s:
             assert DAYTIME.match(recvAll(s))
         log = d.log()
-        assert "daytime/haproxy: refused 127.0.0.2 (access)" in log
+        assert "daytime/tcp: refused 127.0.0.2 (access)" in log
         # (admission logs one refusal per address and interval, whatever the service)
         assert "refused 127.0.0.1" not in log and "Here is the message" not in log
     finally:
@@ -182,7 +182,7 @@ def test_client_without_header_is_aborted(balanced: tuple[list[Daemon], HAProxy]
             data = b""
     assert data == b""
     deadline = time.monotonic() + 5
-    while f"daytime/haproxy: aborted 127.0.0.1:{port}: not a PROXY header" not in daemons[0].log():
+    while f"daytime/tcp: aborted 127.0.0.1:{port}: not a PROXY header" not in daemons[0].log():
         assert time.monotonic() < deadline, daemons[0].log()
         time.sleep(0.05)
 

@@ -88,19 +88,22 @@ def test_names_units_build_info_and_process_collectors():
 
 def test_series_that_can_occur_start_at_zero_and_no_others_exist():
     metrics = Metrics(process=False)
-    for service, transport in (("ack", "tcp"), ("ack", "udp"), ("ack", "unix"), ("echo", "ssl"), ("ack", "haproxy")):
+    for service, transport in (("ack", "tcp"), ("ack", "udp"), ("ack", "unix"), ("echo", "tcp"), ("qotd", "tcp")):
         metrics.statsFor(service, transport)
+    metrics.statsFor("echo", "tcp").expect(tls=True)  # an ssl: or tls: listener of echo
+    metrics.statsFor("qotd", "tcp").expect(proxy=True)  # a haproxy: listener of qotd
     found = families(metrics)
 
     def labelled(family: str, label: str, **match: str) -> set[str]:
         return {s.labels[label] for s in found[family] if s.labels.items() >= match.items()}
 
-    assert labelled("sockd_connections_refused", "reason", transport="tcp") == {
+    assert labelled("sockd_connections_refused", "reason", service="ack", transport="tcp") == {
         "access", "per-source", "rate", "max-connections"}
     assert labelled("sockd_connections_refused", "reason", transport="unix") == {"max-connections"}
-    assert {"proxy-malformed", "proxy-timeout"} <= labelled("sockd_connections_refused", "reason", transport="haproxy")
-    assert labelled("sockd_connections_timed_out", "kind", transport="tcp") == {"idle"}
-    assert labelled("sockd_connections_timed_out", "kind", transport="ssl") == {"idle", "tls-handshake"}
+    assert {"proxy-malformed", "proxy-timeout"} <= labelled("sockd_connections_refused", "reason", service="qotd")
+    assert labelled("sockd_connections_timed_out", "kind", service="ack", transport="tcp") == {"idle"}
+    assert labelled("sockd_connections_timed_out", "kind", service="echo") == {"idle", "tls-handshake"}
+    assert labelled("sockd_received_bytes", "transport") == {"tcp", "udp", "unix"}  # one name per transport
     assert labelled("sockd_datagrams_dropped", "reason") == {"access", "source-port", "rate", "budget"}
     assert labelled("sockd_reloads", "result") == {"ok", "failed"}
     assert all(s.value == 0 for samples in found.values() for s in samples if not s.name.endswith("_info"))
@@ -120,10 +123,9 @@ def get(address: tuple[str, int], path: str) -> tuple[int, str]:
 
 def test_health_and_readiness_probes_and_quiet_scrapes(daemon):
     import signal
-    import threading
     import time
 
-    d = daemon("--discard", "tcp:0:interface=127.0.0.1", "--metrics", "tcp:0:interface=127.0.0.1", "--grace", "3",
+    d = daemon("--chargen", "tcp:0:interface=127.0.0.1", "--metrics", "tcp:0:interface=127.0.0.1", "--grace", "3",
                expect=2)
     metricsAddress = d.address("metrics", "tcp")
     assert get(metricsAddress, "/healthz") == (200, "ok\n")
@@ -133,27 +135,13 @@ def test_health_and_readiness_probes_and_quiet_scrapes(daemon):
     assert [line for line in d.log().splitlines()
             if ("/metrics" in line or "/readyz" in line) and "#debug]" not in line] == []
 
-    busy = connect(d.address("discard", "tcp"))
-    stop = threading.Event()
-
-    def keepBusy() -> None:  # never quiet: the drain lasts until the grace period ends
-        while not stop.is_set():
-            try:
-                busy.sendall(b"x")
-            except OSError:
-                return
-            time.sleep(0.02)
-
-    sender = threading.Thread(target=keepBusy)
-    sender.start()
-    try:
+    # A chargen client that never reads: its answer cannot be flushed, so the drain lasts the grace period.
+    with connect(d.address("chargen", "tcp")) as stuck:
+        time.sleep(0.5)  # the buffers fill
         d.process.send_signal(signal.SIGTERM)
         time.sleep(0.5)
         assert d.process.poll() is None, "stopped before the grace period"
         assert get(metricsAddress, "/readyz")[0] == 503
         assert get(metricsAddress, "/healthz") == (200, "ok\n")
-    finally:
-        stop.set()
-        sender.join()
-        busy.close()
+        assert stuck.fileno() >= 0
     assert d.stop() == -signal.SIGTERM

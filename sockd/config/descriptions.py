@@ -158,3 +158,19 @@ def isDatagram(description: str) -> bool:
 def transportName(description: str) -> str:
     """The kind of listener a description makes: tcp, tcp6, unix, ssl, udp, ..."""
     return split(description)[0]
+
+
+def socketTransport(description: str) -> str:
+    """The transport a description's sockets use, as logs and metrics name it: tcp, udp or unix.
+
+    TLS, PROXY protocol and systemd's sockets are carried by one of those three
+    (a listener's kind, such as ssl, stays in its description).
+    """
+    kind, args, kwargs = split(description)
+    if kind == "haproxy" and ":" in description:
+        return socketTransport(description.split(":", 1)[1])
+    if kind in ("udp", "unix"):
+        return kind
+    if kind == "systemd":
+        return "unix" if kwargs.get("domain", "").upper() == "UNIX" else "tcp"
+    return "tcp"

@@ -305,6 +305,9 @@ class ProxyProtocolFactory(WrappingFactory):
         self.maxHeader = maxHeader
         self.failures: Counter[str] = Counter()
         self._logThrottle = LogThrottle(logInterval, clock.seconds)
+        stats = getattr(wrappedFactory, "stats", None)
+        if stats is not None:
+            stats.expect(proxy=True)  # its refusals for a bad header are shown (at 0) from the start
 
     def buildProtocol(self, addr: Any) -> ProxyProtocol:
         return self.protocol(self)

@@ -328,6 +328,7 @@ class PolicyFactory(WrappingFactory):
         idleTimeout: float = 0,
         handshakeTimeout: float = 0,
         metrics: Metrics | None = None,
+        tls: bool = False,
     ) -> None:
         super().__init__(wrappedFactory)
         self.serviceName = serviceName
@@ -339,6 +340,10 @@ class PolicyFactory(WrappingFactory):
         self.handshakeTimeout = handshakeTimeout
         #: Counted here (C{metrics}: the daemon's, or a private one for a factory made on its own).
         self.stats = (metrics or Metrics(process=False)).statsFor(serviceName, transportName)
+        #: Whether its connections have a TLS handshake (and so a handshake deadline, and its timeouts counted).
+        self.tls = tls or bool(handshakeTimeout)
+        if self.tls:
+            self.stats.expect(tls=True)
         self.seconds = clock.seconds
 
     def buildProtocol(self, addr: Any) -> PolicyProtocol | None:

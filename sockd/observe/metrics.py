@@ -30,7 +30,7 @@ UNIX_REFUSALS = ("max-connections",)
 PROXY_REFUSALS = ("proxy-malformed", "proxy-timeout")
 #: Why a datagram may be dropped unanswered (sockd.defences.datagram).
 DROP_REASONS = ("access", "source-port", "rate", "budget")
-#: Transports with a TLS handshake, and so a handshake deadline.
+#: Listener kinds with a TLS handshake, and so a handshake deadline (their transport is tcp).
 TLS_TRANSPORTS = ("ssl", "tls")
 RELOAD_RESULTS = ("ok", "failed")
 
@@ -63,14 +63,17 @@ class ListenerStats:
             for reason in DROP_REASONS:
                 self.dropped[reason] = 0
             return
-        reasons = UNIX_REFUSALS if transport == "unix" else ADDRESS_REFUSALS
-        if transport == "haproxy":
-            reasons += PROXY_REFUSALS
-        for reason in reasons:
+        for reason in UNIX_REFUSALS if transport == "unix" else ADDRESS_REFUSALS:
             self.refused[reason] = 0
         self.timedOut["idle"] = 0
-        if transport in TLS_TRANSPORTS:
-            self.timedOut["tls-handshake"] = 0
+
+    def expect(self, tls: bool = False, proxy: bool = False) -> None:
+        """A listener of this service is TLS, or reads PROXY headers: its own label values can occur now."""
+        if tls:
+            self.timedOut.setdefault("tls-handshake", 0)
+        if proxy:
+            for reason in PROXY_REFUSALS:
+                self.refused.setdefault(reason, 0)
 
 
 _LABELS = ["service", "transport"]

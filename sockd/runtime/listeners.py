@@ -29,6 +29,7 @@ from sockd.config.descriptions import (
     DescriptionError,
     escapeInterface,
     parseDatagram,
+    socketTransport,
     split,
 )
 from sockd.config.descriptions import (
@@ -202,9 +203,10 @@ class StreamListener(_Listener):
         installSendAtOnce(self.port)
         log.emit(
             LogLevel.info if self.announce else LogLevel.debug,
-            "{service} listening on {transport} {address}",
+            "{service} listening on {kind} {address}",
             service=self.serviceName,
-            transport=self.transportName,
+            kind=self.transportName,  # the listener's kind (ssl, haproxy...): the field transport is tcp or unix
+            transport=socketTransport(self.description),
             address=formatAddress(self.port.getHost()),
             description=self.description,
         )
@@ -226,8 +228,8 @@ class StreamListener(_Listener):
         else:
             self.port = adopting.adoptStreamPort(fd, socketFamily(fd), self.factory)
         installSendAtOnce(self.port)
-        log.debug("{service} serving inherited {transport} {address}", service=self.serviceName,
-                  transport=self.transportName, address=formatAddress(self.port.getHost()))
+        log.debug("{service} serving inherited {kind} {address}", service=self.serviceName, kind=self.transportName,
+                  transport=socketTransport(self.description), address=formatAddress(self.port.getHost()))
 
 
     def abandon(self) -> None:
