@@ -208,6 +208,8 @@ def checkSettings(settings: Settings) -> None:
     if settings.metrics and ":" not in settings.metrics:
         raise ConfigurationError(
             f"--metrics {settings.metrics!r}: expected an endpoint such as tcp:9101:interface=127.0.0.1")
+    if settings.metrics:
+        checkStreamDescription(f"--metrics {settings.metrics}", split(settings.metrics)[0], settings.metrics)
 
 
 def makeService(options: Options) -> Any:
