@@ -65,6 +65,7 @@ def test_workers_serve_share_sockets_restart_and_stop(daemon, tmp_path):
     assert samples[("sockd_build_info", (("version", __version__),))] == 1  # the parent's, not one per worker
     assert samples[("process_cpu_seconds_total", ())] > 0  # the parent's own process
     assert samples[("sockd_workers_process_cpu_seconds_total", ())] > 0  # the workers', summed
+    assert "Starting factory" not in d.log()  # a scrape of the workers is not logged at info
 
     victim = sorted(workers)[0]
     os.kill(victim, signal.SIGKILL)

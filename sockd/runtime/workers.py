@@ -404,11 +404,13 @@ class AggregatedMetrics(resource.Resource):
 
     def _scrape(self, index: int) -> defer.Deferred[str | None]:
         """One worker's exposition, or None if it does not answer within L{SCRAPE_TIMEOUT}, connect to close."""
-        from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
+        from twisted.internet.endpoints import UNIXClientEndpoint
 
         slurp = _Slurp()
         endpoint = UNIXClientEndpoint(self.reactor, self.supervisor.metricsPath(index), timeout=SCRAPE_TIMEOUT)
-        d: defer.Deferred[Any] = connectProtocol(endpoint, slurp)
+        factory = protocol.Factory.forProtocol(lambda: slurp)
+        factory.noisy = False  # connectProtocol's factory logs "Starting factory" at info: twice per worker per scrape
+        d: defer.Deferred[Any] = endpoint.connect(factory)
         d.addCallback(lambda _: slurp.done)
         d.addTimeout(SCRAPE_TIMEOUT, self.reactor)
         d.addCallback(lambda data: data.decode("utf-8", "replace"))
