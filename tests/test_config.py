@@ -166,3 +166,18 @@ def test_a_service_table_limits_that_service_only_over_real_sockets(daemon, tmp_
             for s in held:
                 s.close()
     assert "echo/tcp: refused 127.0.0.1 (per-source)" in d.log()
+
+
+def test_every_shipped_configuration_parses_cleanly():
+    """contrib/sockd.toml and the Kubernetes ConfigMap's sockd.toml pass the strict parser."""
+    import yaml
+
+    contrib = Path(__file__).resolve().parent.parent / "contrib"
+    texts = {"contrib/sockd.toml": (contrib / "sockd.toml").read_text()}
+    for document in yaml.safe_load_all((contrib / "kubernetes" / "configmap.yaml").read_text()):
+        if document and document.get("kind") == "ConfigMap":
+            texts["configmap.yaml sockd.toml"] = document["data"]["sockd.toml"]
+    assert len(texts) == 2
+    for name, text in texts.items():
+        config = parseConfig(text, name, SERVICES)
+        assert config.listeners, name

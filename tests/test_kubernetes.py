@@ -254,7 +254,6 @@ def _probe(address: tuple[str, int], path: str) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="/healthz and /readyz are not on the metrics endpoint yet (issue 9, runtime)")
 def test_probe_endpoints_answer(played: Played) -> None:
     assert _probe(played.address("metrics"), "/healthz") == 200
     assert _probe(played.address("metrics"), "/readyz") == 200

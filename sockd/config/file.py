@@ -32,7 +32,8 @@ from sockd.config.settings import FIELDS
 from sockd.errors import ConfigurationError
 
 #: Tables that only group daemon-wide settings and defaults: their settings apply to every service.
-DEFAULT_TABLES = ("limits", "access", "udp", "logging", "daemon")
+#: ([service] is [daemon]'s older name, still in configurations written before the tables meant anything.)
+DEFAULT_TABLES = ("limits", "access", "udp", "logging", "daemon", "service")
 
 
 class ConfigError(ConfigurationError, ValueError):
