@@ -5,9 +5,11 @@ from __future__ import annotations
 import sys
 from types import TracebackType
 
-#: Exit statuses (sysexits.h), so a supervisor can tell a mistake to fix from a failure to retry.
+#: Exit statuses, so a supervisor can tell a mistake to fix from a failure to retry (the systemd units'
+#: RestartPreventExitStatus=2 78): 2 for the command line, as the sockd command and most Unix tools say,
+#: and sysexits.h's EX_CONFIG (78) for a bad configuration.
 EX_RUNTIME = 1
-EX_USAGE = 64
+EX_USAGE = 2
 EX_CONFIG = 78
 
 

@@ -191,11 +191,11 @@ def test_failed_start_releases_the_tcp_port_already_bound(tmp_path: Path, busyPo
                 time.sleep(0.1)
 
 
-#: What each kind of mistake exits with: EX_USAGE (64) for the command line, EX_CONFIG (78) for a bad
+#: What each kind of mistake exits with: 2 for the command line, EX_CONFIG (78) for a bad
 #: description or configuration file, 1 for a failure at run time; under both runners.
 EXIT_STATUSES = {
-    "unknown-option": 64,
-    "bad-number": 64,
+    "unknown-option": 2,
+    "bad-number": 2,
     "description-without-kind": 78,
     "unknown-endpoint-type": 78,
     "bad-endpoint-argument": 78,

@@ -99,7 +99,6 @@ BAD_STARTS = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="exit statuses 2/78 are being introduced by the runtime part of issue 9")
 @pytest.mark.parametrize("case", BAD_STARTS)
 def test_unit_command_exits_with_a_status_the_unit_will_not_restart(case: str, tmp_path: Path) -> None:
     """The unit's own twistd command line, broken three ways, ends in a RestartPreventExitStatus= status."""
