@@ -20,11 +20,10 @@ from typing import Any, NoReturn
 
 from twisted.python import usage
 
+from sockd.errors import EX_USAGE
+
 #: Twist's own runner options that C{sockd} passes through (the ones taking no value are its own).
 RUNNER_OPTIONS = ("reactor", "log-level", "log-file", "log-format")
-
-#: Exit status for a command line that cannot be parsed (the daemon's own convention, as argparse's).
-EX_USAGE = 2
 
 
 def _twist() -> tuple[Any, Any]:
