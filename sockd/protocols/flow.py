@@ -9,7 +9,7 @@ reading, and resumes it once the buffer has drained.
 Registering it costs a chain of calls per connection, and most connections of
 a request/response service never queue a byte.  A transport that offers
 C{pauseReadingWhileBlocked()} (sockd's policy layer over sockd's TCP and Unix
-transports, L{sockd.runtime.sendnow}) registers it only when it first queues data.
+transports, L{IReadPausingTransport}) registers it only when it first queues data.
 """
 
 from __future__ import annotations
@@ -17,7 +17,19 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.interfaces import IPushProducer
-from zope.interface import implementer
+from zope.interface import Interface, implementer
+
+
+class IReadPausingTransport(Interface):
+    """A transport that can stop reading while its peer is not reading, registering the pauser only when needed.
+
+    sockd's own transports (L{sockd.runtime.core.stream}) provide it.  It is asked
+    of the transport's class (C{implementedBy}), not the object: protocol wrappers
+    declare whatever their transport provides while lacking the method.
+    """
+
+    def pauseReadingWhileBlocked() -> None:
+        """Pause reading whenever the write queue is full; register nothing until a write first queues."""
 
 
 @implementer(IPushProducer)
@@ -39,9 +51,8 @@ class ReadPauser:
 
 def pauseReadingWhileBlocked(transport: Any) -> None:
     """Make C{transport} stop reading whenever its peer stops reading."""
-    # Asked of the class: a wrapper's __getattr__ would find the method of a transport further down.
-    lazy = getattr(type(transport), "pauseReadingWhileBlocked", None)
-    if lazy is not None:
+    # Asked of the class: a wrapper declares what its transport provides, and its __getattr__ finds the method.
+    if IReadPausingTransport.implementedBy(type(transport)):
         transport.pauseReadingWhileBlocked()
     else:
         transport.registerProducer(ReadPauser(transport), True)
