@@ -113,6 +113,9 @@ class Options(usage.Options):
         if self["no-log-messages"]:
             self.given["log_messages"] = False
         self.settings, self.active, self.serviceSettings = self.resolve()
+        # Here, not in makeService: `twist` installs its default reactor right after parsing the plugin's options.
+        # A reactor the user named (twistd -r, twist --reactor) is installed already and is kept.
+        installDefaultReactor()
 
     def resolve(self) -> tuple[Settings, list[tuple[str, str]], dict[str, Settings]]:
         """Settings, listeners and each service's own settings: defaults, then the file, then the command line.
@@ -212,11 +215,22 @@ def checkSettings(settings: Settings) -> None:
         checkStreamDescription(f"--metrics {settings.metrics}", split(settings.metrics)[0], settings.metrics)
 
 
+def installDefaultReactor() -> bool:
+    """Make sockd's own reactor the default: install it unless some reactor is installed already."""
+    from sockd.runtime.core.reactor import installDefault
+
+    return installDefault()
+
+
 def makeService(options: Options) -> Any:
     """Wire sockd: service table, policies and listeners, under one L{SockdService}."""
     installExceptHook()
     from twisted.internet import reactor
+    from twisted.logger import Logger
 
+    # twistd says "reactor class: ..." but `twist` does not: say which I/O core serves, under either.
+    kind = type(reactor)
+    Logger(namespace="sockd.daemon").info("I/O core: {reactor}", reactor=f"{kind.__module__}.{kind.__qualname__}")
     return Assembly(options, reactor).top
 
 

@@ -4,8 +4,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import pytest_twisted
 
-from tests.daemon import Daemon
+from tests.daemon import STOCK_REACTOR, Daemon
+
+
+def _installSockdReactor() -> None:
+    """pytest-twisted's "default" reactor, made sockd's default: its I/O core (unless SOCKD_TEST_REACTOR=epoll)."""
+    from sockd.runtime.core.reactor import SockdReactor, install
+
+    pytest_twisted._install_reactor(reactor_installer=install, reactor_type=SockdReactor)
+
+
+if not STOCK_REACTOR:
+    # In-process tests run on the reactor the daemon runs by default; the stock run keeps Twisted's default (epoll).
+    pytest_twisted.reactor_installers["default"] = _installSockdReactor
 
 
 @pytest.fixture

@@ -21,16 +21,26 @@ from typing import Any
 
 BIN = Path(sys.executable).parent
 TWISTD = str(BIN / "twistd")
+#: SOCKD_TEST_REACTOR=epoll runs every daemon of the suite on Twisted's own epoll reactor instead of sockd's
+#: default I/O core (scripts/test runs the suite both ways).  REACTOR goes right after TWISTD.
+STOCK_REACTOR = os.environ.get("SOCKD_TEST_REACTOR", "") == "epoll"
+REACTOR: list[str] = ["-r", "epoll"] if STOCK_REACTOR else []
+
 #: Twisted's foreground runner; sockd must work the same under it as under twistd.
 TWIST = str(BIN / "twist")
 RUNNERS = ("twistd", "twist")
 
 
-def runnerCommand(runner: str, logPath: Path | None = None) -> list[str]:
-    """The start of a command line that runs the sockd plugin under C{runner}, logging to C{logPath}."""
+def runnerCommand(runner: str, logPath: Path | None = None, reactor: bool = True) -> list[str]:
+    """The start of a command line that runs the sockd plugin under C{runner}, logging to C{logPath}.
+
+    With C{reactor}, it names the stock reactor in the suite's stock run (SOCKD_TEST_REACTOR=epoll).
+    """
     if runner == "twist":
-        return [TWIST, "--log-format=text", *([f"--log-file={logPath}"] if logPath else [])]
-    return [TWISTD, "-n", "--pidfile=", *(["--logfile", str(logPath)] if logPath else [])]
+        chosen = ["--reactor=epoll"] if STOCK_REACTOR and reactor else []
+        return [TWIST, *chosen, "--log-format=text", *([f"--log-file={logPath}"] if logPath else [])]
+    chosen = REACTOR if reactor else []
+    return [TWISTD, *chosen, "-n", "--pidfile=", *(["--logfile", str(logPath)] if logPath else [])]
 
 LISTENING = re.compile(r"\[sockd\.listeners#info\] (\w+) listening on (\w+) (\S+)")
 
@@ -47,7 +57,8 @@ class Daemon:
                  runner: str = "twistd") -> None:
         self.cwd = Path(cwd)
         self.logPath = self.cwd / "sockd.log"
-        self.command = [*runnerCommand(runner, self.logPath), *(twistdArgs or []), "sockd", *args]
+        named = "-r" in (twistdArgs or []) or any(a.startswith("--reactor") for a in (twistdArgs or []))
+        self.command = [*runnerCommand(runner, self.logPath, reactor=not named), *(twistdArgs or []), "sockd", *args]
         if expect is None:
             expect = sum(1 for a in args if a.split("=")[0].lstrip("-") in SERVICE_NAMES)
         self.expect = expect

@@ -83,11 +83,11 @@ def test_command_line_wins_over_file(tmp_path: Path):
 def test_bad_file_is_one_line_and_nonzero(daemon, tmp_path: Path):
     import subprocess
 
-    from tests.daemon import TWISTD
+    from tests.daemon import REACTOR, TWISTD
 
     path = tmp_path / "bad.toml"
     path.write_text("[limits]\nmax_connections = 'many'\n")
-    result = subprocess.run([TWISTD, "-n", "--pidfile=", "sockd", "--config", str(path)], cwd=tmp_path,
+    result = subprocess.run([TWISTD, *REACTOR, "-n", "--pidfile=", "sockd", "--config", str(path)], cwd=tmp_path,
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 78  # EX_CONFIG
     assert result.stderr.strip().splitlines() == [

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon import BIN, TWISTD, Daemon, DaemonFailed
+from tests.daemon import BIN, REACTOR, TWISTD, Daemon, DaemonFailed
 
 REPO = Path(__file__).resolve().parent.parent
 CLIENT = str(BIN / "sockd-client")
@@ -65,7 +65,7 @@ class TacDaemon(Daemon):
     def __init__(self, tac: Path, cwd: Path, expect: int, timeout: float = 15.0) -> None:
         self.cwd = Path(cwd)
         self.logPath = self.cwd / "sockd.log"
-        self.command = [TWISTD, "-n", "--pidfile=", "--logfile", str(self.logPath), "-y", str(tac)]
+        self.command = [TWISTD, *REACTOR, "-n", "--pidfile=", "--logfile", str(self.logPath), "-y", str(tac)]
         self.expect = expect
         self.stderrPath = self.cwd / "sockd.stderr"
         self._stderr = open(self.stderrPath, "wb")

@@ -9,7 +9,7 @@ import subprocess
 import time
 
 from sockd.observe.observers import eventAsRecord
-from tests.daemon import TWISTD, udpExchange
+from tests.daemon import REACTOR, TWISTD, udpExchange
 
 
 def test_record_is_flat_and_json_safe():
@@ -26,7 +26,7 @@ def test_record_is_flat_and_json_safe():
 
 def test_twistd_logs_json_lines_with_fields(tmp_path):
     proc = subprocess.Popen(
-        [TWISTD, "-n", "--pidfile=", "--logger", "sockd.observe.observers.jsonLogger", "sockd",
+        [TWISTD, *REACTOR, "-n", "--pidfile=", "--logger", "sockd.observe.observers.jsonLogger", "sockd",
          "--ack", "udp:0:interface=127.0.0.1"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 import tests.daemon as helpers
-from tests.daemon import BIN, TWISTD, Daemon, connect, recvExactly
+from tests.daemon import BIN, REACTOR, TWISTD, Daemon, connect, recvExactly
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -133,10 +133,10 @@ def test_twistd_with_the_poll_reactor_serves(daemon) -> None:
 
 
 def test_sockd_version_and_help(tmp_path: Path) -> None:
-    version = subprocess.run([TWISTD, "sockd", "--version"], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    version = subprocess.run([TWISTD, *REACTOR, "sockd", "--version"], capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert version.returncode == 0, version.stderr
     assert version.stdout.startswith("sockd ")
-    listed = subprocess.run([TWISTD, "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    listed = subprocess.run([TWISTD, *REACTOR, "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert any(line.split()[:1] == ["sockd"] for line in listed.stdout.splitlines()), listed.stdout
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon import TWISTD, connect, recvExactly
+from tests.daemon import REACTOR, TWISTD, connect, recvExactly
 
 ACK_ANSWER = b"I got your message"
 
@@ -34,7 +34,7 @@ def ackOverUnix(path: str) -> bytes:
 def runToFailure(cwd: Path, *args: str) -> tuple[int | None, str]:
     """Run twistd sockd expecting it not to start; return its exit code (None: it ran) and all it wrote."""
     logPath = cwd / "failed.log"
-    proc = subprocess.Popen([TWISTD, "-n", "--pidfile=", "--logfile", str(logPath), "sockd", *args], cwd=cwd,
+    proc = subprocess.Popen([TWISTD, *REACTOR, "-n", "--pidfile=", "--logfile", str(logPath), "sockd", *args], cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         out, err = proc.communicate(timeout=10)
@@ -125,7 +125,7 @@ def test_socket_file_is_removed_at_sigterm(daemon, tmp_path: Path) -> None:
 def test_repeated_listen_description_does_not_crash_with_a_traceback(tmp_path: Path) -> None:
     """Twice the same description once crashed start-up ('cannot have two services with same name')."""
     twice = "udp:0:interface=127.0.0.1"
-    proc = subprocess.Popen([TWISTD, "-n", "--pidfile=", "--logfile", str(tmp_path / "twice.log"), "sockd",
+    proc = subprocess.Popen([TWISTD, *REACTOR, "-n", "--pidfile=", "--logfile", str(tmp_path / "twice.log"), "sockd",
                              "--echo", twice, "--echo", twice], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

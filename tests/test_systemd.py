@@ -30,7 +30,7 @@ import pytest
 from twisted.logger import capturedLogs
 
 from sockd.runtime.sdnotify import Notifier, notify, notifyAddress
-from tests.daemon import HAVE_IPV6, LISTENING, TWISTD, recvExactly, waitFor
+from tests.daemon import HAVE_IPV6, LISTENING, REACTOR, TWISTD, recvExactly, waitFor
 
 UNITS = Path(__file__).resolve().parent.parent / "contrib" / "systemd"
 ACTIVATE = shutil.which("systemd-socket-activate")
@@ -128,7 +128,7 @@ def listening(logPath: Path) -> list[tuple[str, str, str]]:
 
 
 def twistd(logPath: Path, *args: str) -> list[str]:
-    return [TWISTD, "-n", "--pidfile=", "--logfile", str(logPath), "sockd", *args]
+    return [TWISTD, *REACTOR, "-n", "--pidfile=", "--logfile", str(logPath), "sockd", *args]
 
 
 def activate(listen: str, names: str, datagram: bool = False, setenv: dict[str, str] | None = None) -> list[str]:

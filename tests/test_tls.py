@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon import TWISTD, connect
+from tests.daemon import REACTOR, TWISTD, connect
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
 
@@ -120,7 +120,7 @@ def test_handshake_deadline_closes_silent_clients(daemon, certs):
     ],
 )
 def test_missing_certificate_is_one_clear_line(tmp_path, description, named):
-    result = subprocess.run([TWISTD, "-n", "--pidfile=", "sockd", "--ack", description], cwd=tmp_path,
+    result = subprocess.run([TWISTD, *REACTOR, "-n", "--pidfile=", "sockd", "--ack", description], cwd=tmp_path,
                             capture_output=True, text=True, timeout=30)
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.strip()]

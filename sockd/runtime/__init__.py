@@ -1,7 +1,7 @@
-"""Running the daemon: listeners, the top service, socket adoption, workers, the reactor, sd_notify.
+"""Running the daemon: listeners, the top service, socket adoption, workers, the I/O core (reactor), sd_notify.
 
 Binds what L{sockd.config} describes to the factories that the service table
 and L{sockd.defences} build; the layer just below the assembly (L{sockd.app}).
 """
 
-__all__ = ["adopt", "daemon", "health", "listeners", "reactor", "sdnotify", "sendnow", "workers"]
+__all__ = ["adopt", "core", "daemon", "health", "listeners", "sdnotify", "workers"]

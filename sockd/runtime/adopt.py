@@ -6,7 +6,9 @@ or failing with EPERM when sockd does not own the file) and unlinks it at
 stop (systemd.socket(5): a daemon "must not unlink the socket").  And it
 trusts the address family it is told, so C{systemd:domain=INET} on an IPv6
 socket reads every address with the wrong layout.  L{AdoptingReactor} fixes
-all three for any endpoint built on it.
+all three for any endpoint built on it: an adopted Unix socket is served by
+sockd's own port (L{sockd.runtime.core.stream.UNIXPort}, which leaves a file it
+did not create alone) on whichever reactor runs, and the family is checked.
 """
 
 from __future__ import annotations
@@ -15,9 +17,8 @@ import os
 import socket
 from typing import Any
 
-from twisted.internet import tcp, unix
-
 from sockd.errors import StartupError
+from sockd.runtime.core.stream import UNIXPort
 
 
 def socketFamily(fd: int) -> socket.AddressFamily:
@@ -27,22 +28,6 @@ def socketFamily(fd: int) -> socket.AddressFamily:
         return sock.family
     finally:
         sock.detach()
-
-
-class KeptUnixPort(unix.Port):
-    """An adopted Unix socket whose file belongs to whoever bound it: never chmodded, never unlinked."""
-
-    def startListening(self) -> None:
-        path = self._bindPath
-        # An abstract-namespace name is what Twisted's own check leaves alone (no chmod).
-        self._bindPath = b"\0" if isinstance(path, bytes) else "\0"
-        try:
-            super().startListening()
-        finally:
-            self._bindPath = path
-
-    def connectionLost(self, reason: Any) -> None:
-        tcp.Port.connectionLost(self, reason)  # not unix.Port's, which unlinks the file
 
 
 class AdoptingReactor:
@@ -67,7 +52,7 @@ class AdoptingReactor:
                                f"{said.get(addressFamily, addressFamily)}: say domain={said.get(real, real)}")
         os.set_blocking(fd, False)
         if real == socket.AF_UNIX:
-            port = KeptUnixPort._fromListeningDescriptor(self._reactor, fd, factory)
+            port = UNIXPort.fromListeningDescriptor(self._reactor, fd, factory)  # the file is left alone
             port.startListening()
             return port
         return self._reactor.adoptStreamPort(fd, real, factory)

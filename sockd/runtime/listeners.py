@@ -38,7 +38,6 @@ from sockd.config.descriptions import (
 from sockd.errors import StartupError
 from sockd.interfaces import IDatagramListener, IListener
 from sockd.observe.addresses import formatAddress
-from sockd.runtime.sendnow import installSendAtOnce
 
 log = Logger(namespace="sockd.listeners")
 
@@ -200,7 +199,6 @@ class StreamListener(_Listener):
         if isinstance(result, Failure):
             raise StartupError(f"{where}: cannot listen: {_reason(result.value)}")
         self.port = result
-        installSendAtOnce(self.port)
         log.emit(
             LogLevel.info if self.announce else LogLevel.debug,
             "{service} listening on {kind} {address}",
@@ -227,7 +225,6 @@ class StreamListener(_Listener):
             self.port = outcome[0]
         else:
             self.port = adopting.adoptStreamPort(fd, socketFamily(fd), self.factory)
-        installSendAtOnce(self.port)
         log.debug("{service} serving inherited {kind} {address}", service=self.serviceName, kind=self.transportName,
                   transport=socketTransport(self.description), address=formatAddress(self.port.getHost()))
 

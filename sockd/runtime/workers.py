@@ -65,6 +65,21 @@ def shareLimits(settings: Settings, workers: int) -> Settings:
     )
 
 
+def reactorArguments(reactor: Any) -> list[str]:
+    """The twistd arguments that make a worker run the parent's reactor (sockd's own, or the one the user named)."""
+    from twisted.application.reactors import getReactorTypes
+
+    from sockd.runtime.core.reactor import SockdReactor
+
+    if isinstance(reactor, SockdReactor):
+        return ["-r", "sockd"]
+    module = type(reactor).__module__
+    for kind in getReactorTypes():
+        if kind.moduleName == module:
+            return ["-r", kind.shortName]
+    return []  # a reactor twistd cannot name: the worker runs sockd's default
+
+
 class WorkerProcess(protocol.ProcessProtocol):
     """One worker: relays its JSON log lines into the parent's log, and tells the supervisor when it ends."""
 
@@ -178,11 +193,8 @@ class Supervisor(Service):
             childFDs[fd] = fd
         spec = json.dumps({"index": index, "count": self.count, "listeners": listeners,
                            "metrics": self.metricsPath(index)})
-        # Workers run on the parent's reactor: sockd's own (twistd -r sockd-epoll) must be asked for again.
-        from sockd.runtime.reactor import QuietEPollReactor
-
-        chosen = ["-r", "sockd-epoll"] if isinstance(self.reactor, QuietEPollReactor) else []
-        args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", *chosen, "-n", "--pidfile=",
+        args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                *reactorArguments(self.reactor), "-n", "--pidfile=",
                 "--logger", "sockd.observe.observers.jsonLogger", "sockd", *self.argv, "--worker", spec]
         worker = WorkerProcess(self, index)
         self.workers[index] = worker

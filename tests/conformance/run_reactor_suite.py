@@ -1,4 +1,4 @@
-"""Run Twisted's reactor conformance suites against one reactor class: C{run_reactor_suite.py pkg.mod.Class [trial args]}."""
+"""Run Twisted's reactor conformance suites against one reactor: C{run_reactor_suite.py pkg.mod.Class [trial args]}."""
 
 import sys
 

@@ -596,7 +596,9 @@ class StreamPort:
     def stopWriting(self) -> None:
         self.reactor.removeWriter(self)
 
-    def loseConnection(self, connDone: Failure = Failure(main.CONNECTION_DONE)) -> Any:
+    def loseConnection(self, connDone: Failure | None = None) -> Any:
+        if connDone is None:
+            connDone = _DONE
         self.disconnecting = True
         self.reactor.removeReader(self)
         if self.connected:
