@@ -117,13 +117,17 @@ class ServerSpec:
     is_sockd: bool = False
 
 
-def sockd_command(logging: bool, workers: int = 1, reactor: str | None = None
+#: The twistd of an install of sockd as it was before (for an interleaved before/after), if given.
+BEFORE_TWISTD = os.environ.get("SOCKD_BENCH_BEFORE_TWISTD", "")
+
+
+def sockd_command(logging: bool, workers: int = 1, reactor: str | None = None, twistd: str | None = None
                   ) -> Callable[[Path, tuple[str, ...], tuple[str, ...], bool], list[str]]:
     """sockd with every defence at its default (loopback is exempt from per-source limits and the UDP budget)."""
     def command(tmp: Path, services: tuple[str, ...], transports: tuple[str, ...], memory: bool) -> list[str]:
         name = ("sockd-log" if logging else "sockd") + (f"-w{workers}" if workers > 1 else "") + (
             f"-{reactor}" if reactor else "")
-        args = [TWISTD, *(["-r", reactor] if reactor else []), "-n", "--pidfile=", "sockd",
+        args = [twistd or TWISTD, *(["-r", reactor] if reactor else []), "-n", "--pidfile=", "sockd",
                 *_six_listeners(tmp, name, services, transports), "--grace", "1"]
         if workers > 1:
             args += ["--workers", str(workers)]
@@ -207,13 +211,18 @@ SERVERS = [
     ServerSpec("sockd", ALL_SIX, sockd_command(False), "twistd sockd --no-log-messages, defences at their defaults",
                is_sockd=True),
     ServerSpec("sockd-w2", ALL_SIX, sockd_command(False, workers=2), "the same with --workers 2", is_sockd=True),
-    ServerSpec("sockd-quiet", ALL_SIX, sockd_command(False, reactor="sockd-epoll"),
-               "the same on twistd -r sockd-epoll (no per-event logging context)", is_sockd=True),
-    ServerSpec("sockd-quiet-w2", ALL_SIX, sockd_command(False, workers=2, reactor="sockd-epoll"),
-               "twistd -r sockd-epoll, --workers 2", is_sockd=True),
+    ServerSpec("sockd-stock", ALL_SIX, sockd_command(False, reactor="epoll"),
+               "the same on Twisted's own reactor and transports (twistd -r epoll)", is_sockd=True),
+    ServerSpec("sockd-before", ALL_SIX, sockd_command(False, twistd=BEFORE_TWISTD),
+               "sockd as it was before its own I/O core ($SOCKD_BENCH_BEFORE_TWISTD)", is_sockd=True,
+               available=lambda: bool(BEFORE_TWISTD) and Path(BEFORE_TWISTD).exists()),
     ServerSpec("sockd+log", {("ack", t) for t in ("tcp", "udp", "unix")}, sockd_command(True),
                "twistd sockd with per-message logging (the tutorial prints every message), log to a file"),
     ServerSpec("asyncio", ALL_SIX, python_peer("asyncio_server.py"), "stdlib asyncio Protocols"),
+    ServerSpec("asyncio-w2", ALL_SIX, python_peer("asyncio_server.py", "--processes", "2"),
+               "asyncio in 2 processes: TCP/UDP ports shared with SO_REUSEPORT, Unix sockets inherited"),
+    ServerSpec("uvloop-w2", ALL_SIX, python_peer("asyncio_server.py", "--uvloop", "--processes", "2"),
+               "the same on uvloop", available=_uvloop_available),
     ServerSpec("uvloop", ALL_SIX, python_peer("asyncio_server.py", "--uvloop"), "the same on uvloop",
                available=_uvloop_available),
     ServerSpec("twisted", ALL_SIX, python_peer("twisted_plain.py"),

@@ -189,7 +189,8 @@ def test_client_without_header_is_aborted(balanced: tuple[list[Daemon], HAProxy]
 
 def test_haproxy_over_tls_is_refused_clearly(tmp_path: Path) -> None:
     """HAProxy sends the PROXY header in clear before any TLS handshake, so haproxy:ssl: cannot work: say so."""
-    result = subprocess.run([TWISTD, *REACTOR, "-n", "--pidfile=", "sockd", "--ack", "haproxy:ssl:0:privateKey=k:certKey=c"],
+    result = subprocess.run([TWISTD, *REACTOR, "-n", "--pidfile=", "sockd", "--ack",
+                             "haproxy:ssl:0:privateKey=k:certKey=c"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=30)
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()

@@ -133,7 +133,8 @@ def test_twistd_with_the_poll_reactor_serves(daemon) -> None:
 
 
 def test_sockd_version_and_help(tmp_path: Path) -> None:
-    version = subprocess.run([TWISTD, *REACTOR, "sockd", "--version"], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    version = subprocess.run([TWISTD, *REACTOR, "sockd", "--version"], capture_output=True, text=True, cwd=tmp_path,
+                             timeout=60)
     assert version.returncode == 0, version.stderr
     assert version.stdout.startswith("sockd ")
     listed = subprocess.run([TWISTD, *REACTOR, "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=60)

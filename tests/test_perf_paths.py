@@ -1,7 +1,7 @@
 """The fast paths of the hot code: each must behave exactly as the slow path it replaces.
 
-Close at EOF (sockd/sendnow.py), the lazily registered read pauser (sockd/flow.py, sendnow.py,
-policies.py), the cached interface declaration and log prefix (policies.py), the admission
+A half-close through the policy layer on sockd's transport (the transports' own fast paths are in
+test_core.py), the cached interface declaration and log prefix (policies.py), the admission
 verdict cache (admission.py), the lazy peer (ack.py), the lean message event (messagelog.py) and
 the classic text observer (logging.py).
 """
@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, task, tcp, threads
+from twisted.internet import reactor, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IHalfCloseableProtocol, ISSLTransport, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.testing import MemoryReactor, StringTransport, StringTransportWithDisconnection
+from twisted.internet.testing import StringTransport, StringTransportWithDisconnection
 from twisted.logger import (
     Logger,
     LogLevel,
@@ -38,92 +38,10 @@ from sockd.observe.messagelog import MessageLog
 from sockd.observe.observers import ClassicText, textLogger
 from sockd.protocols.ack import AckFactory
 from sockd.protocols.echo import EchoFactory
-from sockd.protocols.flow import ReadPauser, pauseReadingWhileBlocked
-from sockd.runtime.sendnow import SendAtOnce, installSendAtOnce, sendAtOnceClass
+from sockd.protocols.flow import ReadPauser
+from sockd.runtime.core.stream import TCPPort
 
 ANSWER = b"I got your message"
-
-
-# -- close at EOF ---------------------------------------------------------------------------------------------------
-
-
-@implementer(IHalfCloseableProtocol)
-class HalfCloser(Protocol):
-    """At EOF: write C{factory.last} (if any), then loseConnection(); records when connectionLost comes."""
-
-    def connectionMade(self) -> None:
-        self.factory.protocols.append(self)
-        self.events: list[str] = []
-        if self.factory.producer:
-            self.transport.registerProducer(ReadPauser(self.transport), True)
-
-    def readConnectionLost(self) -> None:
-        self.events.append("eof")
-        # Runs on the reactor's next turn, before Twisted's own close (which waits for writability).
-        reactor.callLater(0, self.events.append, "next turn")
-        if self.factory.last:
-            self.transport.write(self.factory.last)
-        self.transport.loseConnection()
-        self.events.append("returned")
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        self.events.append("lost")
-        self.factory.lost.callback(self.events)
-
-
-def _eofExchange(last: bytes = b"", producer: bool = False, install: bool = True) -> defer.Deferred[Any]:
-    factory = Factory.forProtocol(HalfCloser)
-    factory.protocols, factory.last, factory.producer = [], last, producer
-    factory.lost = defer.Deferred()
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-    if install:
-        assert installSendAtOnce(port)
-    client = socket.create_connection(("127.0.0.1", port.getHost().port))
-    client.settimeout(10)
-    client.shutdown(socket.SHUT_WR)
-
-    def read() -> int:
-        got = 0
-        while chunk := client.recv(1 << 20):
-            got += len(chunk)
-        client.close()
-        return got
-
-    # The client reads in a thread meanwhile: queued answers drain only as it reads.
-    reading = threads.deferToThread(read)
-    both = defer.gatherResults([factory.lost, reading])
-    both.addBoth(lambda result: port.stopListening().addCallback(lambda _: result))
-    return both
-
-
-@pytest_twisted.inlineCallbacks
-def test_plain_twisted_closes_on_a_later_turn():
-    events, _ = yield _eofExchange(install=False)
-    assert events[:4] == ["eof", "returned", "next turn", "lost"]
-
-
-@pytest_twisted.inlineCallbacks
-def test_close_at_eof_closes_once_the_protocol_has_returned():
-    events, got = yield _eofExchange(last=b"bye")
-    assert events[:3] == ["eof", "returned", "lost"]  # not inside readConnectionLost, and before the next turn
-    assert got == 3
-
-
-@pytest_twisted.inlineCallbacks
-def test_close_at_eof_leaves_queued_data_to_twisted():
-    big = b"x" * (8 << 20)  # more than the socket buffers take at once: some of it is queued
-    events, got = yield _eofExchange(last=big)
-    assert got == len(big)  # nothing lost
-    assert events.index("next turn") < events.index("lost")
-
-
-@pytest_twisted.inlineCallbacks
-def test_close_at_eof_leaves_a_registered_producer_to_twisted():
-    events, _ = yield _eofExchange(producer=True)
-    assert events[:4] == ["eof", "returned", "next turn", "lost"]
 
 
 def _sockdPort(wrapped: Any, admission: Admission | None = None) -> tuple[Any, ConnectionRegistry]:
@@ -132,8 +50,8 @@ def _sockdPort(wrapped: Any, admission: Admission | None = None) -> tuple[Any, C
     factory = PolicyFactory(wrapped, serviceName="perf-test", transportName="tcp",
                             admission=admission or Admission(settings, time.time), registry=registry,
                             clock=reactor, idleTimeout=120.0)
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-    assert installSendAtOnce(port)
+    port = TCPPort(0, factory, 50, "127.0.0.1", reactor)  # sockd's own port, on whichever reactor runs
+    port.startListening()
     return port, registry
 
 
@@ -158,84 +76,6 @@ def test_half_close_with_a_partial_message_is_answered_then_closed_through_sockd
         client.close()
         assert received == ANSWER * 2
         assert registry.connections == set()
-    finally:
-        yield port.stopListening()
-
-
-def test_close_at_eof_is_left_off_for_a_transport_that_closes_differently():
-    class Different(tcp.Server):
-        def _postLoseConnection(self) -> Any:
-            return None
-
-    assert sendAtOnceClass(tcp.Server).closeAtEOF is True
-    different = sendAtOnceClass(Different)
-    assert different is not None and different.closeAtEOF is False
-
-
-# -- the read pauser, registered when a write first queues ------------------------------------------------------
-
-
-class _Port:
-    _realPortNumber = 1
-
-
-def _realTransport() -> tuple[Any, socket.socket]:
-    mine, peer = socket.socketpair()
-    cls = sendAtOnceClass(tcp.Server)
-    transport = cls(mine, Protocol(), ("127.0.0.1", 40000), _Port(), 1, MemoryReactor())
-    transport.protocol.makeConnection(transport)
-    return transport, peer
-
-
-def test_read_pauser_waits_for_the_first_queued_write():
-    transport, peer = _realTransport()
-    try:
-        pauseReadingWhileBlocked(transport)
-        assert transport.producer is None
-        transport.write(b"sent at once")
-        assert transport.producer is None
-        transport.write(b"x" * (16 << 20))  # the peer reads nothing: most of it is queued
-        assert isinstance(transport.producer, ReadPauser) and transport.streamingProducer
-        assert transport.producerPaused  # over the buffer size: reading paused, as with an eager pauser
-        transport.loseConnection()
-        assert transport.producer is None  # it would hold the close
-    finally:
-        peer.close()
-
-
-def test_a_producer_of_the_protocols_own_replaces_the_waiting_pauser():
-    transport, peer = _realTransport()
-    try:
-        pauseReadingWhileBlocked(transport)
-        mine = ReadPauser(transport)
-        transport.registerProducer(mine, True)
-        assert transport.producer is mine
-        transport.write(b"x" * (16 << 20))
-        assert transport.producer is mine
-        with pytest.raises(RuntimeError):
-            pauseReadingWhileBlocked(transport)  # as registerProducer always refused a second producer
-    finally:
-        transport.unregisterProducer()
-        peer.close()
-
-
-@pytest_twisted.inlineCallbacks
-def test_policy_layer_defers_the_pauser_to_sockds_transport():
-    port, registry = _sockdPort(EchoFactory())
-    try:
-        client = socket.create_connection(("127.0.0.1", port.getHost().port))
-        client.sendall(b"echo me")
-        for _ in range(200):
-            yield task.deferLater(reactor, 0.01, lambda: None)
-            if registry.connections:
-                break
-        (policy,) = registry.connections
-        assert isinstance(policy.transport, SendAtOnce)
-        assert policy.transport.producer is None
-        assert policy.transport._readPausing is True
-        client.settimeout(5)
-        assert client.recv(100) == b"echo me"
-        client.close()
     finally:
         yield port.stopListening()
 

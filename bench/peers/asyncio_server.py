@@ -107,37 +107,74 @@ def parse(description: str) -> tuple[str, str, str]:
     return kind, parts[0], interface
 
 
-async def serve(listeners: list[tuple[str, str]]) -> None:
-    """Bind every listener, announce it, and run until SIGTERM or SIGINT."""
+def bind(listeners: list[tuple[str, str]], ports: list[int] | None = None,
+         inherited: list[socket.socket] | None = None) -> list[socket.socket]:
+    """Bind every listener (TCP and UDP with SO_REUSEPORT, so sibling processes can bind the same port).
+
+    With C{ports} (a sibling process): bind those ports again; Unix sockets are the C{inherited} ones.
+    """
+    socks: list[socket.socket] = []
+    for index, (name, description) in enumerate(listeners):
+        kind, where, interface = parse(description)
+        port = ports[index] if ports is not None else int(where) if kind != "unix" else 0
+        if kind in ("tcp", "udp"):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((interface, port))
+            if kind == "tcp":
+                sock.listen(4096)
+        elif kind == "unix":
+            if inherited is not None:
+                sock = inherited[index]
+            else:
+                if os.path.exists(where):
+                    os.unlink(where)
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.bind(where)
+                sock.listen(4096)
+        else:
+            raise SystemExit(f"unknown listen description {description}")
+        sock.setblocking(False)
+        socks.append(sock)
+    return socks
+
+
+async def serve(listeners: list[tuple[str, str]], socks: list[socket.socket], announce: bool) -> None:
+    """Serve the bound sockets, announce them (the first process only), and run until SIGTERM or SIGINT."""
     loop = asyncio.get_running_loop()
     stop = loop.create_future()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
     closers: list[Any] = []
-    for name, description in listeners:
+    for (name, description), sock in zip(listeners, socks, strict=True):
         kind, where, interface = parse(description)
         if kind == "tcp":
-            server = await loop.create_server(STREAM[name], interface, int(where), backlog=4096)
-            port = server.sockets[0].getsockname()[1]
+            server = await loop.create_server(STREAM[name], sock=sock, backlog=4096)
             closers.append(server)
-            print(f"{name} listening on tcp {interface}:{port}", flush=True)
+            line = f"{name} listening on tcp {interface}:{sock.getsockname()[1]}"
         elif kind == "unix":
-            if os.path.exists(where):
-                os.unlink(where)
-            server = await loop.create_unix_server(STREAM[name], where, backlog=4096)
+            server = await loop.create_unix_server(STREAM[name], sock=sock, backlog=4096)
             closers.append(server)
-            print(f"{name} listening on unix {where}", flush=True)
-        elif kind == "udp":
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            sock.bind((interface, int(where)))
+            line = f"{name} listening on unix {where}"
+        else:
             transport, _ = await loop.create_datagram_endpoint(DATAGRAM[name], sock=sock)
             closers.append(transport)
-            print(f"{name} listening on udp {interface}:{sock.getsockname()[1]}", flush=True)
-        else:
-            raise SystemExit(f"unknown listen description {description}")
+            line = f"{name} listening on udp {interface}:{sock.getsockname()[1]}"
+        if announce:
+            print(line, flush=True)
     await stop
     for closer in closers:
         closer.close()
+
+
+def run(listeners: list[tuple[str, str]], socks: list[socket.socket], announce: bool, useUvloop: bool) -> None:
+    if useUvloop:
+        import uvloop
+
+        uvloop.run(serve(listeners, socks, announce))
+    else:
+        asyncio.run(serve(listeners, socks, announce))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -145,14 +182,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop's event loop")
     parser.add_argument("--ack", action="append", default=[], metavar="DESC")
     parser.add_argument("--echo", action="append", default=[], metavar="DESC")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="serve from N processes: TCP and UDP ports bound by each with SO_REUSEPORT "
+                             "(the kernel spreads the load), Unix sockets shared")
     args = parser.parse_args(argv)
     listeners = [("ack", d) for d in args.ack] + [("echo", d) for d in args.echo]
-    if args.uvloop:
-        import uvloop
-
-        uvloop.run(serve(listeners))
-    else:
-        asyncio.run(serve(listeners))
+    socks = bind(listeners)
+    ports = [s.getsockname()[1] if s.family != socket.AF_UNIX else 0 for s in socks]
+    children = []
+    for _ in range(args.processes - 1):
+        pid = os.fork()
+        if pid == 0:  # a sibling: its own TCP/UDP sockets on the same ports, the shared Unix sockets
+            mine = bind(listeners, ports, socks)
+            for theirs, own in zip(socks, mine, strict=True):
+                if theirs is not own:
+                    theirs.close()
+            run(listeners, mine, False, args.uvloop)
+            os._exit(0)
+        children.append(pid)
+    run(listeners, socks, True, args.uvloop)
+    for pid in children:
+        try:
+            os.kill(pid, signal.SIGTERM)
+            os.waitpid(pid, 0)
+        except OSError:
+            pass
     sys.exit(0)
 
 

@@ -24,7 +24,7 @@ from sockd.defences.admission import Admission
 from sockd.interfaces import IPendingInput
 from sockd.observe.addresses import formatAddress, hostOf
 from sockd.observe.metrics import Metrics
-from sockd.protocols.flow import ReadPauser
+from sockd.protocols.flow import IReadPausingTransport, ReadPauser
 
 log = Logger(namespace="sockd.policies")
 
@@ -132,7 +132,7 @@ class ConnectionRegistry:
             connection.transport.abortConnection()
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IReadPausingTransport)
 class PolicyProtocol(ProtocolWrapper):
     """Admission bookkeeping, timeouts, counting and draining around one service protocol.
 
@@ -188,8 +188,7 @@ class PolicyProtocol(ProtocolWrapper):
 
     def pauseReadingWhileBlocked(self) -> None:
         """L{sockd.protocols.flow}: let the transport add the read-pausing producer once it queues, if it can."""
-        lazy = getattr(type(self.transport), "pauseReadingWhileBlocked", None)
-        if lazy is not None:
+        if IReadPausingTransport.implementedBy(type(self.transport)):
             self._lazyPausing = True
             self.transport.pauseReadingWhileBlocked()
         else:

@@ -40,9 +40,9 @@ class UDPPort:
     connected = 0
     disconnected = 0
     realPortNumber: int | None = None
-    _connectedAddr: Any = None
+    _connectedTo: Any = None
     _lastPeer: Any = None
-    _stopped: Any = None
+    _stopDeferred: Any = None
 
     def __init__(self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192,
                  reactor: Any = None) -> None:
@@ -111,7 +111,7 @@ class UDPPort:
                 if e.errno in _READ_IGNORE:
                     return
                 if e.errno in _READ_REFUSED:
-                    if self._connectedAddr:
+                    if self._connectedTo:
                         protocol.connectionRefused()
                     return
                 raise
@@ -127,8 +127,8 @@ class UDPPort:
                 return
 
     def write(self, datagram: bytes, addr: Any = None) -> Any:
-        if self._connectedAddr:
-            assert addr in (None, self._connectedAddr)
+        if self._connectedTo:
+            assert addr in (None, self._connectedTo)
             try:
                 return self.socket.send(datagram)
             except OSError as e:
@@ -164,11 +164,11 @@ class UDPPort:
         self.write(b"".join(seq), addr)
 
     def connect(self, host: str, port: int) -> None:
-        if self._connectedAddr:
+        if self._connectedTo:
             raise RuntimeError("already connected, reconnecting is not currently supported")
         if not abstract.isIPAddress(host) and not abstract.isIPv6Address(host):
             raise error.InvalidAddressError(host, "not an IPv4 or IPv6 address.")
-        self._connectedAddr = (host, port)
+        self._connectedTo = (host, port)
         self.socket.connect((host, port))
 
     def startReading(self) -> None:
@@ -181,7 +181,7 @@ class UDPPort:
     def stopListening(self) -> Any:
         result = None
         if self.connected:
-            result = self._stopped = defer.Deferred()
+            result = self._stopDeferred = defer.Deferred()
         self.reactor.removeReader(self)
         if self.connected:
             self.reactor.callLater(0, self.connectionLost)
@@ -201,7 +201,7 @@ class UDPPort:
         self.protocol.doStop()
         self.socket.close()
         self.fileno = lambda: -1  # type: ignore[method-assign]
-        stopped, self._stopped = self._stopped, None
+        stopped, self._stopDeferred = self._stopDeferred, None
         if stopped is not None:
             stopped.callback(None)
 

@@ -93,7 +93,7 @@ class SockdReactor(PosixReactorBase):
                 pass  # closed and reopened under the same number: the kernel dropped the old entry
         self._epoll.register(fd, mask)
 
-    def _add(self, selectable: Any, primary: set[int], other: set[int], event: int, always: set[Any]) -> None:
+    def _register(self, selectable: Any, primary: set[int], other: set[int], event: int, always: set[Any]) -> None:
         fd = self._fdOf.get(selectable)
         if fd is None:
             fd = selectable.fileno()
@@ -114,10 +114,10 @@ class SockdReactor(PosixReactorBase):
             primary.add(fd)
 
     def addReader(self, reader: Any) -> None:
-        self._add(reader, self._readFds, self._writeFds, _IN, self._alwaysReaders)
+        self._register(reader, self._readFds, self._writeFds, _IN, self._alwaysReaders)
 
     def addWriter(self, writer: Any) -> None:
-        self._add(writer, self._writeFds, self._readFds, _OUT, self._alwaysWriters)
+        self._register(writer, self._writeFds, self._readFds, _OUT, self._alwaysWriters)
 
     def _forget(self, selectable: Any) -> None:
         """Drop every trace of C{selectable}; a descriptor already closed is no error."""
@@ -133,7 +133,7 @@ class SockdReactor(PosixReactorBase):
         except OSError:
             pass  # EBADF / ENOENT: closed behind our back; the kernel already dropped it
 
-    def _remove(self, selectable: Any, primary: set[int], other: set[int], keep: int, always: set[Any]) -> None:
+    def _unregister(self, selectable: Any, primary: set[int], other: set[int], keep: int, always: set[Any]) -> None:
         fd = self._fdOf.get(selectable)
         if fd is None:
             always.discard(selectable)
@@ -150,10 +150,10 @@ class SockdReactor(PosixReactorBase):
             self._forget(selectable)
 
     def removeReader(self, reader: Any) -> None:
-        self._remove(reader, self._readFds, self._writeFds, _OUT, self._alwaysReaders)
+        self._unregister(reader, self._readFds, self._writeFds, _OUT, self._alwaysReaders)
 
     def removeWriter(self, writer: Any) -> None:
-        self._remove(writer, self._writeFds, self._readFds, _IN, self._alwaysWriters)
+        self._unregister(writer, self._writeFds, self._readFds, _IN, self._alwaysWriters)
 
     def getReaders(self) -> list[Any]:
         return [self._selectableOf[fd] for fd in self._readFds] + list(self._alwaysReaders)

@@ -91,7 +91,7 @@ class StreamConnection:
     streamingProducer = False
     producerPaused = False
 
-    _aborting = False
+    _abortCalled = False
     _writeClosing = False  # loseWriteConnection() asked; shutdown(SHUT_WR) once the queue is flushed
     _writeClosed = False
     _inHandler = False  # the protocol is handling a read or the peer's half-close
@@ -186,7 +186,7 @@ class StreamConnection:
     def _closeNow(self) -> None:
         """A loseConnection() from inside a handler, once it has returned: close now if nothing was written since."""
         self._closeAfterHandler = False
-        if not self.connected or self._aborting:
+        if not self.connected or self._abortCalled:
             return
         if self._queued or self.producer is not None:
             self.reactor.addWriter(self)  # written or registered after loseConnection(): flush, then close
@@ -264,10 +264,10 @@ class StreamConnection:
             return main.CONNECTION_DONE
         elif self._writeClosing:
             self._writeClosed = True
-            self._closeWriteConnection()
+            self._shutdownWrite()
         return None
 
-    def _closeWriteConnection(self) -> None:
+    def _shutdownWrite(self) -> None:
         try:
             self.socket.shutdown(socket.SHUT_WR)
         except OSError:
@@ -362,9 +362,9 @@ class StreamConnection:
         self.reactor.addWriter(self)
 
     def abortConnection(self) -> None:
-        if self.disconnected or self._aborting:
+        if self.disconnected or self._abortCalled:
             return
-        self._aborting = True
+        self._abortCalled = True
         self.reactor.removeReader(self)
         self.reactor.removeWriter(self)
         self.doRead = _noop  # type: ignore[method-assign]
