@@ -114,7 +114,7 @@ def bind(listeners: list[tuple[str, str]], ports: list[int] | None = None,
     With C{ports} (a sibling process): bind those ports again; Unix sockets are the C{inherited} ones.
     """
     socks: list[socket.socket] = []
-    for index, (name, description) in enumerate(listeners):
+    for index, (_name, description) in enumerate(listeners):
         kind, where, interface = parse(description)
         port = ports[index] if ports is not None else int(where) if kind != "unix" else 0
         if kind in ("tcp", "udp"):
