@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from zope.interface import Attribute, Interface
 
-__all__ = ["IDatagramListener", "IListener", "IPendingInput", "IStopsFirst"]
+__all__ = ["IDatagramListener", "IListener", "IPendingInput", "IReadPausingTransport", "IStopsFirst"]
 
 
 class IPendingInput(Interface):
@@ -38,3 +38,15 @@ class IDatagramListener(IListener):
 
 class IStopsFirst(Interface):
     """A service that must stop before the listeners, because its children serve their sockets."""
+
+
+class IReadPausingTransport(Interface):
+    """A transport that can stop reading while its peer is not reading, registering the pauser only when needed.
+
+    sockd's own transports (L{sockd.runtime.core.stream}) provide it.  It is asked
+    of the transport's class (C{implementedBy}), not the object: protocol wrappers
+    declare whatever their transport provides while lacking the method.
+    """
+
+    def pauseReadingWhileBlocked() -> None:
+        """Pause reading whenever the write queue is full; register nothing until a write first queues."""

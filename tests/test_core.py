@@ -30,8 +30,9 @@ from zope.interface import implementer
 from sockd.config.settings import Settings
 from sockd.defences.admission import Admission
 from sockd.defences.stream import ConnectionRegistry, PolicyFactory
+from sockd.interfaces import IReadPausingTransport
 from sockd.protocols.echo import EchoFactory
-from sockd.protocols.flow import IReadPausingTransport, ReadPauser, pauseReadingWhileBlocked
+from sockd.protocols.flow import ReadPauser, pauseReadingWhileBlocked
 from sockd.runtime.core import reactor as corereactor
 from sockd.runtime.core.datagram import UDPPort
 from sockd.runtime.core.reactor import SockdReactor
@@ -382,9 +383,9 @@ def test_write_refuses_text_and_ignores_writes_after_close():
 
 @pytest_twisted.inlineCallbacks
 def test_the_policy_layer_leaves_the_pauser_to_sockds_transport():
-    registry = ConnectionRegistry()
+    registry = ConnectionRegistry(reactor)
     settings = Settings(max_connections=0, max_per_source=0, connection_rate=0.0, exempt=[])
-    factory = PolicyFactory(EchoFactory(), service="core-test", transport="tcp",
+    factory = PolicyFactory(EchoFactory(), serviceName="core-test", transportName="tcp",
                             admission=Admission(settings, time.time), registry=registry, clock=reactor)
     port = _listen(factory)
     try:

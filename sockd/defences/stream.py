@@ -21,10 +21,10 @@ from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
 from sockd.defences.admission import Admission
-from sockd.interfaces import IPendingInput
+from sockd.interfaces import IPendingInput, IReadPausingTransport
 from sockd.observe.addresses import formatAddress, hostOf
 from sockd.observe.metrics import Metrics
-from sockd.protocols.flow import IReadPausingTransport, ReadPauser
+from sockd.protocols.flow import ReadPauser
 
 log = Logger(namespace="sockd.policies")
 

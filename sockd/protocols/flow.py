@@ -17,19 +17,9 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.interfaces import IPushProducer
-from zope.interface import Interface, implementer
+from zope.interface import implementer
 
-
-class IReadPausingTransport(Interface):
-    """A transport that can stop reading while its peer is not reading, registering the pauser only when needed.
-
-    sockd's own transports (L{sockd.runtime.core.stream}) provide it.  It is asked
-    of the transport's class (C{implementedBy}), not the object: protocol wrappers
-    declare whatever their transport provides while lacking the method.
-    """
-
-    def pauseReadingWhileBlocked() -> None:
-        """Pause reading whenever the write queue is full; register nothing until a write first queues."""
+from sockd.interfaces import IReadPausingTransport
 
 
 @implementer(IPushProducer)

@@ -50,7 +50,8 @@ from twisted.python import lockfile, log, reflect
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from sockd.protocols.flow import IReadPausingTransport, ReadPauser
+from sockd.interfaces import IReadPausingTransport
+from sockd.protocols.flow import ReadPauser
 
 _DONE = Failure(error.ConnectionDone())
 _ACCEPT_AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK)
