@@ -246,8 +246,19 @@ class SockdReactor(PosixReactorBase):
         dispatch = self._dispatch
         for fd, event in events:
             selectable = selectableOf.get(fd)
-            if selectable is not None:
+            if selectable is None:
+                continue
+            if event != _IN:
                 dispatch(selectable, event, fd in readFds)
+                continue
+            # The hot case, readable and nothing else: _dispatch inlined (one call frame less per event).
+            try:
+                why = _NO_FILEDESC if selectable.fileno() == -1 else selectable.doRead()
+            except BaseException:
+                why = sys.exc_info()[1]
+                log.err()
+            if why:
+                self._disconnect(selectable, why, True)
         if self._alwaysReaders or self._alwaysWriters:
             for selectable in list(self._alwaysReaders):
                 if selectable in self._alwaysReaders:
