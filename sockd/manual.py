@@ -27,8 +27,9 @@ RUNNER = {
     "log-level": ("words", ("debug", "info", "warn", "error", "critical"),
                   "Log events at this level and above (default: info)."),
     "log-file": ("file", (), "Log to this file; - for standard output (the default), + for standard error."),
-    "reactor": ("words", ("default", "sockd-epoll", "epoll", "poll", "select", "asyncio"),
-                "The Twisted reactor to run on; sockd-epoll is epoll without the per-event logging context."),
+    "reactor": ("words", ("default", "sockd", "sockd-epoll", "epoll", "poll", "select", "asyncio"),
+                "The reactor to run on: the default is sockd's own I/O core (sockd; sockd-epoll is an alias); "
+                "epoll keeps Twisted's own epoll reactor and transports."),
 }
 
 #: Examples offered for a listen description: every kind sockd takes.
