@@ -25,6 +25,8 @@ TWISTD = str(BIN / "twistd")
 #: default I/O core (scripts/test runs the suite both ways).  REACTOR goes right after TWISTD.
 STOCK_REACTOR = os.environ.get("SOCKD_TEST_REACTOR", "") == "epoll"
 REACTOR: list[str] = ["-r", "epoll"] if STOCK_REACTOR else []
+#: The same for the C{sockd} command (twist's runner option).
+COMMAND_REACTOR: list[str] = ["--reactor", "epoll"] if STOCK_REACTOR else []
 
 #: Twisted's foreground runner; sockd must work the same under it as under twistd.
 TWIST = str(BIN / "twist")

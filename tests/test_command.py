@@ -19,7 +19,7 @@ import pytest
 
 from sockd.command import splitArguments
 from sockd.tap import Options
-from tests.daemon import BIN, LISTENING, children, connect, recvExactly, udpExchange, waitFor
+from tests.daemon import BIN, COMMAND_REACTOR, LISTENING, children, connect, recvExactly, udpExchange, waitFor
 
 SOCKD = str(BIN / "sockd")
 ACK = b"I got your message"
@@ -35,7 +35,7 @@ class Command:
         self.logPath = cwd / "sockd.log"
         self.stderrPath = cwd / "sockd.stderr"
         with open(self.stderrPath, "wb") as stderr:
-            self.process = subprocess.Popen([SOCKD, "--log-file", str(self.logPath), *args], cwd=cwd,
+            self.process = subprocess.Popen([SOCKD, *COMMAND_REACTOR, "--log-file", str(self.logPath), *args], cwd=cwd,
                                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
         self.listeners: dict[str, str] = {}
         deadline = time.monotonic() + TIMEOUT

@@ -62,12 +62,18 @@ def test_reactor_arguments_name_the_running_reactor():
             r.waker.connectionLost(None)
 
 
+@pytest.mark.parametrize("runner", ["twist", "sockd"])
 @pytest.mark.parametrize("named", [False, True])
-def test_twist_runs_sockds_core_unless_told_otherwise(tmp_path: Path, named: bool):
-    """`twist` installs its default reactor right after parsing the plugin's options: sockd installs its own first."""
+def test_twist_and_the_sockd_command_run_sockds_core_unless_told_otherwise(tmp_path: Path, named: bool,
+                                                                           runner: str):
+    """`twist` installs its default reactor right after parsing the plugin's options: sockd installs its own first.
+
+    The C{sockd} command is twist with sockd as its only plugin: the same holds.
+    """
     chosen = ["--reactor=epoll"] if named or STOCK_REACTOR else []
     log = tmp_path / "twist.log"
-    proc = subprocess.Popen([str(BIN / "twist"), "--log-format=text", f"--log-file={log}", *chosen, "sockd",
+    plugin = ["sockd"] if runner == "twist" else []
+    proc = subprocess.Popen([str(BIN / runner), "--log-format=text", f"--log-file={log}", *chosen, *plugin,
                              "--ack", "tcp:0:interface=127.0.0.1"], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

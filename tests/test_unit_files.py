@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from sockd.tap import Options
-from tests.daemon import BIN, TWISTD
+from tests.daemon import BIN, REACTOR, TWISTD
 from tests.test_systemd import ANALYZE, SERVICES, UNITS, parseUnit, sockdArgs, values
 
 #: Commands of other packages that the units' comments name (installing, enabling).
@@ -107,7 +107,7 @@ def test_unit_command_exits_with_a_status_the_unit_will_not_restart(case: str, t
     args, expected = BAD_STARTS[case]
     args = [a.replace("{broken}", str(broken)) for a in args]
     unit = UNITS / "sockd.service"
-    command = [TWISTD, "--nodaemon", "--pidfile=", "--logfile", str(tmp_path / "log"), "sockd", *args]
+    command = [TWISTD, *REACTOR, "--nodaemon", "--pidfile=", "--logfile", str(tmp_path / "log"), "sockd", *args]
     assert sockdArgs(unit)  # the real unit runs twistd ... sockd with options, as here
     result = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     prevented = {int(s) for v in values(unit, "RestartPreventExitStatus") for s in v.split()}
