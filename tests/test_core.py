@@ -267,6 +267,8 @@ class HalfCloser(Protocol):
         self.events.append("eof")
         reactor.callLater(0, self.events.append, "next turn")
         if self.factory.last:
+            # A small send buffer, so the kernel surely cannot take it all at once (autotuning otherwise might).
+            self.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
             self.transport.write(self.factory.last)
         self.transport.loseConnection()
         self.events.append("returned")
