@@ -1,0 +1,62 @@
+"""The process's log level, and the sink message lines go to: state shared by sockd's observers.
+
+Kept apart from L{sockd.observe.logsetup} so that the observers and the
+message log can read it without importing the machinery that sets it up.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.logger import LogLevel
+
+if TYPE_CHECKING:
+    from sockd.observe.logsink import LineSink
+
+LEVEL_NAMES = ("debug", "info", "warn", "error", "critical")
+
+
+class LogState:
+    """The process's logging choices: one per process, as the global log publisher is.
+
+    @ivar level: the least level logged (C{--log-level}).
+    @ivar observerLevel: the least level sockd's observers pass on: C{level},
+        except in a C{--workers} worker, which passes everything to its parent
+        (the parent filters, and waits for the worker's debug line
+        C{ready for SIGHUP}).
+    @ivar sink: the sink of the installed L{SinkObserver}, once twistd has
+        installed it; L{sockd.observe.messagelog.MessageLog} writes straight
+        into it.  L{None}: messages are C{twisted.logger} events.
+    """
+
+    def __init__(self) -> None:
+        self.level: Any = LogLevel.info
+        self.observerLevel: Any = LogLevel.info
+        self.sink: LineSink | None = None
+
+    @property
+    def messagesWanted(self) -> bool:
+        """Whether info lines (the message log's) are logged at all."""
+        return self.level <= LogLevel.info
+
+
+STATE = LogState()
+
+
+def parseLevel(name: str) -> Any:
+    """C{--log-level}'s value as a C{LogLevel} (C{warning} is accepted for C{warn})."""
+    name = name.strip().lower()
+    if name == "warning":
+        name = "warn"
+    if name not in LEVEL_NAMES:
+        raise ValueError(f"{name!r} is not a log level ({', '.join(LEVEL_NAMES)})")
+    return LogLevel.levelWithName(name)
+
+
+def configure(level: Any, worker: bool = False, state: LogState = STATE) -> None:
+    """Set the process's log level (before the services and observers are built)."""
+    state.level = level
+    state.observerLevel = LogLevel.debug if worker else level
+
+
+__all__ = ["LEVEL_NAMES", "STATE", "LogState", "configure", "parseLevel"]
