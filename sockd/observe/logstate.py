@@ -6,12 +6,16 @@ message log can read it without importing the machinery that sets it up.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from twisted.logger import LogLevel
 
-if TYPE_CHECKING:
-    from sockd.observe.logsink import LineSink
+
+class MessageSink(Protocol):
+    """What the message log writes into (L{sockd.observe.logsink.LineSink})."""
+
+    def message(self, tail: str, text: str) -> None:
+        """Append one message line: the timestamp, then C{tail}, then C{text}."""
 
 LEVEL_NAMES = ("debug", "info", "warn", "error", "critical")
 
@@ -32,7 +36,7 @@ class LogState:
     def __init__(self) -> None:
         self.level: Any = LogLevel.info
         self.observerLevel: Any = LogLevel.info
-        self.sink: LineSink | None = None
+        self.sink: MessageSink | None = None
 
     @property
     def messagesWanted(self) -> bool:
@@ -59,4 +63,4 @@ def configure(level: Any, worker: bool = False, state: LogState = STATE) -> None
     state.observerLevel = LogLevel.debug if worker else level
 
 
-__all__ = ["LEVEL_NAMES", "STATE", "LogState", "configure", "parseLevel"]
+__all__ = ["LEVEL_NAMES", "STATE", "LogState", "MessageSink", "configure", "parseLevel"]

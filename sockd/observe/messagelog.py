@@ -43,14 +43,17 @@ def withoutLineEnd(message: bytes) -> bytes:
     return message
 
 
+#: Bytes that stand for themselves in a log line: printable ASCII but the backslash (L{escape}'s escape character).
+_PLAIN = bytes(c for c in range(0x20, 0x7F) if c != ord("\\"))
+
+
 def messageText(message: bytes) -> str:
-    """The message as logged: without its line end, escaped (L{escape}), quickly when there is nothing to escape."""
-    message = withoutLineEnd(message)
-    if message.isascii():
-        text = message.decode("ascii")
-        if text.isprintable() and "\\" not in text:
-            return text
-    return escape(message)
+    """The message as logged: without its line end, escaped as L{escape} does; quickly if nothing needs it."""
+    if message.endswith(b"\n"):
+        message = message[:-2] if message.endswith(b"\r\n") else message[:-1]
+    if message.translate(None, _PLAIN):
+        return escape(message)
+    return message.decode("ascii")
 
 
 #: What follows the timestamp in sockd's text lines, as twistd's text observer writes them.

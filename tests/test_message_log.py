@@ -1,0 +1,404 @@
+"""The default message log: exact lines, one write per reactor turn, a broken log never stops sockd.
+
+Unit tests of L{sockd.observe.logsink} and L{sockd.observe.logsetup} with an
+injected clock, C{task.Clock} as the reactor and outputs that record or fail;
+the whole daemon is in test_log_daemon.py.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import signal
+from typing import Any
+
+import pytest
+from twisted.application.service import Application, IService, MultiService
+from twisted.internet import task
+from twisted.internet.address import IPv4Address
+from twisted.logger import (
+    ILogObserver,
+    LogLevel,
+    LogPublisher,
+    formatEventAsClassicLogText,
+    formatTime,
+)
+from twisted.python.failure import Failure
+from twisted.scripts.twistd import ServerOptions
+
+from sockd.observe import logsink, messagelog
+from sockd.observe.logsafe import escape
+from sockd.observe.logsetup import makeSinkObserver, offerObserver, twistdDestination
+from sockd.observe.logsink import PRIORITIES, FdOutput, LineSink, SinkObserver, isJournal
+from sockd.observe.logstate import LogState, configure, parseLevel
+from sockd.observe.messagelog import MessageLog, messageText, withoutLineEnd
+from sockd.observe.observers import jsonLogger
+
+
+class Recorder:
+    """An output that keeps every write (or fails with C{error} while it is set)."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> None:
+        if self.error is not None:
+            raise self.error
+        self.writes.append(data)
+
+    def text(self) -> str:
+        return b"".join(self.writes).decode()
+
+
+class Now:
+    """An injected wall clock."""
+
+    def __init__(self, when: float) -> None:
+        self.when = when
+
+    def __call__(self) -> float:
+        return self.when
+
+
+def makeSink(clock: Any = None, now: float = 1_700_000_000.25, **kw: Any) -> tuple[LineSink, Recorder, Any, Now]:
+    output = Recorder()
+    clock = clock or task.Clock()
+    wall = Now(now)
+    return LineSink(output, clock, now=wall, **kw), output, clock, wall
+
+
+def attached(sink: LineSink, level: Any = LogLevel.info) -> LogState:
+    state = LogState()
+    configure(level, state=state)
+    state.sink = sink
+    return state
+
+
+# -- the lines --------------------------------------------------------------------------------------------------
+
+
+def test_message_lines_are_twistds_own_lines_byte_for_byte():
+    sink, output, clock, wall = makeSink()
+    log = MessageLog("ack", state=attached(sink))
+    log.stream(b"hi there\r\n", None)
+    log.stream(b"a\x1b[2J\\ \xff\xe2\x80\xa8\n", None)
+    log.datagram(b"dgram\n", ("192.0.2.1", 5))
+    clock.advance(0)
+    stamp = formatTime(1_700_000_000)
+    assert output.writes == [(
+        f"{stamp} [sockd.messages#info] Here is the message: hi there\n"
+        f"{stamp} [sockd.messages#info] Here is the message: a\\x1b[2J\\\\ \\xff\\u2028\n"
+        f"{stamp} [sockd.messages#info] Received a datagram: dgram\n"
+    ).encode()]
+    # The very line twistd's textFileLogObserver writes for the structured event of the same message.
+    events: list[dict[str, Any]] = []
+    original = messagelog.log.observer
+    messagelog.log.observer = LogPublisher(events.append)
+    try:
+        MessageLog("ack", state=LogState()).stream(b"hi there\r\n", IPv4Address("TCP", "192.0.2.1", 5))
+    finally:
+        messagelog.log.observer = original
+    events[0]["log_time"] = wall.when
+    assert formatEventAsClassicLogText(events[0]) == output.text().splitlines(keepends=True)[0]
+
+
+@pytest.mark.parametrize("message", [b"", b"\n", b"\r\n", b"\r\r\n", b"a\n\n", b"\\", b"x\r", b"plain words\n",
+                                     b"\x7f\x00", b"\xc3\xa9", bytes(range(256))])
+def test_message_text_is_todays_escape(message: bytes):
+    assert messageText(message) == escape(withoutLineEnd(message))
+
+
+def test_timestamp_is_formatted_once_per_second_and_right_across_the_boundary(monkeypatch):
+    calls: list[float] = []
+
+    def counting(when: float | None, *args: Any) -> str:
+        calls.append(when)  # type: ignore[arg-type]
+        return formatTime(when, *args)
+
+    monkeypatch.setattr(logsink, "formatTime", counting)
+    sink, output, clock, wall = makeSink()
+    log = MessageLog("ack", state=attached(sink))
+    times = [1_700_000_000.0, 1_700_000_000.5, 1_700_000_000.999999, 1_700_000_001.0, 1_700_000_001.7,
+             1_699_999_999.9]  # the last one: the wall clock stepped back
+    for when in times:
+        wall.when = when
+        log.stream(b"m\n", None)
+    clock.advance(0)
+    stamps = [line.split(" ", 1)[0] for line in output.text().splitlines()]
+    assert stamps == [formatTime(int(t)) for t in times]
+    assert calls == [1_700_000_000.0, 1_700_000_001.0, 1_699_999_999.0]
+
+
+# -- when lines are written -------------------------------------------------------------------------------------
+
+
+def test_lines_are_written_once_per_reactor_turn():
+    sink, output, clock, _ = makeSink()
+    log = MessageLog("ack", state=attached(sink))
+    for i in range(3):
+        log.stream(b"m%d\n" % i, None)
+    assert output.writes == [] and len(clock.getDelayedCalls()) == 1
+    clock.advance(0)
+    assert len(output.writes) == 1 and output.text().count("\n") == 3
+    assert clock.getDelayedCalls() == []
+    clock.advance(0)
+    assert len(output.writes) == 1  # nothing new: no empty write, no timer left behind
+    log.datagram(b"again", None)
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(0)
+    assert len(output.writes) == 2 and output.writes[1].endswith(b"Received a datagram: again\n")
+
+
+def test_a_long_turn_writes_every_max_lines():
+    sink, output, clock, _ = makeSink()
+    sink.maxLines = 10
+    log = MessageLog("ack", state=attached(sink))
+    for _ in range(25):
+        log.stream(b"m\n", None)
+    assert [w.count(b"\n") for w in output.writes] == [10, 10]
+    clock.advance(0)
+    assert sum(w.count(b"\n") for w in output.writes) == 25
+
+
+def test_lines_outside_the_reactor_run_and_warnings_are_written_at_once():
+    class Stopped:
+        running = False
+
+        def callLater(self, *a: Any) -> None:
+            raise AssertionError("nobody would run it")
+
+    sink, output, _, _ = makeSink(clock=Stopped())
+    observer = SinkObserver(sink)
+    observer({"log_level": LogLevel.info, "log_namespace": "n", "log_format": "starting", "log_time": 1.0})
+    assert output.text().endswith("[n#info] starting\n")
+    sink2, output2, clock2, _ = makeSink()
+    SinkObserver(sink2)({"log_level": LogLevel.warn, "log_namespace": "n", "log_format": "careful", "log_time": 1.0})
+    assert output2.text().endswith("[n#warn] careful\n") and clock2.getDelayedCalls() == []
+
+
+def test_close_writes_what_is_left():
+    sink, output, clock, _ = makeSink()
+    MessageLog("ack", state=attached(sink)).stream(b"last words\n", None)
+    sink.close()
+    assert output.text().endswith("Here is the message: last words\n")
+
+
+# -- a log that cannot be written -------------------------------------------------------------------------------
+
+
+def test_a_full_disk_drops_lines_reports_once_and_recovers():
+    read, write = os.pipe()
+    try:
+        sink, output, clock, _ = makeSink(errorFd=write)
+        log = MessageLog("ack", state=attached(sink))
+        output.error = OSError(errno.ENOSPC, "No space left on device")
+        for turn in range(3):
+            log.stream(b"lost %d\n" % turn, None)
+            clock.advance(0)  # must not raise
+        assert sink.dropped == 3 and output.writes == []
+        output.error = None
+        log.stream(b"kept\n", None)
+        clock.advance(0)
+        assert output.text().endswith("Here is the message: kept\n")
+        complaints = os.read(read, 65536).decode().splitlines()
+        assert complaints == [
+            "sockd: cannot write the log ([Errno 28] No space left on device); dropping log lines, serving on",
+            "sockd: the log is writable again; 3 lines were dropped",
+        ]
+    finally:
+        os.close(read)
+        os.close(write)
+
+
+def test_dev_full_never_raises():
+    with open("/dev/full", "wb", buffering=0) as full, open(os.devnull, "wb") as null:
+        sink, _, clock, _ = makeSink(errorFd=null.fileno())
+        sink.output = FdOutput(full.fileno())
+        log = MessageLog("ack", state=attached(sink))
+        for _ in range(5):
+            log.stream(b"m\n", None)
+            clock.advance(0)
+        assert sink.dropped == 5 and not sink.broken
+
+
+def test_a_closed_pipe_is_given_up_for_good():
+    read, write = os.pipe()
+    os.close(read)
+    with open(os.devnull, "wb") as null:
+        sink, _, clock, _ = makeSink(errorFd=null.fileno())
+        sink.output = FdOutput(write)
+        try:
+            log = MessageLog("ack", state=attached(sink))
+            log.stream(b"m\n", None)
+            clock.advance(0)
+            assert sink.broken and sink.dropped == 1
+            log.stream(b"m\n", None)
+            clock.advance(0)
+            assert sink.dropped == 2
+        finally:
+            os.close(write)
+
+
+# -- the observer: twistd's text, levels, journald ---------------------------------------------------------------
+
+
+def _events() -> list[dict[str, Any]]:
+    base = {"log_namespace": "sockd.x", "log_time": 1_700_000_000.5}
+    return [
+        {**base, "log_level": LogLevel.debug, "log_format": "ready for SIGHUP"},
+        {**base, "log_level": LogLevel.info, "log_format": "Here is the message: {message}", "message": "hi"},
+        {**base, "log_level": LogLevel.warn, "log_format": "two\nlines {a}", "a": "x"},
+        {**base, "log_level": LogLevel.error, "log_format": "failed", "log_failure": Failure(ValueError("boom"))},
+        {**base, "log_level": LogLevel.critical, "log_format": "{f()}", "f": lambda: "called"},
+    ]
+
+
+def test_observer_writes_twisteds_text_lines_at_and_above_the_level():
+    sink, output, clock, _ = makeSink()
+    observer = SinkObserver(sink, LogLevel.info)
+    for event in _events():
+        observer(event)
+    clock.advance(0)
+    assert output.text() == "".join(formatEventAsClassicLogText(e) for e in _events()[1:])
+
+
+def test_a_filtered_first_event_still_attaches_the_message_path():
+    sink, output, clock, _ = makeSink()
+    state = LogState()
+    observer = SinkObserver(sink, LogLevel.warn, onAttach=lambda s: setattr(state, "sink", s))
+    observer(_events()[1])
+    assert state.sink is sink and output.writes == [] and clock.getDelayedCalls() == []
+
+
+def test_journal_lines_carry_sd_daemon_priorities():
+    sink, output, clock, _ = makeSink(journal=True)
+    observer = SinkObserver(sink, LogLevel.debug)
+    for event in _events():
+        observer(event)
+    MessageLog("ack", state=attached(sink)).stream(b"msg\n", None)
+    clock.advance(0)
+    lines = output.text().splitlines()
+    assert [line[:3] for line in lines[:2]] == ["<7>", "<6>"]
+    assert lines[2].startswith("<4>") and lines[3] == "<4>\tlines x"
+    traceback = [line for line in lines if line.startswith("<3>")]
+    assert len(traceback) > 3 and any("ValueError: boom" in line for line in traceback)
+    assert lines[-2].startswith("<2>") and lines[-2].endswith("called")
+    assert lines[-1].startswith("<6>") and lines[-1].endswith("[sockd.messages#info] Here is the message: msg")
+    assert all(line[:1] == "<" for line in lines)
+    assert PRIORITIES[LogLevel.warn] == 4
+
+
+def test_journal_stream_is_recognised_by_device_and_inode(tmp_path):
+    with open(tmp_path / "journal", "w") as mine, open(tmp_path / "other", "w") as other:
+        stat = os.fstat(mine.fileno())
+        environ = {"JOURNAL_STREAM": f"{stat.st_dev}:{stat.st_ino}"}
+        assert isJournal(mine.fileno(), environ)
+        assert not isJournal(other.fileno(), environ)
+        assert not isJournal(mine.fileno(), {})
+        assert not isJournal(mine.fileno(), {"JOURNAL_STREAM": "garbage"})
+
+
+# -- levels -----------------------------------------------------------------------------------------------------
+
+
+def test_log_level_names():
+    assert parseLevel("WARNING") is LogLevel.warn and parseLevel("debug") is LogLevel.debug
+    with pytest.raises(ValueError):
+        parseLevel("loud")
+
+
+def test_above_info_the_message_log_is_off_and_asks_for_no_peer():
+    state = LogState()
+    configure(LogLevel.warn, state=state)
+    log = MessageLog("ack", state=state)
+    assert not log.enabled and not log.wantsPeer
+    configure(LogLevel.info, state=state)
+    assert MessageLog("ack", state=state).wantsPeer
+    state.sink = makeSink()[0]
+    assert not MessageLog("ack", state=state).wantsPeer  # the text line shows no peer
+
+
+def test_json_logger_filters_by_level_except_in_a_worker(monkeypatch):
+    state = LogState()
+    monkeypatch.setattr("sockd.observe.observers.STATE", state)
+    events = _events()[:2]
+    both = ["ready for SIGHUP", "Here is the message: hi"]
+    for worker, expected in ((False, both[1:]), (True, both)):
+        configure(LogLevel.info, worker=worker, state=state)
+        stream = io.StringIO()
+        observer = jsonLogger(stream)
+        assert ILogObserver.providedBy(observer)
+        for event in events:
+            observer(dict(event))
+        assert [json.loads(line)["text"] for line in stream.getvalue().splitlines()] == expected
+
+
+# -- where twistd would have logged -----------------------------------------------------------------------------
+
+
+def _parent(*args: str) -> Any:
+    config = ServerOptions()
+    config.parseOptions([*args, "sockd", "--ack", "tcp:0"])
+    assert config.subOptions.parent is config
+    return config.subOptions.parent
+
+
+def test_destination_is_twistds_own():
+    assert twistdDestination(_parent("-n")) == ("stdout", "")
+    assert twistdDestination(_parent("-n", "--logfile", "-")) == ("stdout", "")
+    assert twistdDestination(_parent("-n", "--logfile", "x.log")) == ("file", "x.log")
+    assert twistdDestination(_parent()) == ("file", "twistd.log")
+    # twistd handles these itself (or refuses to start): sockd leaves the log to it.
+    assert twistdDestination(_parent("--logfile", "-")) is None
+    assert twistdDestination(_parent("-n", "--syslog")) is None
+    assert twistdDestination(_parent("-n", "--logger", "sockd.logging.jsonLogger")) is None
+    assert twistdDestination(None) is None
+    assert twistdDestination({"logFile": None, "fileLogObserverFactory": None}) is None  # twist
+
+
+def test_the_observer_is_offered_as_the_applications_component(tmp_path):
+    made: list[Any] = []
+    service = MultiService()
+    offerObserver(service, lambda: made.append(object()) or made[-1])
+    application = Application("sockd")
+    service.setServiceParent(application)
+    assert application.getComponent(ILogObserver) is made[0]
+    assert service in list(IService(application))
+    # A component set already (a .tac file's) wins.
+    other = MultiService()
+    offerObserver(other, lambda: made.append(object()) or made[-1])
+    other.setServiceParent(application)
+    assert application.getComponent(ILogObserver) is made[0] and len(made) == 1
+
+
+def test_sink_observer_writes_twistds_log_file_every_turn_and_after_shutdown(tmp_path, monkeypatch):
+    atExit: list[Any] = []
+    monkeypatch.setattr("atexit.register", atExit.append)
+    handlers: list[Any] = []
+    monkeypatch.setattr("signal.signal", lambda signum, handler: handlers.append((signum, handler)))
+    from twisted.internet.testing import MemoryReactorClock
+
+    reactor = MemoryReactorClock()
+    reactor.running = True
+    state = LogState()
+    path = tmp_path / "twistd.log"
+    observer = makeSinkObserver(("file", str(path)), reactor, state)
+    assert state.sink is None  # not yet installed by twistd: messages stay events
+    observer({"log_level": LogLevel.info, "log_namespace": "n", "log_format": "up", "log_time": 1.0})
+    assert state.sink is observer.sink
+    log = MessageLog("ack", state=state)
+    log.stream(b"one\n", None)
+    assert path.read_text().count("\n") == 0
+    reactor.advance(0)
+    assert path.read_text().count("\n") == 2
+    log.stream(b"two\n", None)
+    ((flush, args, kw),) = reactor.triggers["after"]["shutdown"]
+    flush(*args, **kw)
+    assert path.read_text().endswith("Here is the message: two\n")
+    assert atExit == [observer.sink.close]
+    assert [signum for signum, _ in handlers] == [signal.SIGUSR1]  # rotation, as twistd's own LogFile
+    reactor.advance(0)  # the turn's flush finds nothing left
+    assert path.read_text().count("\n") == 3
