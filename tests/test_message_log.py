@@ -135,21 +135,30 @@ def test_timestamp_is_formatted_once_per_second_and_right_across_the_boundary(mo
 # -- when lines are written -------------------------------------------------------------------------------------
 
 
-def test_lines_are_written_once_per_reactor_turn():
+def test_a_quiet_log_is_written_at_the_end_of_the_turn_a_busy_one_every_interval():
     sink, output, clock, _ = makeSink()
     log = MessageLog("ack", state=attached(sink))
     for i in range(3):
         log.stream(b"m%d\n" % i, None)
     assert output.writes == [] and len(clock.getDelayedCalls()) == 1
-    clock.advance(0)
+    clock.advance(0)  # the end of this reactor turn
     assert len(output.writes) == 1 and output.text().count("\n") == 3
     assert clock.getDelayedCalls() == []
     clock.advance(0)
     assert len(output.writes) == 1  # nothing new: no empty write, no timer left behind
+    # Busy: lines logged less than `interval` after the last write wait for the interval's end.
+    clock.advance(sink.interval / 2)
     log.datagram(b"again", None)
     assert len(clock.getDelayedCalls()) == 1
     clock.advance(0)
+    assert len(output.writes) == 1
+    clock.advance(sink.interval / 2)
     assert len(output.writes) == 2 and output.writes[1].endswith(b"Received a datagram: again\n")
+    # Quiet again: the next line goes out at the end of its turn.
+    clock.advance(sink.interval)
+    log.stream(b"later\n", None)
+    clock.advance(0)
+    assert len(output.writes) == 3 and clock.getDelayedCalls() == []
 
 
 def test_a_long_turn_writes_every_max_lines():
@@ -166,6 +175,9 @@ def test_a_long_turn_writes_every_max_lines():
 def test_lines_outside_the_reactor_run_and_warnings_are_written_at_once():
     class Stopped:
         running = False
+
+        def seconds(self) -> float:
+            return 0.0
 
         def callLater(self, *a: Any) -> None:
             raise AssertionError("nobody would run it")
@@ -197,11 +209,11 @@ def test_a_full_disk_drops_lines_reports_once_and_recovers():
         output.error = OSError(errno.ENOSPC, "No space left on device")
         for turn in range(3):
             log.stream(b"lost %d\n" % turn, None)
-            clock.advance(0)  # must not raise
+            clock.advance(sink.interval)  # must not raise
         assert sink.dropped == 3 and output.writes == []
         output.error = None
         log.stream(b"kept\n", None)
-        clock.advance(0)
+        clock.advance(sink.interval)
         assert output.text().endswith("Here is the message: kept\n")
         complaints = os.read(read, 65536).decode().splitlines()
         assert complaints == [
@@ -220,7 +232,7 @@ def test_dev_full_never_raises():
         log = MessageLog("ack", state=attached(sink))
         for _ in range(5):
             log.stream(b"m\n", None)
-            clock.advance(0)
+            clock.advance(sink.interval)
         assert sink.dropped == 5 and not sink.broken
 
 
@@ -236,7 +248,7 @@ def test_a_closed_pipe_is_given_up_for_good():
             clock.advance(0)
             assert sink.broken and sink.dropped == 1
             log.stream(b"m\n", None)
-            clock.advance(0)
+            clock.advance(sink.interval)
             assert sink.dropped == 2
         finally:
             os.close(write)
@@ -395,10 +407,12 @@ def test_sink_observer_writes_twistds_log_file_every_turn_and_after_shutdown(tmp
     reactor.advance(0)
     assert path.read_text().count("\n") == 2
     log.stream(b"two\n", None)
+    reactor.advance(0)
+    assert path.read_text().count("\n") == 2  # the log is busy: the interval is not over
     ((flush, args, kw),) = reactor.triggers["after"]["shutdown"]
     flush(*args, **kw)
     assert path.read_text().endswith("Here is the message: two\n")
     assert atExit == [observer.sink.close]
     assert [signum for signum, _ in handlers] == [signal.SIGUSR1]  # rotation, as twistd's own LogFile
-    reactor.advance(0)  # the turn's flush finds nothing left
+    reactor.advance(1)  # the interval's flush finds nothing left
     assert path.read_text().count("\n") == 3

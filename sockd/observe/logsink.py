@@ -4,9 +4,14 @@ twistd's own text observer formats and writes (and flushes, one system call)
 every event by itself: with the tutorial's per-message lines that is most of
 what a message costs.  Here every line goes into a list, and the list is
 written in one system call at the end of the reactor turn that produced it
-(a C{callLater(0)} set when the list goes from empty to non-empty), or at
+(a C{callLater} set when the list goes from empty to non-empty), or at
 once when the reactor is not running (start-up and shut-down lines), when a
 warning or worse is logged, or when L{LineSink.maxLines} lines pile up.
+
+When the log is busy, writes are spaced L{LineSink.interval} (10 ms) apart:
+a line written at the end of a quiet turn goes out at once, but under load a
+write per reactor turn (one system call per few messages) would cost more than
+the messages themselves, so lines then wait up to 10 ms for the next write.
 
 The message lines of L{sockd.observe.messagelog} skip the event machinery
 altogether: L{LineSink.message} appends the line twistd would have written,
@@ -37,6 +42,7 @@ from typing import Any, Protocol
 from twisted.logger import FilteringLogObserver, ILogObserver, LogLevel, LogLevelFilterPredicate, formatTime
 from zope.interface import implementer
 
+from sockd.observe.messagetext import PLAIN, messageText
 from sockd.observe.observers import ClassicText
 
 #: sd-daemon(3) priorities of Twisted's levels.
@@ -92,6 +98,8 @@ class LineSink:
 
     #: Lines kept before they are written anyway, however long the reactor turn: bounds memory and delay.
     maxLines = 2048
+    #: Least seconds between two writes: lines wait at most this long, and only when the log is busy.
+    interval = 0.01
 
     def __init__(self, output: Output, reactor: Any, *, journal: bool = False,
                  now: Callable[[], float] = time.time, errorFd: int = 2) -> None:
@@ -106,6 +114,7 @@ class LineSink:
         self._failing = False
         self._lines: list[str] = []
         self._scheduled = False
+        self._lastWrite = float("-inf")
         # Message lines' timestamp: valid for times in [_from, _until).
         self._from = 0.0
         self._until = 0.0
@@ -114,15 +123,24 @@ class LineSink:
 
     # -- writing --------------------------------------------------------------------------------------------
 
-    def message(self, tail: str, text: str) -> None:
-        """Append one message line: the timestamp, C{tail} (C{" [namespace#info] Here is ...: "}), C{text}.
+    def message(self, tail: str, message: bytes) -> None:
+        """Append one message line: the timestamp, C{tail} (C{" [namespace#info] Here is ...: "}), the message.
 
         The hot path of every logged message: no event, no formatting beyond
-        one f-string, the timestamp reused for the whole second.
+        one f-string, the timestamp reused for the whole second, and the
+        message (printable ASCII and a line end, nearly always) not even
+        escaped unless it needs it: the result is L{messageText}'s.
         """
         now = self.now()
         if not self._from <= now < self._until:
             self._restamp(now)
+        special = message.translate(None, PLAIN)
+        if not special:
+            text = message.decode("ascii")
+        elif special == b"\n" and message[-1] == 10:
+            text = message[:-1].decode("ascii")
+        else:
+            text = messageText(message)
         lines = self._lines
         lines.append(f"{self._stamp}{tail}{text}\n")
         if not self._scheduled:
@@ -146,9 +164,11 @@ class LineSink:
         self._stamp = self._infoPrefix + formatTime(second)
 
     def _schedule(self) -> None:
-        if getattr(self.reactor, "running", True):
+        reactor = self.reactor
+        if getattr(reactor, "running", True):
             self._scheduled = True
-            self.reactor.callLater(0, self.flush)
+            # At the end of this turn, unless the last write was under `interval` ago.
+            reactor.callLater(max(0.0, self._lastWrite + self.interval - reactor.seconds()), self.flush)
         else:
             self.flush()  # before the reactor runs, or after it stopped: nobody would flush later
 
@@ -159,6 +179,7 @@ class LineSink:
         if not lines:
             return
         self._lines = []
+        self._lastWrite = self.reactor.seconds()
         if self.broken:
             self.dropped += len(lines)
             return

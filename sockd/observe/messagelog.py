@@ -24,36 +24,14 @@ from time import time
 from twisted.logger import Logger, LogLevel
 
 from sockd.observe.addresses import formatAddress
-from sockd.observe.logsafe import escape
 from sockd.observe.logstate import STATE, LogState
+from sockd.observe.messagetext import messageText, withoutLineEnd
 
 NAMESPACE = "sockd.messages"
 log = Logger(namespace=NAMESPACE)
 
 STREAM_FORMAT = "Here is the message: {message}"
 DATAGRAM_FORMAT = "Received a datagram: {message}"
-
-
-def withoutLineEnd(message: bytes) -> bytes:
-    """The message as a person typed it: one trailing LF or CR LF is not part of it."""
-    if message.endswith(b"\n"):
-        message = message[:-1]
-        if message.endswith(b"\r"):
-            message = message[:-1]
-    return message
-
-
-#: Bytes that stand for themselves in a log line: printable ASCII but the backslash (L{escape}'s escape character).
-_PLAIN = bytes(c for c in range(0x20, 0x7F) if c != ord("\\"))
-
-
-def messageText(message: bytes) -> str:
-    """The message as logged: without its line end, escaped as L{escape} does; quickly if nothing needs it."""
-    if message.endswith(b"\n"):
-        message = message[:-2] if message.endswith(b"\r\n") else message[:-1]
-    if message.translate(None, _PLAIN):
-        return escape(message)
-    return message.decode("ascii")
 
 
 #: What follows the timestamp in sockd's text lines, as twistd's text observer writes them.
@@ -99,7 +77,7 @@ class MessageLog:
         if self.enabled:
             sink = self._state.sink
             if sink is not None:
-                sink.message(STREAM_TAIL, messageText(message))
+                sink.message(STREAM_TAIL, message)
             else:
                 self._emit(STREAM_FORMAT, message, "stream", peer)
 
@@ -108,6 +86,10 @@ class MessageLog:
         if self.enabled:
             sink = self._state.sink
             if sink is not None:
-                sink.message(DATAGRAM_TAIL, messageText(message))
+                sink.message(DATAGRAM_TAIL, message)
             else:
                 self._emit(DATAGRAM_FORMAT, message, "udp", peer)
+
+
+#: withoutLineEnd and messageText stay importable from here, where they were.
+__all__ = ["DATAGRAM_FORMAT", "NAMESPACE", "STREAM_FORMAT", "MessageLog", "messageText", "withoutLineEnd"]
