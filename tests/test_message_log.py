@@ -30,7 +30,7 @@ from twisted.scripts.twistd import ServerOptions
 
 from sockd.observe import logsink, messagelog
 from sockd.observe.logsafe import escape
-from sockd.observe.logsetup import makeSinkObserver, offerObserver, twistdDestination
+from sockd.observe.logsetup import makeSinkObserver, offerObserver, setUp, twistdDestination
 from sockd.observe.logsink import PRIORITIES, FdOutput, LineSink, SinkObserver, isJournal
 from sockd.observe.logstate import LogState, configure, parseLevel
 from sockd.observe.messagelog import MessageLog, messageText, withoutLineEnd
@@ -416,3 +416,34 @@ def test_sink_observer_writes_twistds_log_file_every_turn_and_after_shutdown(tmp
     assert [signum for signum, _ in handlers] == [signal.SIGUSR1]  # rotation, as twistd's own LogFile
     reactor.advance(1)  # the interval's flush finds nothing left
     assert path.read_text().count("\n") == 3
+
+
+def test_syslog_gets_twistds_own_observer_behind_the_level_filter(monkeypatch):
+    sent: list[dict[str, Any]] = []
+
+    class FakeSyslog:
+        def __init__(self, prefix: str) -> None:
+            self.prefix = prefix
+
+        def emit(self, eventDict: dict[str, Any]) -> None:
+            sent.append({**eventDict, "prefix": self.prefix})
+
+    monkeypatch.setattr("twisted.python.syslog.SyslogObserver", FakeSyslog)
+    state = LogState()
+    configure(LogLevel.warn, state=state)
+    options = type("Options", (), {"parent": _parent("-n", "--syslog", "--prefix", "sockd-test")})()
+    service = MultiService()
+    setUp(options, service, task.Clock(), state)
+    application = Application("sockd")
+    service.setServiceParent(application)
+    observer = application.getComponent(ILogObserver)
+    for level in (LogLevel.info, LogLevel.warn):
+        observer({"log_level": level, "log_namespace": "n", "log_format": level.name, "log_time": 1.0})
+    assert [(e["prefix"], e["log_format"]) for e in sent] == [("sockd-test", "warn")]
+    assert state.sink is None  # messages stay structured events
+    # A --logger of the user's own: sockd offers nothing, twistd uses the user's choice.
+    other, application = MultiService(), Application("sockd")
+    mine = _parent("-n", "--syslog", "--logger", "sockd.logging.textLogger")
+    setUp(type("Options", (), {"parent": mine})(), other, task.Clock(), state)
+    other.setServiceParent(application)
+    assert application.getComponent(ILogObserver, None) is None

@@ -8,8 +8,9 @@ none of the destinations twistd handles itself (no C{--logger}, no
 C{--syslog}), sockd offers a L{SinkObserver} as that component, writing where
 twistd would have written: the same C{LogFile} twistd would have opened
 (1 MB rotation, C{SIGUSR1}), or standard output under C{-n}.  Otherwise
-(C{--logger}, C{--syslog}, C{twist}, a C{.tac} file) nothing changes and the
-message log stays a stream of C{twisted.logger} events.
+(C{--logger}, C{--syslog}, C{twist}, a C{.tac} file) the message log stays a
+stream of C{twisted.logger} events; with C{--syslog} sockd offers twistd's own
+syslog observer behind the level filter.
 
 C{--log-level} is applied by every observer sockd makes (this one, and
 C{sockd.logging.jsonLogger}/C{textLogger}), with C{twisted.logger}'s
@@ -23,7 +24,7 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-from twisted.logger import ILogObserver
+from twisted.logger import FilteringLogObserver, ILogObserver, LegacyLogObserverWrapper, LogLevelFilterPredicate
 from twisted.python.components import Componentized
 from twisted.python.logfile import LogFile
 
@@ -104,11 +105,27 @@ def offerObserver(service: Any, makeObserver: Callable[[], SinkObserver]) -> Non
     service.setServiceParent = setServiceParent
 
 
+def makeSyslogObserver(prefix: str, state: LogState = STATE) -> Any:
+    """twistd's own C{--syslog} observer (C{UnixAppLogger._getLogObserver}), behind sockd's level filter."""
+    from twisted.python import syslog
+
+    return FilteringLogObserver(LegacyLogObserverWrapper(syslog.SyslogObserver(prefix).emit),
+                                [LogLevelFilterPredicate(state.observerLevel)])
+
+
 def setUp(options: Any, service: Any, reactor: Any, state: LogState = STATE) -> None:
-    """sockd's logging for one C{twistd sockd}: the level, and the fast observer where twistd allows it."""
-    destination = twistdDestination(getattr(options, "parent", None))
+    """sockd's logging for one C{twistd sockd}: the level, and the fast observer where twistd allows it.
+
+    With C{--syslog}, the observer offered is twistd's own syslog observer
+    behind the level filter (twistd would not apply C{--log-level}); the
+    messages stay events.
+    """
+    parent = getattr(options, "parent", None)
+    destination = twistdDestination(parent)
     if destination is not None:
         offerObserver(service, lambda: makeSinkObserver(destination, reactor, state))
+    elif parent is not None and "nodaemon" in parent and parent.get("syslog") and not parent.get("logger"):
+        offerObserver(service, lambda: makeSyslogObserver(parent.get("prefix") or "twisted", state))
 
 
-__all__ = ["makeSinkObserver", "offerObserver", "setUp", "twistdDestination"]
+__all__ = ["makeSinkObserver", "makeSyslogObserver", "offerObserver", "setUp", "twistdDestination"]
