@@ -106,9 +106,13 @@ def test_message_lines_are_twistds_own_lines_byte_for_byte():
 
 
 @pytest.mark.parametrize("message", [b"", b"\n", b"\r\n", b"\r\r\n", b"a\n\n", b"\\", b"x\r", b"plain words\n",
-                                     b"\x7f\x00", b"\xc3\xa9", bytes(range(256))])
+                                     b"a\\\n", b"\ta\n", b"\x7f\x00", b"\xc3\xa9", bytes(range(256))])
 def test_message_text_is_todays_escape(message: bytes):
     assert messageText(message) == escape(withoutLineEnd(message))
+    sink, output, clock, _ = makeSink()
+    sink.message(" tail: ", message)
+    clock.advance(0)
+    assert output.text().split(" tail: ", 1)[1] == escape(withoutLineEnd(message)) + "\n"
 
 
 def test_timestamp_is_formatted_once_per_second_and_right_across_the_boundary(monkeypatch):

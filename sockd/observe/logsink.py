@@ -42,7 +42,7 @@ from typing import Any, Protocol
 from twisted.logger import FilteringLogObserver, ILogObserver, LogLevel, LogLevelFilterPredicate, formatTime
 from zope.interface import implementer
 
-from sockd.observe.messagetext import PLAIN, messageText
+from sockd.observe.messagetext import messageText
 from sockd.observe.observers import ClassicText
 
 #: sd-daemon(3) priorities of Twisted's levels.
@@ -134,11 +134,12 @@ class LineSink:
         now = self.now()
         if not self._from <= now < self._until:
             self._restamp(now)
-        special = message.translate(None, PLAIN)
-        if not special:
+        if message.isascii():
             text = message.decode("ascii")
-        elif special == b"\n" and message[-1] == 10:
-            text = message[:-1].decode("ascii")
+            if text[-1:] == "\n":
+                text = text[:-1]
+            if not text.isprintable() or "\\" in text:
+                text = messageText(message)
         else:
             text = messageText(message)
         lines = self._lines
