@@ -190,7 +190,7 @@ def makeService(options: Options) -> Any:
     installExceptHook()
     from twisted.internet import reactor
 
-    configure(options.logLevel, worker=bool(options["worker"]))
+    configure(options.logLevel)
     top = Assembly(options, reactor).top
     setUp(options, top, reactor)
     return top

@@ -22,6 +22,7 @@ from twisted.logger import (
     ILogObserver,
     LogLevel,
     LogPublisher,
+    formatEvent,
     formatEventAsClassicLogText,
     formatTime,
 )
@@ -34,7 +35,7 @@ from sockd.observe.logsetup import makeSinkObserver, offerObserver, setUp, twist
 from sockd.observe.logsink import PRIORITIES, FdOutput, LineSink, SinkObserver, isJournal
 from sockd.observe.logstate import LogState, configure, parseLevel
 from sockd.observe.messagelog import MessageLog, messageText, withoutLineEnd
-from sockd.observe.observers import jsonLogger
+from sockd.observe.observers import jsonLogger, textLogger
 
 
 class Recorder:
@@ -337,19 +338,22 @@ def test_above_info_the_message_log_is_off_and_asks_for_no_peer():
     assert not MessageLog("ack", state=state).wantsPeer  # the text line shows no peer
 
 
-def test_json_logger_filters_by_level_except_in_a_worker(monkeypatch):
+def test_json_and_text_loggers_filter_by_level(monkeypatch):
     state = LogState()
     monkeypatch.setattr("sockd.observe.observers.STATE", state)
-    events = _events()[:2]
-    both = ["ready for SIGHUP", "Here is the message: hi"]
-    for worker, expected in ((False, both[1:]), (True, both)):
-        configure(LogLevel.info, worker=worker, state=state)
-        stream = io.StringIO()
-        observer = jsonLogger(stream)
-        assert ILogObserver.providedBy(observer)
+    events = _events()[:3]
+    for level, expected in ((LogLevel.debug, 3), (LogLevel.info, 2), (LogLevel.warn, 1)):
+        configure(level, state=state)
+        stream, text = io.StringIO(), io.StringIO()
+        observer, textObserver = jsonLogger(stream), textLogger(text)
+        assert ILogObserver.providedBy(observer) and ILogObserver.providedBy(textObserver)
         for event in events:
             observer(dict(event))
-        assert [json.loads(line)["text"] for line in stream.getvalue().splitlines()] == expected
+            textObserver(dict(event))
+        assert [json.loads(line)["text"] for line in stream.getvalue().splitlines()][:1] == (
+            [formatEvent(events[3 - expected])])
+        assert len(stream.getvalue().splitlines()) == expected
+        assert text.getvalue().count("[sockd.x#") == expected
 
 
 # -- where twistd would have logged -----------------------------------------------------------------------------

@@ -85,7 +85,7 @@ def makeSinkObserver(destination: tuple[str, str], reactor: Any, state: LogState
     def attach(attached: LineSink) -> None:
         state.sink = attached
 
-    return SinkObserver(sink, state.observerLevel, onAttach=attach)
+    return SinkObserver(sink, state.level, onAttach=attach)
 
 
 def offerObserver(service: Any, makeObserver: Callable[[], SinkObserver]) -> None:
@@ -110,7 +110,7 @@ def makeSyslogObserver(prefix: str, state: LogState = STATE) -> Any:
     from twisted.python import syslog
 
     return FilteringLogObserver(LegacyLogObserverWrapper(syslog.SyslogObserver(prefix).emit),
-                                [LogLevelFilterPredicate(state.observerLevel)])
+                                [LogLevelFilterPredicate(state.level)])
 
 
 def setUp(options: Any, service: Any, reactor: Any, state: LogState = STATE) -> None:

@@ -24,10 +24,6 @@ class LogState:
     """The process's logging choices: one per process, as the global log publisher is.
 
     @ivar level: the least level logged (C{--log-level}).
-    @ivar observerLevel: the least level sockd's observers pass on: C{level},
-        except in a C{--workers} worker, which passes everything to its parent
-        (the parent filters, and waits for the worker's debug line
-        C{ready for SIGHUP}).
     @ivar sink: the sink of the installed L{SinkObserver}, once twistd has
         installed it; L{sockd.observe.messagelog.MessageLog} writes straight
         into it.  L{None}: messages are C{twisted.logger} events.
@@ -35,7 +31,6 @@ class LogState:
 
     def __init__(self) -> None:
         self.level: Any = LogLevel.info
-        self.observerLevel: Any = LogLevel.info
         self.sink: MessageSink | None = None
 
     @property
@@ -57,10 +52,13 @@ def parseLevel(name: str) -> Any:
     return LogLevel.levelWithName(name)
 
 
-def configure(level: Any, worker: bool = False, state: LogState = STATE) -> None:
-    """Set the process's log level (before the services and observers are built)."""
+def configure(level: Any, state: LogState = STATE) -> None:
+    """Set the process's log level (before the services and observers are built).
+
+    A C{--workers} worker gets the parent's command line, so the same level:
+    below it, nothing crosses the pipe to the parent.
+    """
     state.level = level
-    state.observerLevel = LogLevel.debug if worker else level
 
 
 __all__ = ["LEVEL_NAMES", "STATE", "LogState", "MessageSink", "configure", "parseLevel"]

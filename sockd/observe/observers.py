@@ -71,7 +71,7 @@ def eventAsRecord(event: dict[str, Any]) -> dict[str, Any]:
 
 def leveled(observer: ILogObserver) -> ILogObserver:
     """C{observer} behind C{twisted.logger}'s level filter at sockd's C{--log-level}."""
-    return FilteringLogObserver(observer, [LogLevelFilterPredicate(STATE.observerLevel)])
+    return FilteringLogObserver(observer, [LogLevelFilterPredicate(STATE.level)])
 
 
 def jsonLogger(stream: IO[str] | None = None) -> ILogObserver:
