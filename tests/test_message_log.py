@@ -177,7 +177,7 @@ def test_a_long_turn_writes_every_max_lines():
     assert sum(w.count(b"\n") for w in output.writes) == 25
 
 
-def test_lines_outside_the_reactor_run_and_warnings_are_written_at_once():
+def test_lines_outside_the_reactor_run_are_written_at_once():
     class Stopped:
         running = False
 
@@ -188,12 +188,19 @@ def test_lines_outside_the_reactor_run_and_warnings_are_written_at_once():
             raise AssertionError("nobody would run it")
 
     sink, output, _, _ = makeSink(clock=Stopped())
-    observer = SinkObserver(sink)
-    observer({"log_level": LogLevel.info, "log_namespace": "n", "log_format": "starting", "log_time": 1.0})
-    assert output.text().endswith("[n#info] starting\n")
-    sink2, output2, clock2, _ = makeSink()
-    SinkObserver(sink2)({"log_level": LogLevel.warn, "log_namespace": "n", "log_format": "careful", "log_time": 1.0})
-    assert output2.text().endswith("[n#warn] careful\n") and clock2.getDelayedCalls() == []
+    MessageLog("ack", state=attached(sink)).stream(b"early\n", None)
+    assert output.text().endswith("Here is the message: early\n")
+
+
+def test_events_are_written_at_once_after_the_messages_before_them():
+    sink, output, clock, _ = makeSink()
+    MessageLog("ack", state=attached(sink)).stream(b"first\n", None)
+    SinkObserver(sink)({"log_level": LogLevel.info, "log_namespace": "n", "log_format": "closing idle",
+                        "log_time": 1.0})
+    assert len(output.writes) == 1
+    assert output.text().endswith("Here is the message: first\n" + formatTime(1.0) + " [n#info] closing idle\n")
+    clock.advance(1)
+    assert len(output.writes) == 1  # the turn's flush finds nothing left
 
 
 def test_close_writes_what_is_left():
@@ -296,7 +303,7 @@ def test_journal_lines_carry_sd_daemon_priorities():
     for event in _events():
         observer(event)
     MessageLog("ack", state=attached(sink)).stream(b"msg\n", None)
-    clock.advance(0)
+    clock.advance(sink.interval)
     lines = output.text().splitlines()
     assert [line[:3] for line in lines[:2]] == ["<7>", "<6>"]
     assert lines[2].startswith("<4>") and lines[3] == "<4>\tlines x"
@@ -410,9 +417,10 @@ def test_sink_observer_writes_twistds_log_file_every_turn_and_after_shutdown(tmp
     observer({"log_level": LogLevel.info, "log_namespace": "n", "log_format": "up", "log_time": 1.0})
     assert state.sink is observer.sink
     log = MessageLog("ack", state=state)
+    assert path.read_text().count("\n") == 1  # an event: written at once
     log.stream(b"one\n", None)
-    assert path.read_text().count("\n") == 0
-    reactor.advance(0)
+    assert path.read_text().count("\n") == 1
+    reactor.advance(1)
     assert path.read_text().count("\n") == 2
     log.stream(b"two\n", None)
     reactor.advance(0)

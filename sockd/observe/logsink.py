@@ -5,8 +5,11 @@ every event by itself: with the tutorial's per-message lines that is most of
 what a message costs.  Here every line goes into a list, and the list is
 written in one system call at the end of the reactor turn that produced it
 (a C{callLater} set when the list goes from empty to non-empty), or at
-once when the reactor is not running (start-up and shut-down lines), when a
-warning or worse is logged, or when L{LineSink.maxLines} lines pile up.
+once when the reactor is not running, or when L{LineSink.maxLines} lines
+pile up.  Other events (listening, refusals, idle closes, errors: a few per
+connection at most, not per message) are written at once, with whatever
+message lines precede them, as twistd's observer does: what a client or a
+test sees happen is in the log by then.
 
 When the log is busy, writes are spaced L{LineSink.interval} (10 ms) apart:
 a line written at the end of a quiet turn goes out at once, but under load a
@@ -215,6 +218,8 @@ class LineSink:
 class SinkObserver:
     """twistd's text lines (C{textFileLogObserver}'s format) into a L{LineSink}, filtered by level.
 
+    Each event is written at once (after the message lines buffered before it).
+
     Its first event means twistd installed it: from then on the message lines
     go to the sink directly (L{attached}).
     """
@@ -248,7 +253,7 @@ class SinkObserver:
             if "\n" in body:
                 body = body.replace("\n", "\n" + prefix)
             text = f"{prefix}{body}\n"
-        self.sink.write(text, urgent=level is not None and level >= LogLevel.warn)
+        self.sink.write(text, urgent=True)
 
 
 def standardOutput() -> FdOutput:
