@@ -111,9 +111,22 @@ def test_message_lines_are_twistds_own_lines_byte_for_byte():
 def test_message_text_is_todays_escape(message: bytes):
     assert messageText(message) == escape(withoutLineEnd(message))
     sink, output, clock, _ = makeSink()
-    sink.message(" tail: ", message)
+    sink.message(b" tail: ", message)
     clock.advance(0)
     assert output.text().split(" tail: ", 1)[1] == escape(withoutLineEnd(message)) + "\n"
+
+
+def test_a_batch_mixing_plain_and_escaped_messages_keeps_order_and_escapes_each():
+    messages = [b"plain\n", b"a\nb\n", b"no line end", b"again plain\n", b"back\\slash\n", b"\xff\n", b"\n",
+                b"crlf\r\n", b"last\n"]
+    sink, output, clock, _ = makeSink()
+    log = MessageLog("ack", state=attached(sink))
+    for message in messages:
+        log.stream(message, None)
+    clock.advance(0)
+    assert len(output.writes) == 1
+    texts = [line.split("Here is the message: ", 1)[1] for line in output.text().split("\n")[:-1]]
+    assert texts == [escape(withoutLineEnd(m)) for m in messages]
 
 
 def test_timestamp_is_formatted_once_per_second_and_right_across_the_boundary(monkeypatch):

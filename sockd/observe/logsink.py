@@ -45,7 +45,7 @@ from typing import Any, Protocol
 from twisted.logger import FilteringLogObserver, ILogObserver, LogLevel, LogLevelFilterPredicate, formatTime
 from zope.interface import implementer
 
-from sockd.observe.messagetext import messageText
+from sockd.observe.messagetext import PLAIN, messageText
 from sockd.observe.observers import ClassicText
 
 #: sd-daemon(3) priorities of Twisted's levels.
@@ -68,6 +68,10 @@ def isJournal(fd: int, environ: Mapping[str, str] = os.environ) -> bool:
         return (stat.st_dev, stat.st_ino) == (int(device), int(inode))
     except (OSError, ValueError):
         return False
+
+
+#: What a checked batch of message lines may hold: printable ASCII but the backslash, and line feeds.
+_LINE_PLAIN = PLAIN + b"\n"
 
 
 class Output(Protocol):
@@ -96,6 +100,13 @@ class FdOutput:
 class LineSink:
     """Log lines buffered in memory and written once per reactor turn, never raising.
 
+    Message lines are kept as they arrive, in three parts (timestamp, C{tail},
+    the raw message ending in its line feed), and checked when written, all at
+    once: if the batch is printable ASCII with one line feed per line, it is
+    the escaped text already (nothing in it needs escaping, and the message's
+    own line feed ends its line); otherwise each line is escaped by itself.
+    Per message that leaves a clock read and three list appends.
+
     @ivar dropped: lines that could not be written (and are gone).
     """
 
@@ -115,57 +126,69 @@ class LineSink:
         #: The output failed for good (a pipe whose reader is gone): drop without trying.
         self.broken = False
         self._failing = False
-        self._lines: list[str] = []
+        #: Raw message lines, three parts each, not checked yet.
+        self._raw: list[bytes] = []
+        #: Lines ready to write (checked raw lines, escaped lines), before the raw ones.
+        self._ready: list[bytes] = []
+        #: Lines in _raw and _ready.
+        self._count = 0
         self._scheduled = False
         self._lastWrite = float("-inf")
         # Message lines' timestamp: valid for times in [_from, _until).
         self._from = 0.0
         self._until = 0.0
-        self._stamp = ""
+        self._stamp = b""
         self._infoPrefix = "<6>" if journal else ""
 
     # -- writing --------------------------------------------------------------------------------------------
 
-    def message(self, tail: str, message: bytes) -> None:
-        """Append one message line: the timestamp, C{tail} (C{" [namespace#info] Here is ...: "}), the message.
+    def message(self, tail: bytes, message: bytes) -> None:
+        """Append one message line: the timestamp, C{tail} (C{b" [namespace#info] Here is ...: "}), the message.
 
-        The hot path of every logged message: no event, no formatting beyond
-        one f-string, the timestamp reused for the whole second, and the
-        message (printable ASCII and a line end, nearly always) not even
-        escaped unless it needs it: the result is L{messageText}'s.
+        The hot path of every logged message: no event, no formatting, the
+        timestamp reused for the whole second, the escaping checked per write
+        (see the class); the line is the timestamp, C{tail} and
+        L{messageText}C{(message)}.
         """
         now = self.now()
         if not self._from <= now < self._until:
             self._restamp(now)
-        if message.isascii():
-            text = message.decode("ascii")
-            if text[-1:] == "\n":
-                text = text[:-1]
-            if not text.isprintable() or "\\" in text:
-                text = messageText(message)
+        if message[-1:] == b"\n":
+            self._raw += (self._stamp, tail, message)
         else:
-            text = messageText(message)
-        lines = self._lines
-        lines.append(f"{self._stamp}{tail}{text}\n")
+            self._seal()
+            self._ready.append(self._stamp + tail + messageText(message).encode("utf-8", "backslashreplace") + b"\n")
+        self._count += 1
         if not self._scheduled:
             self._schedule()
-        elif len(lines) >= self.maxLines:
+        elif self._count >= self.maxLines:
             self.flush()
 
-    def write(self, text: str, urgent: bool = False) -> None:
-        """Append C{text} (whole lines); written at the end of this turn, or now if C{urgent}."""
-        self._lines.append(text)
-        if urgent:
-            self.flush()
-        elif not self._scheduled:
-            self._schedule()
-        elif len(self._lines) >= self.maxLines:
-            self.flush()
+    def _seal(self) -> None:
+        """Move the raw lines to the ready ones, checked (escaped one by one if the batch needs it)."""
+        raw = self._raw
+        if not raw:
+            return
+        self._raw = []
+        data = b"".join(raw)
+        if data.translate(None, _LINE_PLAIN) or data.count(b"\n") * 3 != len(raw):
+            data = b"".join(
+                b"%s%s%s\n" % (raw[i], raw[i + 1], messageText(raw[i + 2]).encode("utf-8", "backslashreplace"))
+                for i in range(0, len(raw), 3)
+            )
+        self._ready.append(data)
+
+    def write(self, text: str) -> None:
+        """Write C{text} (whole lines) now, after the lines buffered before it."""
+        self._seal()
+        self._ready.append(text.encode("utf-8", "backslashreplace"))
+        self._count += 1
+        self.flush()
 
     def _restamp(self, now: float) -> None:
         second = float(int(now // 1))
         self._from, self._until = second, second + 1.0
-        self._stamp = self._infoPrefix + formatTime(second)
+        self._stamp = (self._infoPrefix + formatTime(second)).encode("utf-8", "backslashreplace")
 
     def _schedule(self) -> None:
         reactor = self.reactor
@@ -179,18 +202,19 @@ class LineSink:
     def flush(self) -> None:
         """Write every buffered line now, in one write; on failure drop them (counted) and report once."""
         self._scheduled = False
-        lines = self._lines
-        if not lines:
+        self._seal()
+        ready, count = self._ready, self._count
+        if not ready:
             return
-        self._lines = []
+        self._ready, self._count = [], 0
         self._lastWrite = self.reactor.seconds()
         if self.broken:
-            self.dropped += len(lines)
+            self.dropped += count
             return
         try:
-            self.output.write("".join(lines).encode("utf-8", "backslashreplace"))
+            self.output.write(b"".join(ready))
         except (OSError, ValueError) as e:  # ValueError: the file was closed under us
-            self.dropped += len(lines)
+            self.dropped += count
             if isinstance(e, OSError) and e.errno == errno.EPIPE:
                 self.broken = True
             if not self._failing:
@@ -253,7 +277,7 @@ class SinkObserver:
             if "\n" in body:
                 body = body.replace("\n", "\n" + prefix)
             text = f"{prefix}{body}\n"
-        self.sink.write(text, urgent=True)
+        self.sink.write(text)
 
 
 def standardOutput() -> FdOutput:

@@ -14,7 +14,7 @@ from twisted.logger import LogLevel
 class MessageSink(Protocol):
     """What the message log writes into (L{sockd.observe.logsink.LineSink})."""
 
-    def message(self, tail: str, message: bytes) -> None:
+    def message(self, tail: bytes, message: bytes) -> None:
         """Append one message line: the timestamp, then C{tail}, then the message escaped."""
 
 LEVEL_NAMES = ("debug", "info", "warn", "error", "critical")

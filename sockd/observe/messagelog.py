@@ -35,8 +35,8 @@ DATAGRAM_FORMAT = "Received a datagram: {message}"
 
 
 #: What follows the timestamp in sockd's text lines, as twistd's text observer writes them.
-STREAM_TAIL = f" [{NAMESPACE}#info] " + STREAM_FORMAT.replace("{message}", "")
-DATAGRAM_TAIL = f" [{NAMESPACE}#info] " + DATAGRAM_FORMAT.replace("{message}", "")
+STREAM_TAIL = (f" [{NAMESPACE}#info] " + STREAM_FORMAT.replace("{message}", "")).encode()
+DATAGRAM_TAIL = (f" [{NAMESPACE}#info] " + DATAGRAM_FORMAT.replace("{message}", "")).encode()
 
 
 class MessageLog:
