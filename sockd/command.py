@@ -73,7 +73,8 @@ def splitArguments(argv: Sequence[str], options: usage.Options) -> tuple[list[st
     runner option (C{--quotes --log-file} is a quotes file named C{--log-file}).
     """
     own = {o.rstrip("=") for o in options.longOpt}
-    runner = [name for name in RUNNER_OPTIONS if name not in own]
+    # --log-level stays twist's even though twistd sockd has one too: under twist, twist filters the log.
+    runner = [name for name in RUNNER_OPTIONS if name not in own or name == "log-level"]
     longs, shorts = _takesValue(options)
     runnerArgs: list[str] = []
     sockdArgs: list[str] = []

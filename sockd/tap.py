@@ -20,6 +20,8 @@ from sockd.config.file import loadConfig
 from sockd.config.settings import FIELDS, Settings, optionName
 from sockd.defences.access import AccessError, AccessList, parseNetworks
 from sockd.errors import EX_USAGE, ConfigurationError, StartupError, exitWithError, installExceptHook
+from sockd.observe.logsetup import setUp
+from sockd.observe.logstate import LEVEL_NAMES, configure, parseLevel
 from sockd.protocols.qotd import QuoteError, loadQuotes
 from sockd.services import BY_NAME, SERVICES
 
@@ -68,6 +70,8 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "read settings and listeners from this TOML file (re-read on SIGHUP)"],
         ["worker", None, None, "(internal) run as a worker of a --workers parent: a JSON description"],
+        ["log-level", None, "info",
+         f"log only events at this level or above: {', '.join(LEVEL_NAMES)} [default: info]"],
     ] + [
         [optionName(f.name), None, None, f"{f.metadata['help']} [default: {_shownDefault(f)}]"]
         for f in FIELDS
@@ -108,6 +112,10 @@ class Options(usage.Options):
                 self.given[f.name] = coerce(raw)
             except ValueError as e:
                 raise usage.UsageError(f"--{optionName(f.name)} {raw}: {e}") from None
+        try:
+            self.logLevel = parseLevel(self["log-level"])
+        except ValueError as e:
+            raise usage.UsageError(f"--log-level: {e}") from None
         if self["ack-once"]:
             self.given["ack_once"] = True
         if self["no-log-messages"]:
@@ -228,10 +236,13 @@ def makeService(options: Options) -> Any:
     from twisted.internet import reactor
     from twisted.logger import Logger
 
+    configure(options.logLevel)
     # twistd says "reactor class: ..." but `twist` does not: say which I/O core serves, under either.
     kind = type(reactor)
     Logger(namespace="sockd.daemon").info("I/O core: {reactor}", reactor=f"{kind.__module__}.{kind.__qualname__}")
-    return Assembly(options, reactor).top
+    top = Assembly(options, reactor).top
+    setUp(options, top, reactor)
+    return top
 
 
 for _service in SERVICES:

@@ -1,14 +1,20 @@
 """The per-message log lines of the tutorial's servers, kept cheap.
 
-The tutorial's servers print every message they get.  sockd logs them as
-structured C{twisted.logger} events (service, transport, peer and the message,
-escaped so a client cannot forge log lines), and an operator can turn them off
-for load tests.  Escaping and event construction happen only when enabled.
+The tutorial's servers print every message they get, and so does sockd, by
+default: C{Here is the message: ...} / C{Received a datagram: ...}, escaped so
+a client cannot forge log lines.  C{--no-log-messages} turns them off, and so
+does a C{--log-level} above info; then nothing is escaped or built.
 
-The event is built here and handed straight to the logger's observer (the
-global publisher): it is the dictionary C{Logger.emit} would build, less the
-work C{emit} repeats for every event (checking the level against every level,
-copying keyword arguments, one more call).
+Two paths, chosen per message by where the log goes (L{sockd.observe.logsetup}):
+
+ - sockd's own observer is installed (twistd's default destinations): the
+   line is appended to its sink as text, with no event at all
+   (L{sockd.observe.logsink.LineSink.message}), the peer not even asked for;
+ - any other observer (C{--logger sockd.logging.jsonLogger}, C{--syslog},
+   C{twist}, tests): a structured C{twisted.logger} event with the service,
+   transport, peer and size.  It is built here and handed straight to the
+   logger's observer (the global publisher): the dictionary C{Logger.emit}
+   would build, less the work C{emit} repeats for every event.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from time import time
 from twisted.logger import Logger, LogLevel
 
 from sockd.observe.addresses import formatAddress
-from sockd.observe.logsafe import escape
+from sockd.observe.logstate import STATE, LogState
+from sockd.observe.messagetext import messageText, withoutLineEnd
 
 NAMESPACE = "sockd.messages"
 log = Logger(namespace=NAMESPACE)
@@ -27,26 +34,32 @@ STREAM_FORMAT = "Here is the message: {message}"
 DATAGRAM_FORMAT = "Received a datagram: {message}"
 
 
-def withoutLineEnd(message: bytes) -> bytes:
-    """The message as a person typed it: one trailing LF or CR LF is not part of it."""
-    if message.endswith(b"\n"):
-        message = message[:-1]
-        if message.endswith(b"\r"):
-            message = message[:-1]
-    return message
+#: What follows the timestamp in sockd's text lines, as twistd's text observer writes them.
+STREAM_TAIL = (f" [{NAMESPACE}#info] " + STREAM_FORMAT.replace("{message}", "")).encode()
+DATAGRAM_TAIL = (f" [{NAMESPACE}#info] " + DATAGRAM_FORMAT.replace("{message}", "")).encode()
 
 
 class MessageLog:
-    """Logs received messages for one service, or does nothing when disabled."""
+    """Logs received messages for one service, or does nothing when disabled.
 
-    def __init__(self, service: str, enabled: bool = True) -> None:
+    @ivar enabled: whether messages are logged at all (C{--no-log-messages},
+        C{--log-level} above info: not).
+    """
+
+    def __init__(self, service: str, enabled: bool = True, state: LogState = STATE) -> None:
         self.service = service
-        self.enabled = enabled
+        self.enabled = enabled and state.messagesWanted
+        self._state = state
+
+    @property
+    def wantsPeer(self) -> bool:
+        """Whether L{stream} needs the peer: only the structured event shows it, not the text line."""
+        return self.enabled and self._state.sink is None
 
     def _emit(self, format: str, message: bytes, transport: str, peer: object) -> None:
         """What C{log.info(format, message=..., service=..., transport=..., peer=..., bytes=...)} emits."""
         log.observer({
-            "message": escape(withoutLineEnd(message)),
+            "message": messageText(message),
             "service": self.service,
             "transport": transport,
             "peer": peer if isinstance(peer, str) else formatAddress(peer),
@@ -62,9 +75,21 @@ class MessageLog:
     def stream(self, message: bytes, peer: object) -> None:
         """Log one framed stream message as the tutorial's server prints it (C{peer}: an address or its text)."""
         if self.enabled:
-            self._emit(STREAM_FORMAT, message, "stream", peer)
+            sink = self._state.sink
+            if sink is not None:
+                sink.message(STREAM_TAIL, message)
+            else:
+                self._emit(STREAM_FORMAT, message, "stream", peer)
 
     def datagram(self, message: bytes, peer: object) -> None:
         """Log one datagram as the tutorial's datagram server prints it."""
         if self.enabled:
-            self._emit(DATAGRAM_FORMAT, message, "udp", peer)
+            sink = self._state.sink
+            if sink is not None:
+                sink.message(DATAGRAM_TAIL, message)
+            else:
+                self._emit(DATAGRAM_FORMAT, message, "udp", peer)
+
+
+#: withoutLineEnd and messageText stay importable from here, where they were.
+__all__ = ["DATAGRAM_FORMAT", "NAMESPACE", "STREAM_FORMAT", "MessageLog", "messageText", "withoutLineEnd"]

@@ -17,6 +17,11 @@ This one formats the timestamp once per second and simple formats with
 C{str.format_map}; any other event goes through Twisted's own formatter.
 
     twistd -n --pidfile= --logger sockd.logging.textLogger sockd
+
+Both pass on only events at or above sockd's C{--log-level}
+(L{sockd.observe.logstate}), with C{twisted.logger}'s own level filter.
+sockd's default observer (no C{--logger}) is cheaper still, see
+L{sockd.observe.logsink}.
 """
 
 from __future__ import annotations
@@ -29,12 +34,16 @@ from typing import IO, Any
 
 from twisted.logger import (
     FileLogObserver,
+    FilteringLogObserver,
     ILogObserver,
+    LogLevelFilterPredicate,
     formatEvent,
     formatEventAsClassicLogText,
     formatTime,
     timeFormatRFC3339,
 )
+
+from sockd.observe.logstate import STATE
 
 _SCALARS = (str, int, float, bool, type(None))
 _SKIP = {"format", "message", "isError", "system", "time", "printed"}
@@ -60,9 +69,14 @@ def eventAsRecord(event: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+def leveled(observer: ILogObserver) -> ILogObserver:
+    """C{observer} behind C{twisted.logger}'s level filter at sockd's C{--log-level}."""
+    return FilteringLogObserver(observer, [LogLevelFilterPredicate(STATE.level)])
+
+
 def jsonLogger(stream: IO[str] | None = None) -> ILogObserver:
     """JSON lines on standard output (or C{stream}): one event per line."""
-    return FileLogObserver(stream or sys.stdout, lambda event: json.dumps(eventAsRecord(event)) + "\n")
+    return leveled(FileLogObserver(stream or sys.stdout, lambda event: json.dumps(eventAsRecord(event)) + "\n"))
 
 
 class ClassicText:
@@ -124,4 +138,4 @@ class ClassicText:
 
 def textLogger(stream: IO[str] | None = None) -> ILogObserver:
     """twistd's classic text lines on standard output (or C{stream}), formatted with less work."""
-    return FileLogObserver(stream or sys.stdout, ClassicText())
+    return leveled(FileLogObserver(stream or sys.stdout, ClassicText()))

@@ -77,8 +77,9 @@ class AckProtocol(Protocol):
     def _answer(self, message: bytes) -> None:
         messageLog = self.factory.messageLog
         peer = self._peer
-        if peer is None and messageLog.enabled:
-            # Asked and formatted once, when first logged: not at all when logging is off (None is passed).
+        if peer is None and messageLog.wantsPeer:
+            # Asked and formatted once, when first logged; not at all when logging is off or the log
+            # line does not show it (None is passed).
             peer = self._peer = formatAddress(self.transport.getPeer())
         messageLog.stream(message, peer)
         self.transport.write(STREAM_ANSWER)

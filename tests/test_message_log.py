@@ -1,0 +1,478 @@
+"""The default message log: exact lines, one write per reactor turn, a broken log never stops sockd.
+
+Unit tests of L{sockd.observe.logsink} and L{sockd.observe.logsetup} with an
+injected clock, C{task.Clock} as the reactor and outputs that record or fail;
+the whole daemon is in test_log_daemon.py.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import signal
+from typing import Any
+
+import pytest
+from twisted.application.service import Application, IService, MultiService
+from twisted.internet import task
+from twisted.internet.address import IPv4Address
+from twisted.logger import (
+    ILogObserver,
+    LogLevel,
+    LogPublisher,
+    formatEvent,
+    formatEventAsClassicLogText,
+    formatTime,
+)
+from twisted.python.failure import Failure
+from twisted.scripts.twistd import ServerOptions
+
+from sockd.observe import logsink, messagelog
+from sockd.observe.logsafe import escape
+from sockd.observe.logsetup import makeSinkObserver, offerObserver, setUp, twistdDestination
+from sockd.observe.logsink import PRIORITIES, FdOutput, LineSink, SinkObserver, isJournal
+from sockd.observe.logstate import LogState, configure, parseLevel
+from sockd.observe.messagelog import MessageLog, messageText, withoutLineEnd
+from sockd.observe.observers import jsonLogger, textLogger
+
+
+class Recorder:
+    """An output that keeps every write (or fails with C{error} while it is set)."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> None:
+        if self.error is not None:
+            raise self.error
+        self.writes.append(data)
+
+    def text(self) -> str:
+        return b"".join(self.writes).decode()
+
+
+class Now:
+    """An injected wall clock."""
+
+    def __init__(self, when: float) -> None:
+        self.when = when
+
+    def __call__(self) -> float:
+        return self.when
+
+
+def makeSink(clock: Any = None, now: float = 1_700_000_000.25, **kw: Any) -> tuple[LineSink, Recorder, Any, Now]:
+    output = Recorder()
+    clock = clock or task.Clock()
+    wall = Now(now)
+    return LineSink(output, clock, now=wall, **kw), output, clock, wall
+
+
+def attached(sink: LineSink, level: Any = LogLevel.info) -> LogState:
+    state = LogState()
+    configure(level, state=state)
+    state.sink = sink
+    return state
+
+
+# -- the lines --------------------------------------------------------------------------------------------------
+
+
+def test_message_lines_are_twistds_own_lines_byte_for_byte():
+    sink, output, clock, wall = makeSink()
+    log = MessageLog("ack", state=attached(sink))
+    log.stream(b"hi there\r\n", None)
+    log.stream(b"a\x1b[2J\\ \xff\xe2\x80\xa8\n", None)
+    log.datagram(b"dgram\n", ("192.0.2.1", 5))
+    clock.advance(0)
+    stamp = formatTime(1_700_000_000)
+    assert output.writes == [(
+        f"{stamp} [sockd.messages#info] Here is the message: hi there\n"
+        f"{stamp} [sockd.messages#info] Here is the message: a\\x1b[2J\\\\ \\xff\\u2028\n"
+        f"{stamp} [sockd.messages#info] Received a datagram: dgram\n"
+    ).encode()]
+    # The very line twistd's textFileLogObserver writes for the structured event of the same message.
+    events: list[dict[str, Any]] = []
+    original = messagelog.log.observer
+    messagelog.log.observer = LogPublisher(events.append)
+    try:
+        MessageLog("ack", state=LogState()).stream(b"hi there\r\n", IPv4Address("TCP", "192.0.2.1", 5))
+    finally:
+        messagelog.log.observer = original
+    events[0]["log_time"] = wall.when
+    assert formatEventAsClassicLogText(events[0]) == output.text().splitlines(keepends=True)[0]
+
+
+@pytest.mark.parametrize("message", [b"", b"\n", b"\r\n", b"\r\r\n", b"a\n\n", b"\\", b"x\r", b"plain words\n",
+                                     b"a\\\n", b"\ta\n", b"\x7f\x00", b"\xc3\xa9", bytes(range(256))])
+def test_message_text_is_todays_escape(message: bytes):
+    assert messageText(message) == escape(withoutLineEnd(message))
+    sink, output, clock, _ = makeSink()
+    sink.message(b" tail: ", message)
+    clock.advance(0)
+    assert output.text().split(" tail: ", 1)[1] == escape(withoutLineEnd(message)) + "\n"
+
+
+def test_a_batch_mixing_plain_and_escaped_messages_keeps_order_and_escapes_each():
+    messages = [b"plain\n", b"a\nb\n", b"no line end", b"again plain\n", b"back\\slash\n", b"\xff\n", b"\n",
+                b"crlf\r\n", b"last\n"]
+    sink, output, clock, _ = makeSink()
+    log = MessageLog("ack", state=attached(sink))
+    for message in messages:
+        log.stream(message, None)
+    clock.advance(0)
+    assert len(output.writes) == 1
+    texts = [line.split("Here is the message: ", 1)[1] for line in output.text().split("\n")[:-1]]
+    assert texts == [escape(withoutLineEnd(m)) for m in messages]
+
+
+def test_timestamp_is_formatted_once_per_second_and_right_across_the_boundary(monkeypatch):
+    calls: list[float] = []
+
+    def counting(when: float | None, *args: Any) -> str:
+        calls.append(when)  # type: ignore[arg-type]
+        return formatTime(when, *args)
+
+    monkeypatch.setattr(logsink, "formatTime", counting)
+    sink, output, clock, wall = makeSink()
+    log = MessageLog("ack", state=attached(sink))
+    times = [1_700_000_000.0, 1_700_000_000.5, 1_700_000_000.999999, 1_700_000_001.0, 1_700_000_001.7,
+             1_699_999_999.9]  # the last one: the wall clock stepped back
+    for when in times:
+        wall.when = when
+        log.stream(b"m\n", None)
+    clock.advance(0)
+    stamps = [line.split(" ", 1)[0] for line in output.text().splitlines()]
+    assert stamps == [formatTime(int(t)) for t in times]
+    assert calls == [1_700_000_000.0, 1_700_000_001.0, 1_699_999_999.0]
+
+
+# -- when lines are written -------------------------------------------------------------------------------------
+
+
+def test_a_quiet_log_is_written_at_the_end_of_the_turn_a_busy_one_every_interval():
+    sink, output, clock, _ = makeSink()
+    log = MessageLog("ack", state=attached(sink))
+    for i in range(3):
+        log.stream(b"m%d\n" % i, None)
+    assert output.writes == [] and len(clock.getDelayedCalls()) == 1
+    clock.advance(0)  # the end of this reactor turn
+    assert len(output.writes) == 1 and output.text().count("\n") == 3
+    assert clock.getDelayedCalls() == []
+    clock.advance(0)
+    assert len(output.writes) == 1  # nothing new: no empty write, no timer left behind
+    # Busy: lines logged less than `interval` after the last write wait for the interval's end.
+    clock.advance(sink.interval / 2)
+    log.datagram(b"again", None)
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(0)
+    assert len(output.writes) == 1
+    clock.advance(sink.interval / 2)
+    assert len(output.writes) == 2 and output.writes[1].endswith(b"Received a datagram: again\n")
+    # Quiet again: the next line goes out at the end of its turn.
+    clock.advance(sink.interval)
+    log.stream(b"later\n", None)
+    clock.advance(0)
+    assert len(output.writes) == 3 and clock.getDelayedCalls() == []
+
+
+def test_a_long_turn_writes_every_max_lines():
+    sink, output, clock, _ = makeSink()
+    sink.maxLines = 10
+    log = MessageLog("ack", state=attached(sink))
+    for _ in range(25):
+        log.stream(b"m\n", None)
+    assert [w.count(b"\n") for w in output.writes] == [10, 10]
+    clock.advance(0)
+    assert sum(w.count(b"\n") for w in output.writes) == 25
+
+
+def test_lines_outside_the_reactor_run_are_written_at_once():
+    class Stopped:
+        running = False
+
+        def seconds(self) -> float:
+            return 0.0
+
+        def callLater(self, *a: Any) -> None:
+            raise AssertionError("nobody would run it")
+
+    sink, output, _, _ = makeSink(clock=Stopped())
+    MessageLog("ack", state=attached(sink)).stream(b"early\n", None)
+    assert output.text().endswith("Here is the message: early\n")
+
+
+def test_events_are_written_at_once_after_the_messages_before_them():
+    sink, output, clock, _ = makeSink()
+    MessageLog("ack", state=attached(sink)).stream(b"first\n", None)
+    SinkObserver(sink)({"log_level": LogLevel.info, "log_namespace": "n", "log_format": "closing idle",
+                        "log_time": 1.0})
+    assert len(output.writes) == 1
+    assert output.text().endswith("Here is the message: first\n" + formatTime(1.0) + " [n#info] closing idle\n")
+    clock.advance(1)
+    assert len(output.writes) == 1  # the turn's flush finds nothing left
+
+
+def test_close_writes_what_is_left():
+    sink, output, clock, _ = makeSink()
+    MessageLog("ack", state=attached(sink)).stream(b"last words\n", None)
+    sink.close()
+    assert output.text().endswith("Here is the message: last words\n")
+
+
+# -- a log that cannot be written -------------------------------------------------------------------------------
+
+
+def test_a_full_disk_drops_lines_reports_once_and_recovers():
+    read, write = os.pipe()
+    try:
+        sink, output, clock, _ = makeSink(errorFd=write)
+        log = MessageLog("ack", state=attached(sink))
+        output.error = OSError(errno.ENOSPC, "No space left on device")
+        for turn in range(3):
+            log.stream(b"lost %d\n" % turn, None)
+            clock.advance(sink.interval)  # must not raise
+        assert sink.dropped == 3 and output.writes == []
+        output.error = None
+        log.stream(b"kept\n", None)
+        clock.advance(sink.interval)
+        assert output.text().endswith("Here is the message: kept\n")
+        complaints = os.read(read, 65536).decode().splitlines()
+        assert complaints == [
+            "sockd: cannot write the log ([Errno 28] No space left on device); dropping log lines, serving on",
+            "sockd: the log is writable again; 3 lines were dropped",
+        ]
+    finally:
+        os.close(read)
+        os.close(write)
+
+
+def test_dev_full_never_raises():
+    with open("/dev/full", "wb", buffering=0) as full, open(os.devnull, "wb") as null:
+        sink, _, clock, _ = makeSink(errorFd=null.fileno())
+        sink.output = FdOutput(full.fileno())
+        log = MessageLog("ack", state=attached(sink))
+        for _ in range(5):
+            log.stream(b"m\n", None)
+            clock.advance(sink.interval)
+        assert sink.dropped == 5 and not sink.broken
+
+
+def test_a_closed_pipe_is_given_up_for_good():
+    read, write = os.pipe()
+    os.close(read)
+    with open(os.devnull, "wb") as null:
+        sink, _, clock, _ = makeSink(errorFd=null.fileno())
+        sink.output = FdOutput(write)
+        try:
+            log = MessageLog("ack", state=attached(sink))
+            log.stream(b"m\n", None)
+            clock.advance(0)
+            assert sink.broken and sink.dropped == 1
+            log.stream(b"m\n", None)
+            clock.advance(sink.interval)
+            assert sink.dropped == 2
+        finally:
+            os.close(write)
+
+
+# -- the observer: twistd's text, levels, journald ---------------------------------------------------------------
+
+
+def _events() -> list[dict[str, Any]]:
+    base = {"log_namespace": "sockd.x", "log_time": 1_700_000_000.5}
+    return [
+        {**base, "log_level": LogLevel.debug, "log_format": "ready for SIGHUP"},
+        {**base, "log_level": LogLevel.info, "log_format": "Here is the message: {message}", "message": "hi"},
+        {**base, "log_level": LogLevel.warn, "log_format": "two\nlines {a}", "a": "x"},
+        {**base, "log_level": LogLevel.error, "log_format": "failed", "log_failure": Failure(ValueError("boom"))},
+        {**base, "log_level": LogLevel.critical, "log_format": "{f()}", "f": lambda: "called"},
+    ]
+
+
+def test_observer_writes_twisteds_text_lines_at_and_above_the_level():
+    sink, output, clock, _ = makeSink()
+    observer = SinkObserver(sink, LogLevel.info)
+    for event in _events():
+        observer(event)
+    clock.advance(0)
+    assert output.text() == "".join(formatEventAsClassicLogText(e) for e in _events()[1:])
+
+
+def test_a_filtered_first_event_still_attaches_the_message_path():
+    sink, output, clock, _ = makeSink()
+    state = LogState()
+    observer = SinkObserver(sink, LogLevel.warn, onAttach=lambda s: setattr(state, "sink", s))
+    observer(_events()[1])
+    assert state.sink is sink and output.writes == [] and clock.getDelayedCalls() == []
+
+
+def test_journal_lines_carry_sd_daemon_priorities():
+    sink, output, clock, _ = makeSink(journal=True)
+    observer = SinkObserver(sink, LogLevel.debug)
+    for event in _events():
+        observer(event)
+    MessageLog("ack", state=attached(sink)).stream(b"msg\n", None)
+    clock.advance(sink.interval)
+    lines = output.text().splitlines()
+    assert [line[:3] for line in lines[:2]] == ["<7>", "<6>"]
+    assert lines[2].startswith("<4>") and lines[3] == "<4>\tlines x"
+    traceback = [line for line in lines if line.startswith("<3>")]
+    assert len(traceback) > 3 and any("ValueError: boom" in line for line in traceback)
+    assert lines[-2].startswith("<2>") and lines[-2].endswith("called")
+    assert lines[-1].startswith("<6>") and lines[-1].endswith("[sockd.messages#info] Here is the message: msg")
+    assert all(line[:1] == "<" for line in lines)
+    assert PRIORITIES[LogLevel.warn] == 4
+
+
+def test_journal_stream_is_recognised_by_device_and_inode(tmp_path):
+    with open(tmp_path / "journal", "w") as mine, open(tmp_path / "other", "w") as other:
+        stat = os.fstat(mine.fileno())
+        environ = {"JOURNAL_STREAM": f"{stat.st_dev}:{stat.st_ino}"}
+        assert isJournal(mine.fileno(), environ)
+        assert not isJournal(other.fileno(), environ)
+        assert not isJournal(mine.fileno(), {})
+        assert not isJournal(mine.fileno(), {"JOURNAL_STREAM": "garbage"})
+
+
+# -- levels -----------------------------------------------------------------------------------------------------
+
+
+def test_log_level_names():
+    assert parseLevel("WARNING") is LogLevel.warn and parseLevel("debug") is LogLevel.debug
+    with pytest.raises(ValueError):
+        parseLevel("loud")
+
+
+def test_above_info_the_message_log_is_off_and_asks_for_no_peer():
+    state = LogState()
+    configure(LogLevel.warn, state=state)
+    log = MessageLog("ack", state=state)
+    assert not log.enabled and not log.wantsPeer
+    configure(LogLevel.info, state=state)
+    assert MessageLog("ack", state=state).wantsPeer
+    state.sink = makeSink()[0]
+    assert not MessageLog("ack", state=state).wantsPeer  # the text line shows no peer
+
+
+def test_json_and_text_loggers_filter_by_level(monkeypatch):
+    state = LogState()
+    monkeypatch.setattr("sockd.observe.observers.STATE", state)
+    events = _events()[:3]
+    for level, expected in ((LogLevel.debug, 3), (LogLevel.info, 2), (LogLevel.warn, 1)):
+        configure(level, state=state)
+        stream, text = io.StringIO(), io.StringIO()
+        observer, textObserver = jsonLogger(stream), textLogger(text)
+        assert ILogObserver.providedBy(observer) and ILogObserver.providedBy(textObserver)
+        for event in events:
+            observer(dict(event))
+            textObserver(dict(event))
+        assert [json.loads(line)["text"] for line in stream.getvalue().splitlines()][:1] == (
+            [formatEvent(events[3 - expected])])
+        assert len(stream.getvalue().splitlines()) == expected
+        assert text.getvalue().count("[sockd.x#") == expected
+
+
+# -- where twistd would have logged -----------------------------------------------------------------------------
+
+
+def _parent(*args: str) -> Any:
+    config = ServerOptions()
+    config.parseOptions([*args, "sockd", "--ack", "tcp:0"])
+    assert config.subOptions.parent is config
+    return config.subOptions.parent
+
+
+def test_destination_is_twistds_own():
+    assert twistdDestination(_parent("-n")) == ("stdout", "")
+    assert twistdDestination(_parent("-n", "--logfile", "-")) == ("stdout", "")
+    assert twistdDestination(_parent("-n", "--logfile", "x.log")) == ("file", "x.log")
+    assert twistdDestination(_parent()) == ("file", "twistd.log")
+    # twistd handles these itself (or refuses to start): sockd leaves the log to it.
+    assert twistdDestination(_parent("--logfile", "-")) is None
+    assert twistdDestination(_parent("-n", "--syslog")) is None
+    assert twistdDestination(_parent("-n", "--logger", "sockd.logging.jsonLogger")) is None
+    assert twistdDestination(None) is None
+    assert twistdDestination({"logFile": None, "fileLogObserverFactory": None}) is None  # twist
+
+
+def test_the_observer_is_offered_as_the_applications_component(tmp_path):
+    made: list[Any] = []
+    service = MultiService()
+    offerObserver(service, lambda: made.append(object()) or made[-1])
+    application = Application("sockd")
+    service.setServiceParent(application)
+    assert application.getComponent(ILogObserver) is made[0]
+    assert service in list(IService(application))
+    # A component set already (a .tac file's) wins.
+    other = MultiService()
+    offerObserver(other, lambda: made.append(object()) or made[-1])
+    other.setServiceParent(application)
+    assert application.getComponent(ILogObserver) is made[0] and len(made) == 1
+
+
+def test_sink_observer_writes_twistds_log_file_every_turn_and_after_shutdown(tmp_path, monkeypatch):
+    atExit: list[Any] = []
+    monkeypatch.setattr("atexit.register", atExit.append)
+    handlers: list[Any] = []
+    monkeypatch.setattr("signal.signal", lambda signum, handler: handlers.append((signum, handler)))
+    from twisted.internet.testing import MemoryReactorClock
+
+    reactor = MemoryReactorClock()
+    reactor.running = True
+    state = LogState()
+    path = tmp_path / "twistd.log"
+    observer = makeSinkObserver(("file", str(path)), reactor, state)
+    assert state.sink is None  # not yet installed by twistd: messages stay events
+    observer({"log_level": LogLevel.info, "log_namespace": "n", "log_format": "up", "log_time": 1.0})
+    assert state.sink is observer.sink
+    log = MessageLog("ack", state=state)
+    assert path.read_text().count("\n") == 1  # an event: written at once
+    log.stream(b"one\n", None)
+    assert path.read_text().count("\n") == 1
+    reactor.advance(1)
+    assert path.read_text().count("\n") == 2
+    log.stream(b"two\n", None)
+    reactor.advance(0)
+    assert path.read_text().count("\n") == 2  # the log is busy: the interval is not over
+    ((flush, args, kw),) = reactor.triggers["after"]["shutdown"]
+    flush(*args, **kw)
+    assert path.read_text().endswith("Here is the message: two\n")
+    assert atExit == [observer.sink.close]
+    assert [signum for signum, _ in handlers] == [signal.SIGUSR1]  # rotation, as twistd's own LogFile
+    reactor.advance(1)  # the interval's flush finds nothing left
+    assert path.read_text().count("\n") == 3
+
+
+def test_syslog_gets_twistds_own_observer_behind_the_level_filter(monkeypatch):
+    sent: list[dict[str, Any]] = []
+
+    class FakeSyslog:
+        def __init__(self, prefix: str) -> None:
+            self.prefix = prefix
+
+        def emit(self, eventDict: dict[str, Any]) -> None:
+            sent.append({**eventDict, "prefix": self.prefix})
+
+    monkeypatch.setattr("twisted.python.syslog.SyslogObserver", FakeSyslog)
+    state = LogState()
+    configure(LogLevel.warn, state=state)
+    options = type("Options", (), {"parent": _parent("-n", "--syslog", "--prefix", "sockd-test")})()
+    service = MultiService()
+    setUp(options, service, task.Clock(), state)
+    application = Application("sockd")
+    service.setServiceParent(application)
+    observer = application.getComponent(ILogObserver)
+    for level in (LogLevel.info, LogLevel.warn):
+        observer({"log_level": level, "log_namespace": "n", "log_format": level.name, "log_time": 1.0})
+    assert [(e["prefix"], e["log_format"]) for e in sent] == [("sockd-test", "warn")]
+    assert state.sink is None  # messages stay structured events
+    # A --logger of the user's own: sockd offers nothing, twistd uses the user's choice.
+    other, application = MultiService(), Application("sockd")
+    mine = _parent("-n", "--syslog", "--logger", "sockd.logging.textLogger")
+    setUp(type("Options", (), {"parent": mine})(), other, task.Clock(), state)
+    other.setServiceParent(application)
+    assert application.getComponent(ILogObserver, None) is None
