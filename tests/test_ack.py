@@ -300,6 +300,19 @@ def test_close_after_first_over_tls_answers_once() -> None:
     assert client.received == ANSWER  # type: ignore[attr-defined]
 
 
+def test_a_unix_peer_is_logged_as_transport_unix() -> None:
+    """One name per field across logs and metrics: a Unix-socket peer is C{unix}, as its metrics say."""
+    from twisted.internet.address import UNIXAddress
+
+    factory = AckFactory(Clock(), MessageLog("ack", True), 255, 0.1, False)
+    proto = factory.buildProtocol(UNIXAddress(b"/run/sockd/ack.sock"))
+    proto.makeConnection(StringTransport(peerAddress=UNIXAddress(b"/run/sockd/ack.sock")))
+    with capturedLogs() as events:
+        proto.dataReceived(b"hello\n")
+    event = next(e for e in events if e.get("log_namespace") == "sockd.messages")
+    assert (event["transport"], event["peer"]) == ("unix", "/run/sockd/ack.sock")
+
+
 def test_log_line_is_the_tutorials_without_line_end() -> None:
     proto, _, _ = makeAck(log=True)
     with capturedLogs() as events:
@@ -308,7 +321,7 @@ def test_log_line_is_the_tutorials_without_line_end() -> None:
     assert messageTexts(events) == ["Here is the message: hello", "Here is the message: bye"]
     event = next(e for e in events if e.get("log_namespace") == "sockd.messages")
     assert event["service"] == "ack"
-    assert event["transport"] == "stream"
+    assert event["transport"] == "tcp"
     assert event["peer"] == "192.0.2.10:40000"
     assert event["bytes"] == 7
 

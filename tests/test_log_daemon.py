@@ -210,7 +210,7 @@ def test_json_logger_still_gets_structured_stream_message_records(tmp_path):
         stopAndWait(proc)
     assert [m["text"] for m in messages] == ["Here is the message: json0", "Here is the message: json1"]
     for m in messages:
-        assert (m["service"], m["transport"], m["bytes"], m["level"]) == ("ack", "stream", 6, "info")
+        assert (m["service"], m["transport"], m["bytes"], m["level"]) == ("ack", "tcp", 6, "info")
         assert m["peer"].startswith("127.0.0.1:")
 
 

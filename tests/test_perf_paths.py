@@ -179,7 +179,7 @@ def test_message_event_is_what_logger_info_emits():
         MessageLog("ack").datagram(b"d\x1b", ("192.0.2.2", 6))
     reference = Logger(namespace="sockd.messages")
     with capturedLogs() as slow:
-        reference.info("Here is the message: {message}", message="hi", service="ack", transport="stream",
+        reference.info("Here is the message: {message}", message="hi", service="ack", transport="tcp",
                        peer="192.0.2.1:5", bytes=4)
         reference.info("Received a datagram: {message}", message="d\\x1b", service="ack", transport="udp",
                        peer="192.0.2.2:6", bytes=2)

@@ -53,7 +53,7 @@ class RecordingLog(MessageLog):
         super().__init__("ack", False)
         self.messages: list[bytes] = []
 
-    def stream(self, message: bytes, peer: object) -> None:
+    def stream(self, message: bytes, peer: object, transport: str = "tcp") -> None:
         self.messages.append(message)
 
 

@@ -27,6 +27,11 @@ def formatAddress(address: Any) -> str:
     return str(address)
 
 
+def transportOf(address: Any) -> str:
+    """The transport a stream peer came over, as logs and metrics name it: C{unix} or C{tcp}."""
+    return "unix" if isinstance(address, UNIXAddress) else "tcp"
+
+
 def hostOf(address: Any) -> str | None:
     """The IP address of a peer, or None for peers without one (Unix sockets)."""
     if isinstance(address, (IPv4Address, IPv6Address)):

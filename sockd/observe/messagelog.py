@@ -72,14 +72,17 @@ class MessageLog:
             "log_time": time(),
         })
 
-    def stream(self, message: bytes, peer: object) -> None:
-        """Log one framed stream message as the tutorial's server prints it (C{peer}: an address or its text)."""
+    def stream(self, message: bytes, peer: object, transport: str = "tcp") -> None:
+        """Log one framed stream message as the tutorial's server prints it (C{peer}: an address or its text).
+
+        C{transport} (C{tcp} or C{unix}, as in metrics) goes only into the structured event.
+        """
         if self.enabled:
             sink = self._state.sink
             if sink is not None:
                 sink.message(STREAM_TAIL, message)
             else:
-                self._emit(STREAM_FORMAT, message, "stream", peer)
+                self._emit(STREAM_FORMAT, message, transport, peer)
 
     def datagram(self, message: bytes, peer: object) -> None:
         """Log one datagram as the tutorial's datagram server prints it."""

@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sockd.interfaces import IPendingInput
-from sockd.observe.addresses import formatAddress
+from sockd.observe.addresses import formatAddress, transportOf
 from sockd.observe.messagelog import MessageLog
 from sockd.protocols.flow import pauseReadingWhileBlocked
 
@@ -37,6 +37,7 @@ class AckProtocol(Protocol):
     _quietCall: IDelayedCall | None = None
     _closing = False
     _peer: str | None = None
+    _transportName = "tcp"
 
     def __init__(self) -> None:
         self._pending = b""
@@ -80,8 +81,10 @@ class AckProtocol(Protocol):
         if peer is None and messageLog.wantsPeer:
             # Asked and formatted once, when first logged; not at all when logging is off or the log
             # line does not show it (None is passed).
-            peer = self._peer = formatAddress(self.transport.getPeer())
-        messageLog.stream(message, peer)
+            address = self.transport.getPeer()
+            peer = self._peer = formatAddress(address)
+            self._transportName = transportOf(address)
+        messageLog.stream(message, peer, self._transportName)
         self.transport.write(STREAM_ANSWER)
 
     def flushPending(self) -> None:
