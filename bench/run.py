@@ -208,16 +208,16 @@ service echo
 """
 
 SERVERS = [
-    ServerSpec("sockd", ALL_SIX, sockd_command(False), "twistd sockd --no-log-messages, defences at their defaults",
+    ServerSpec("sockd", ALL_SIX, sockd_command(True),
+               "twistd sockd with its defaults: every message logged (to stdout, a file here), every defence on",
                is_sockd=True),
-    ServerSpec("sockd-w2", ALL_SIX, sockd_command(False, workers=2), "the same with --workers 2", is_sockd=True),
-    ServerSpec("sockd-stock", ALL_SIX, sockd_command(False, reactor="epoll"),
-               "the same on Twisted's own reactor and transports (twistd -r epoll)", is_sockd=True),
-    ServerSpec("sockd-before", ALL_SIX, sockd_command(False, twistd=BEFORE_TWISTD),
-               "sockd as it was before its own I/O core ($SOCKD_BENCH_BEFORE_TWISTD)", is_sockd=True,
+    ServerSpec("sockd-quiet", ALL_SIX, sockd_command(False), "the same with --no-log-messages", is_sockd=True),
+    ServerSpec("sockd-w2", ALL_SIX, sockd_command(True, workers=2), "the defaults with --workers 2", is_sockd=True),
+    ServerSpec("sockd-stock", ALL_SIX, sockd_command(True, reactor="epoll"),
+               "the defaults on Twisted's own reactor and transports (twistd -r epoll)", is_sockd=True),
+    ServerSpec("sockd-before", ALL_SIX, sockd_command(True, twistd=BEFORE_TWISTD),
+               "sockd's defaults as it was before ($SOCKD_BENCH_BEFORE_TWISTD)", is_sockd=True,
                available=lambda: bool(BEFORE_TWISTD) and Path(BEFORE_TWISTD).exists()),
-    ServerSpec("sockd+log", {("ack", t) for t in ("tcp", "udp", "unix")}, sockd_command(True),
-               "twistd sockd with per-message logging (the tutorial prints every message), log to a file"),
     ServerSpec("asyncio", ALL_SIX, python_peer("asyncio_server.py"), "stdlib asyncio Protocols"),
     ServerSpec("asyncio-w2", ALL_SIX, python_peer("asyncio_server.py", "--processes", "2"),
                "asyncio in 2 processes: TCP/UDP ports shared with SO_REUSEPORT, Unix sockets inherited"),
@@ -570,6 +570,7 @@ def markdown(report: dict[str, Any]) -> str:
         base = rows.get("sockd")
         cells = [(_ratio(base["rate"], rows[p]["rate"]) if base and p in rows else "") for p in peers]
         out.append(f"| {mode} | " + " | ".join(cells) + " |")
+    out += _targets(report)
     if report.get("memory"):
         out += ["", f"## Memory per idle TCP connection ({report['settings']['mem_conns']} connections)", "",
                 "RSS is the server's main process; PSS sums the process tree (forking servers), each after one "
@@ -593,6 +594,30 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("failures"):
         out += ["", "## Failures", ""] + [f"- {f}" for f in report["failures"]]
     return "\n".join(out) + "\n"
+
+
+def _targets(report: dict) -> list[str]:
+    """The targets sockd is held to, as measured in this run: defaults vs asyncio, quiet vs uvloop."""
+    table = report["summary"]
+    out = ["", "## Targets", "",
+           "sockd with its defaults (messages logged) against stdlib asyncio (which logs nothing): rate ratio "
+           "(≥ 1 met) and CPU per request ratio (≤ 1 met); sockd --no-log-messages against uvloop, CPU per "
+           "request (≤ 1 met); what a logged message adds (sockd − sockd-quiet, µs of server CPU).", "",
+           "| mode | sockd ÷ asyncio rate | sockd ÷ asyncio CPU/req | sockd-quiet ÷ uvloop CPU/req "
+           "| logged message µs |",
+           "|---|---:|---:|---:|---:|"]
+    for mode in report["modes"]:
+        rows = table.get(mode, {})
+        sockd, quiet, aio, uv = (rows.get(n) for n in ("sockd", "sockd-quiet", "asyncio", "uvloop"))
+        cpu = "server_cpu_us_per_req"
+        cells = [
+            _ratio(sockd["rate"], aio["rate"]) if sockd and aio else "",
+            _ratio(sockd[cpu], aio[cpu]) if sockd and aio else "",
+            _ratio(quiet[cpu], uv[cpu]) if quiet and uv else "",
+            f"{sockd[cpu] - quiet[cpu]:+.1f}" if sockd and quiet else "",
+        ]
+        out.append(f"| {mode} | " + " | ".join(cells) + " |")
+    return out
 
 
 # --------------------------------------------------------------------------- main
@@ -679,7 +704,7 @@ def main(argv: list[str] | None = None) -> int:
                 report["summary"][mode.name] = {name: summarise(rs) for name, rs in per.items() if rs}
         if not args.no_memory:
             for spec in specs:
-                if spec.name == "sockd+log":
+                if spec.name == "sockd-quiet":
                     continue  # the same process as sockd when no messages flow
                 try:
                     result = memory_test(spec, tmp / f"mem-{spec.name}", args.mem_conns)

@@ -7,17 +7,19 @@ the whole daemon is in test_log_daemon.py.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
 import os
 import signal
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from twisted.application.service import Application, IService, MultiService
 from twisted.internet import task
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.logger import (
     ILogObserver,
     LogLevel,
@@ -69,6 +71,17 @@ def makeSink(clock: Any = None, now: float = 1_700_000_000.25, **kw: Any) -> tup
     clock = clock or task.Clock()
     wall = Now(now)
     return LineSink(output, clock, now=wall, **kw), output, clock, wall
+
+
+@contextlib.contextmanager
+def capturedEvents(events: list[dict[str, Any]]) -> Iterator[None]:
+    """The message log's structured events go to C{events} meanwhile."""
+    original = messagelog.log.observer
+    messagelog.log.observer = LogPublisher(events.append)
+    try:
+        yield
+    finally:
+        messagelog.log.observer = original
 
 
 def attached(sink: LineSink, level: Any = LogLevel.info) -> LogState:
@@ -351,11 +364,28 @@ def test_above_info_the_message_log_is_off_and_asks_for_no_peer():
     state = LogState()
     configure(LogLevel.warn, state=state)
     log = MessageLog("ack", state=state)
-    assert not log.enabled and not log.wantsPeer
+
+    class Connection:
+        asked = 0
+
+        def getPeer(self):
+            self.asked += 1
+            return UNIXAddress(b"/run/peer.sock")
+
+    quiet, events = Connection(), []
+    with capturedEvents(events):
+        log.stream(b"unseen\n", quiet)
+    assert not log.enabled and quiet.asked == 0 and events == []
     configure(LogLevel.info, state=state)
-    assert MessageLog("ack", state=state).wantsPeer
-    state.sink = makeSink()[0]
-    assert not MessageLog("ack", state=state).wantsPeer  # the text line shows no peer
+    structured = Connection()
+    with capturedEvents(events):
+        MessageLog("ack", state=state).stream(b"seen\n", structured)
+    assert structured.asked == 1
+    assert [(e["peer"], e["transport"]) for e in events] == [("/run/peer.sock", "unix")]
+    state.sink, written = makeSink()[:2]
+    text = Connection()
+    MessageLog("ack", state=state).stream(b"line\n", text)
+    assert text.asked == 0  # the text line shows no peer
 
 
 def test_json_and_text_loggers_filter_by_level(monkeypatch):

@@ -156,7 +156,8 @@ class CountingTransport(StringTransport):
 
 
 @pytest.mark.parametrize("logging", [False, True])
-def test_ack_asks_the_peer_only_when_logging_and_once(logging: bool):
+def test_ack_asks_the_peer_only_for_a_structured_message_event(logging: bool):
+    """The transport stands for the peer: its address is asked for per event that shows it, never otherwise."""
     factory = AckFactory(task.Clock(), MessageLog("ack", logging))
     proto = factory.buildProtocol(None)
     transport = CountingTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 4000))
@@ -164,7 +165,7 @@ def test_ack_asks_the_peer_only_when_logging_and_once(logging: bool):
     with capturedLogs() as events:
         proto.dataReceived(b"a\nb\n")
     assert transport.value() == ANSWER * 2
-    assert transport.asked == (1 if logging else 0)
+    assert transport.asked == (2 if logging else 0)
     assert [e["peer"] for e in events if e.get("log_namespace") == "sockd.messages"] == (
         ["192.0.2.7:4000"] * 2 if logging else [])
 

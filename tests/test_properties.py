@@ -432,3 +432,39 @@ def test_policy_protocol_always_releases_and_leaves_no_timer(events: list[tuple[
     assert clock.getDelayedCalls() == []
     assert all(d.called for d in drained)
     assert factory.buildProtocol(PEER) is not None
+
+
+# -- the message log's batches: whatever they hold, each line is the escaped message, in order -----------------
+
+_MESSAGE_BYTES = st.sampled_from([b"a", b" ", b"\n", b"\r", b"\x00", b"\\", b"\xff", b"~", b"\t"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.lists(_MESSAGE_BYTES, max_size=6).map(b"".join),
+                          st.integers(min_value=0, max_value=2)), max_size=40))
+def test_message_log_batches_write_each_message_escaped_in_order(entries: list[tuple[bool, bytes, int]]):
+    from twisted.logger import formatTime
+
+    from sockd.observe.logsink import LineSink
+    from sockd.observe.messagetext import messageText
+
+    class Output:
+        def __init__(self) -> None:
+            self.data = b""
+
+        def write(self, data: bytes) -> None:
+            self.data += data
+
+    wall = [1_700_000_000.5]
+    clock = Clock()
+    output = Output()
+    sink = LineSink(output, clock, now=lambda: wall[0])
+    expected = []
+    for stream, message, seconds in entries:
+        wall[0] += seconds  # sometimes the next second: a new timestamp, a new batch
+        tail = b" S: " if stream else b" D: "
+        sink.message(tail, message)
+        stamp = formatTime(float(int(wall[0])))
+        expected.append(f"{stamp}{tail.decode()}{messageText(message)}\n")
+    sink.flush()
+    assert output.data.decode("utf-8", "backslashreplace") == "".join(expected)

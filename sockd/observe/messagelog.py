@@ -23,7 +23,7 @@ from time import time
 
 from twisted.logger import Logger, LogLevel
 
-from sockd.observe.addresses import formatAddress
+from sockd.observe.addresses import formatAddress, transportOf
 from sockd.observe.logstate import STATE, LogState
 from sockd.observe.messagetext import messageText, withoutLineEnd
 
@@ -51,18 +51,19 @@ class MessageLog:
         self.enabled = enabled and state.messagesWanted
         self._state = state
 
-    @property
-    def wantsPeer(self) -> bool:
-        """Whether L{stream} needs the peer: only the structured event shows it, not the text line."""
-        return self.enabled and self._state.sink is None
-
     def _emit(self, format: str, message: bytes, transport: str, peer: object) -> None:
         """What C{log.info(format, message=..., service=..., transport=..., peer=..., bytes=...)} emits."""
+        if not isinstance(peer, str):
+            getPeer = getattr(peer, "getPeer", None)
+            if getPeer is not None:  # a connection: its peer's address, and the transport that says
+                peer = getPeer()
+                transport = transportOf(peer)
+            peer = formatAddress(peer)
         log.observer({
             "message": messageText(message),
             "service": self.service,
             "transport": transport,
-            "peer": peer if isinstance(peer, str) else formatAddress(peer),
+            "peer": peer,
             "bytes": len(message),
             "log_logger": log,
             "log_level": LogLevel.info,
@@ -73,9 +74,11 @@ class MessageLog:
         })
 
     def stream(self, message: bytes, peer: object, transport: str = "tcp") -> None:
-        """Log one framed stream message as the tutorial's server prints it (C{peer}: an address or its text).
+        """Log one framed stream message as the tutorial's server prints it.
 
-        C{transport} (C{tcp} or C{unix}, as in metrics) goes only into the structured event.
+        C{peer}: the connection (asked for its peer only if the line shows it,
+        and then C{transport} is C{tcp} or C{unix} from that address), an
+        address, or its text.  C{transport} goes only into the structured event.
         """
         if self.enabled:
             sink = self._state.sink

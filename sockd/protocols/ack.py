@@ -21,7 +21,6 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sockd.interfaces import IPendingInput
-from sockd.observe.addresses import formatAddress, transportOf
 from sockd.observe.messagelog import MessageLog
 from sockd.protocols.flow import pauseReadingWhileBlocked
 
@@ -36,8 +35,6 @@ class AckProtocol(Protocol):
     factory: AckFactory
     _quietCall: IDelayedCall | None = None
     _closing = False
-    _peer: str | None = None
-    _transportName = "tcp"
 
     def __init__(self) -> None:
         self._pending = b""
@@ -76,15 +73,8 @@ class AckProtocol(Protocol):
             self._cancelQuietCall()
 
     def _answer(self, message: bytes) -> None:
-        messageLog = self.factory.messageLog
-        peer = self._peer
-        if peer is None and messageLog.wantsPeer:
-            # Asked and formatted once, when first logged; not at all when logging is off or the log
-            # line does not show it (None is passed).
-            address = self.transport.getPeer()
-            peer = self._peer = formatAddress(address)
-            self._transportName = transportOf(address)
-        messageLog.stream(message, peer, self._transportName)
+        # The transport stands for the peer: asked for its address only if the log line shows it.
+        self.factory.messageLog.stream(message, self.transport)
         self.transport.write(STREAM_ANSWER)
 
     def flushPending(self) -> None:
