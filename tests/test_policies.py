@@ -477,3 +477,33 @@ def test_drain_closes_a_quiet_tls_connection_after_quiet() -> None:
         pump.pump()
     assert serverTransport.disconnecting  # closed once quiet, not aborted at the 5 s grace
     assert d.called
+
+
+# -- the wrapper relays the transport's interface without __getattr__ -----------------------------------------
+
+
+def test_policy_protocol_relays_the_transport_without_getattr() -> None:
+    """No __getattr__ in its bases: that would slow every attribute access of the wrapper, in every read and write."""
+    assert all("__getattr__" not in vars(base) for base in PolicyProtocol.__mro__)
+
+    class Transport(StringTransportWithDisconnection):
+        noDelay = False
+
+        def getHandle(self) -> str:
+            return "the socket"
+
+        def setTcpNoDelay(self, enabled: bool) -> None:
+            self.noDelay = enabled
+
+    setup = Setup()
+    proto, transport = setup.connect(transport=Transport(peerAddress=IPv4Address("TCP", "192.0.2.9", 4000)))
+    assert proto is not None
+    wrapped = proto.wrappedProtocol
+    assert wrapped.transport is proto
+    assert proto.getHandle() == "the socket" and proto.getPeer() == IPv4Address("TCP", "192.0.2.9", 4000)
+    assert transport.noDelay is True  # the policy turns Nagle off on every TCP connection
+    proto.setTcpNoDelay(False)
+    assert transport.noDelay is False
+    # What the transport lacks, the wrapper lacks: protocols probe with getattr(transport, name, None).
+    assert getattr(proto, "loseWriteConnection", None) is None and not hasattr(transport, "loseWriteConnection")
+    assert proto.logPrefix() == "AckProtocol (PolicyProtocol)"

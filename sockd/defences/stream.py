@@ -16,11 +16,12 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
 from sockd.defences.admission import Admission
+from sockd.defences.relay import TransportRelay
 from sockd.interfaces import IPendingInput, IReadPausingTransport
 from sockd.observe.addresses import formatAddress, hostOf
 from sockd.observe.metrics import Metrics
@@ -133,7 +134,7 @@ class ConnectionRegistry:
 
 
 @implementer(IHalfCloseableProtocol, IReadPausingTransport)
-class PolicyProtocol(ProtocolWrapper):
+class PolicyProtocol(TransportRelay, Protocol):
     """Admission bookkeeping, timeouts, counting and draining around one service protocol.
 
     The idle timer is one delayed call per idle period, not one reset per read
@@ -149,7 +150,7 @@ class PolicyProtocol(ProtocolWrapper):
     _lazyPausing = False
 
     def __init__(self, factory: PolicyFactory, wrappedProtocol: Any, host: str | None) -> None:
-        self.wrappedProtocol = wrappedProtocol  # ProtocolWrapper.__init__, inlined
+        self.wrappedProtocol = wrappedProtocol
         self.factory = factory
         self.host = host
         #: Released where it was counted, even if a reload gives the factory another service's admission.
@@ -173,6 +174,11 @@ class PolicyProtocol(ProtocolWrapper):
         _provideLikeTransport(self, transport)
         self.connected = 1
         self.transport = transport
+        # Answers go out when written: with Nagle, a second small write while the first is unacknowledged
+        # (TLS 1.3's session tickets, then the answer) waits for the peer's delayed ACK, 40 ms.
+        noDelay = getattr(transport, "setTcpNoDelay", None)
+        if noDelay is not None:
+            noDelay(True)
         self.connectionMade()
         self.wrappedProtocol.makeConnection(self)
 

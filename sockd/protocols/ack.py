@@ -47,9 +47,21 @@ class AckProtocol(Protocol):
             return
         factory = self.factory
         maxLength = factory.maxLength
-        buffer = self._pending + data if self._pending else data
-        start = 0
+        pending = self._pending
+        buffer = pending + data if pending else data
         end = len(buffer)
+        if buffer[-1:] == b"\n" and end <= maxLength and buffer.find(b"\n") == end - 1:
+            # The usual case, one whole message: answered without the framing loop.
+            factory.messageLog.stream(buffer, self.transport)
+            self.transport.write(STREAM_ANSWER)
+            if pending:
+                self._pending = b""
+            if factory.closeAfterFirst:
+                self._close()
+            elif self._quietCall is not None:
+                self._cancelQuietCall()
+            return
+        start = 0
         while start < end:
             newline = buffer.find(b"\n", start, start + maxLength)
             if newline >= 0:
