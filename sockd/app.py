@@ -27,6 +27,7 @@ from sockd.defences.proxyprotocol import ProxyProtocolFactory
 from sockd.defences.stream import ConnectionRegistry, PolicyFactory
 from sockd.errors import StartupError
 from sockd.interfaces import IDatagramListener
+from sockd.observe.logsetup import workerMessageSink
 from sockd.observe.metrics import TLS_TRANSPORTS, Metrics
 from sockd.protocols.qotd import QuotePicker, builtinQuotes, loadQuotes
 from sockd.protocols.speakfirst import SpeakFirstFactory
@@ -70,6 +71,9 @@ class Assembly:
         self.listeners: dict[tuple[str, str], Any] = {}
         self.supervisor: Any = None
         if self.worker is not None:
+            messages = self.worker.get("messages")
+            if messages is not None:  # the parent logs through its own sink: hand it finished lines
+                workerMessageSink(messages["fd"], messages["journal"], reactor)
             for name, description, fd in self.worker["listeners"]:
                 self._add(name, description, inheritedFd=fd)
             self._addWorkerMetrics(self.worker["metrics"])

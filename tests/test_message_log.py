@@ -506,3 +506,15 @@ def test_syslog_gets_twistds_own_observer_behind_the_level_filter(monkeypatch):
     setUp(type("Options", (), {"parent": mine})(), other, task.Clock(), state)
     other.setServiceParent(application)
     assert application.getComponent(ILogObserver, None) is None
+
+
+def test_lines_from_a_worker_are_written_in_order_with_our_own():
+    sink, output, clock, wall = makeSink()
+    log = MessageLog("ack", state=attached(sink))
+    log.stream(b"ours first\n", None)
+    sink.lines(b"a worker's line\nand another\n")
+    log.stream(b"ours after\n", None)
+    clock.advance(0)
+    lines = output.text().splitlines()
+    assert [line.split(": ", 1)[-1] for line in lines] == ["ours first", "a worker's line", "and another",
+                                                            "ours after"]

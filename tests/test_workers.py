@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -132,3 +133,49 @@ def test_sighup_while_workers_start_reaches_them_without_killing_them(daemon, tm
     assert "restarting it" not in d.log()
     assert len(children(d.pid)) == 2
     assert ack(d.address("ack", "tcp")) == b"I got your message"
+
+
+def test_workers_message_lines_reach_the_parents_log_as_lines_not_events(daemon):
+    """Each worker formats its message lines and pipes them to the parent, which copies them into its log."""
+    d = daemon("--workers", "2", "--ack", "tcp:0:interface=127.0.0.1", "--ack", "unix:ack.sock", expect=2)
+    workers = waitFor(lambda: children(d.pid) if len(children(d.pid)) == 2 else None, "two workers")
+    time.sleep(1.0)
+    for pid in workers:  # each worker writes its lines to a pipe of its own, named in its description
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        spec = json.loads(argv[argv.index(b"--worker") + 1])
+        assert os.readlink(f"/proc/{pid}/fd/{spec['messages']['fd']}").startswith("pipe:")
+    for i in range(30):
+        with connect(d.address("ack", "tcp")) as s:
+            s.sendall(b"from worker %d \x1b[2J\n" % i)
+            assert recvExactly(s, 18) == b"I got your message"
+    lines = waitFor(lambda: (found := [line for line in d.log().splitlines() if "Here is the message: from worker"
+                                       in line]) and len(found) == 30 and found, "30 message lines:\n" + d.log())
+    # twistd's text format, escaped by the worker; not a relayed event ("worker N: ...", fields).
+    assert all(line.split(" ", 1)[1].startswith("[sockd.messages#info] Here is the message: from worker ")
+               and line.endswith(" \\x1b[2J") for line in lines), lines[:3]
+    assert sorted(int(line.split("from worker ")[1].split()[0]) for line in lines) == list(range(30))
+    assert d.stop() in (0, -signal.SIGTERM)
+
+
+def test_a_workers_message_lines_cut_by_the_pipe_are_joined_before_they_reach_the_sink():
+    from sockd.runtime.workers import WorkerProcess
+
+    class Sink:
+        def __init__(self) -> None:
+            self.chunks: list[bytes] = []
+
+        def lines(self, data: bytes) -> None:
+            self.chunks.append(data)
+
+    class Supervisor:
+        class reactor:
+            @staticmethod
+            def seconds() -> float:
+                return 0.0
+
+    sink = Sink()
+    worker = WorkerProcess(Supervisor(), 0, messagesFd=7, messageSink=sink)  # type: ignore[arg-type]
+    worker.childDataReceived(7, b"one\ntw")
+    worker.childDataReceived(7, b"o\nthr")
+    worker.childDataReceived(7, b"ee\nfour\n")
+    assert sink.chunks == [b"one\n", b"two\n", b"three\nfour\n"]

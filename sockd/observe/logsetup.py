@@ -28,7 +28,7 @@ from twisted.logger import FilteringLogObserver, ILogObserver, LegacyLogObserver
 from twisted.python.components import Componentized
 from twisted.python.logfile import LogFile
 
-from sockd.observe.logsink import LineSink, Output, SinkObserver, isJournal, standardOutput
+from sockd.observe.logsink import FdOutput, LineSink, Output, SinkObserver, isJournal, standardOutput
 from sockd.observe.logstate import STATE, LogState
 
 
@@ -88,6 +88,16 @@ def makeSinkObserver(destination: tuple[str, str], reactor: Any, state: LogState
     return SinkObserver(sink, state.level, onAttach=attach)
 
 
+def workerMessageSink(fd: int, journal: bool, reactor: Any, state: LogState = STATE) -> LineSink:
+    """A C{--workers} child's message lines, formatted here and written to descriptor C{fd}, which its parent
+    copies into its own log as they come (L{LineSink.lines}): no event per message on either side."""
+    sink = LineSink(FdOutput(fd), reactor, journal=journal)
+    reactor.addSystemEventTrigger("after", "shutdown", sink.flush)
+    atexit.register(sink.close)
+    state.sink = sink
+    return sink
+
+
 def offerObserver(service: Any, makeObserver: Callable[[], SinkObserver]) -> None:
     """Offer twistd an C{ILogObserver} component when C{service} joins the application.
 
@@ -128,4 +138,5 @@ def setUp(options: Any, service: Any, reactor: Any, state: LogState = STATE) -> 
         offerObserver(service, lambda: makeSyslogObserver(parent.get("prefix") or "twisted", state))
 
 
-__all__ = ["makeSinkObserver", "makeSyslogObserver", "offerObserver", "setUp", "twistdDestination"]
+__all__ = ["makeSinkObserver", "makeSyslogObserver", "offerObserver", "setUp", "twistdDestination",
+           "workerMessageSink"]

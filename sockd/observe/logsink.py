@@ -214,6 +214,13 @@ class LineSink:
             self._ready.append(b"".join(
                 b"%s%s\n" % (prefix, messageText(m).encode("utf-8", "backslashreplace")) for m in raw))
 
+    def lines(self, data: bytes) -> None:
+        """Append whole lines made by another sink (a C{--workers} child's), written with the next batch."""
+        self._seal()
+        self._ready.append(data)
+        self._count += data.count(b"\n")
+        self._scheduleOrFlush()
+
     def write(self, text: str) -> None:
         """Write C{text} (whole lines) now, after the lines buffered before it."""
         self._seal()

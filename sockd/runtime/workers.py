@@ -35,6 +35,8 @@ from zope.interface import implementer
 
 from sockd.config.settings import Settings
 from sockd.interfaces import IStopsFirst
+from sockd.observe.logsink import LineSink
+from sockd.observe.logstate import STATE
 
 log = Logger(namespace="sockd.workers")
 
@@ -83,10 +85,15 @@ def reactorArguments(reactor: Any) -> list[str]:
 class WorkerProcess(protocol.ProcessProtocol):
     """One worker: relays its JSON log lines into the parent's log, and tells the supervisor when it ends."""
 
-    def __init__(self, supervisor: Supervisor, index: int) -> None:
+    def __init__(self, supervisor: Supervisor, index: int, messagesFd: int | None = None,
+                 messageSink: LineSink | None = None) -> None:
         self.supervisor = supervisor
         self.index = index
         self._partial = b""
+        #: The descriptor the worker writes its finished message lines to (when our log is our sink).
+        self.messagesFd = messagesFd
+        self.messageSink = messageSink
+        self._partialLines = b""
         self.ended: defer.Deferred[None] = defer.Deferred()
         #: Until the worker says it handles SIGHUP, the signal would kill it: hold it back instead.
         self.ready = False
@@ -94,6 +101,16 @@ class WorkerProcess(protocol.ProcessProtocol):
         self.started = supervisor.reactor.seconds()
         #: The listening datagram port of this worker's notify socket, closed when the worker ends.
         self.notifyPort: Any = None
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD != self.messagesFd or self.messageSink is None:
+            super().childDataReceived(childFD, data)
+            return
+        # Whole lines into our sink as they are; a line cut by the pipe waits for its end.
+        whole, newline, rest = (self._partialLines + data).rpartition(b"\n")
+        self._partialLines = rest if len(rest) <= 1 << 20 else b""  # a runaway line is not buffered without bound
+        if newline:
+            self.messageSink.lines(whole + newline)
 
     def outReceived(self, data: bytes) -> None:
         lines = (self._partial + data).split(b"\n")
@@ -191,12 +208,20 @@ class Supervisor(Service):
         childFDs: dict[int, Any] = {0: "w", 1: "r", 2: 2}
         for _, _, fd in listeners:
             childFDs[fd] = fd
-        spec = json.dumps({"index": index, "count": self.count, "listeners": listeners,
-                           "metrics": self.metricsPath(index)})
+        description: dict[str, Any] = {"index": index, "count": self.count, "listeners": listeners,
+                                       "metrics": self.metricsPath(index)}
+        sink = STATE.sink
+        messagesFd = None
+        if isinstance(sink, LineSink):
+            # Our messages go to our own sink: the worker's come as finished lines on a pipe of their own.
+            messagesFd = max(childFDs) + 1
+            childFDs[messagesFd] = "r"
+            description["messages"] = {"fd": messagesFd, "journal": sink.journal}
+        spec = json.dumps(description)
         args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
                 *reactorArguments(self.reactor), "-n", "--pidfile=",
                 "--logger", "sockd.observe.observers.jsonLogger", "sockd", *self.argv, "--worker", spec]
-        worker = WorkerProcess(self, index)
+        worker = WorkerProcess(self, index, messagesFd, sink if messagesFd is not None else None)
         self.workers[index] = worker
         # Only the main process talks to systemd (NotifyAccess=main); a worker's READY=1 comes to us.
         self.spawned += 1
