@@ -39,6 +39,9 @@ class IDatagramListener(IListener):
 class IStopsFirst(Interface):
     """A service that must stop before the listeners, because its children serve their sockets."""
 
+    def hurry() -> None:
+        """The stop signal came again while stopping: finish now, without waiting for open connections."""
+
 
 class IReadPausingTransport(Interface):
     """A transport that can stop reading while its peer is not reading, registering the pauser only when needed.

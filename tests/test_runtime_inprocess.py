@@ -15,6 +15,7 @@ import pytest
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -237,6 +238,9 @@ class RecordingSupervisor(Service):
         self.journal.append("stop workers")
         return self.ended
 
+    def hurry(self) -> None:
+        self.journal.append("hurry workers")
+
 
 def topService(reactor: Any) -> tuple[SockdService, DatagramPolicy]:
     settings = Settings()
@@ -360,3 +364,29 @@ def test_healthz_and_readyz_follow_the_top_service():
     top.stopService()
     assert render(ready)[0] == 503  # draining
     assert render(Health()) == (200, b"ok\n")  # still alive while it drains
+
+
+def test_hurry_tells_the_workers_and_aborts_what_is_still_draining():
+    reactor = MemoryReactorClock()
+    top, _ = topService(reactor)
+    journal: list[str] = []
+    RecordingSupervisor(journal).setServiceParent(top)
+
+    class Draining:
+        peerName = "192.0.2.1:4000"
+
+        class transport:
+            aborted = 0
+
+            @classmethod
+            def abortConnection(cls) -> None:
+                cls.aborted += 1
+
+    connection = Draining()
+    top.registry.connections.add(connection)  # type: ignore[arg-type]
+    with capturedLogs() as events:
+        top.hurry("SIGTERM")
+    assert journal == ["hurry workers"] and Draining.transport.aborted == 1
+    texts = [formatEvent(e) for e in events]
+    assert "SIGTERM while stopping: not waiting for open connections" in texts
+    assert "SIGTERM again: aborting 192.0.2.1:4000" in texts

@@ -133,3 +133,40 @@ def test_idle_connections_do_not_delay_the_exit(daemon) -> None:
         assert recvAll(sock) == b"", "an idle connection was sent something at shutdown"
         sock.close()
     assertCleanLog(d)
+
+
+def test_a_second_sigterm_while_draining_stops_at_once(daemon) -> None:
+    """SIGTERM drains (here up to 30 s); SIGTERM again ends the drain now, with no ReactorNotRunning traceback."""
+    d = daemon("--discard", LOCAL, "--grace", "30")
+    talker = connect(d.address("discard"))
+    stop = threading.Event()
+    failed: list[BaseException] = []
+
+    def keepTalking() -> None:  # never quiet: the drain would wait for the whole grace period
+        try:
+            while not stop.is_set():
+                talker.sendall(b"x" * 100)
+                time.sleep(0.01)
+        except OSError as e:
+            failed.append(e)
+
+    thread = threading.Thread(target=keepTalking, daemon=True)
+    thread.start()
+    time.sleep(0.2)
+    d.process.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert d.process.poll() is None, "draining, not stopped yet"
+    start = time.monotonic()
+    d.process.send_signal(signal.SIGTERM)
+    code = d.process.wait(15)
+    took = time.monotonic() - start
+    stop.set()
+    thread.join(5)
+    talker.close()
+    assert code in CLEAN_EXITS
+    assert took < 5, f"exited {took:.2f}s after the second SIGTERM, --grace 30"
+    assert failed, "the sender was not cut off"
+    log = d.log()
+    assert "SIGTERM while stopping: not waiting for open connections" in log
+    assert "SIGTERM again: aborting" in log
+    assertCleanLog(d)

@@ -123,13 +123,14 @@ class ConnectionRegistry:
         self._emptied.append(d)
         for connection in list(self.connections):
             connection.drain(quiet)
-        deadline = self.clock.callLater(grace, self._abortAll)
+        deadline = self.clock.callLater(grace, self.abortAll, "shutdown grace period over")
         d.addBoth(lambda result: (deadline.cancel() if deadline.active() else None, result)[1])
         return d
 
-    def _abortAll(self) -> None:
+    def abortAll(self, why: str) -> None:
+        """End every connection now, saying C{why} for each (the grace period is over, or was cut short)."""
         for connection in list(self.connections):
-            log.warn("shutdown grace period over: aborting {peer}", peer=connection.peerName)
+            log.warn("{why}: aborting {peer}", why=why, peer=connection.peerName)
             connection.transport.abortConnection()
 
 

@@ -90,10 +90,12 @@ class SockdService(MultiService):
         self.reactor.callFromThread(self.reload)
 
     def stopService(self) -> defer.Deferred[None]:
+        restore: dict[int, Any] = {}
         if self.running:
             notify("STOPPING=1")
             log.info("stopping: closing listeners, then finishing open connections (grace {grace:g}s)",
                      grace=self.grace)
+            restore = self._hurryOnStopSignals()
         self.running = 0
         # Worker processes (if any) finish first, while the sockets they serve still exist.
         first = [s for s in self if IStopsFirst.providedBy(s)]
@@ -105,5 +107,37 @@ class SockdService(MultiService):
         d.addCallback(lambda _: self.registry.drain(self.grace))
         d.addCallback(lambda _: defer.DeferredList([defer.maybeDeferred(s.stopService) for s in last],
                                                    consumeErrors=True))
-        d.addCallback(lambda _: None)
+        d.addCallback(lambda _: self._restoreSignals(restore))
         return d
+
+    def _hurryOnStopSignals(self) -> dict[int, Any]:
+        """While draining, SIGTERM or SIGINT again ends the drain at once, and says so.
+
+        The reactor's own handler would call C{reactor.stop()} a second time,
+        which raises C{ReactorNotRunning} into the log and changes nothing.
+        Returns the handlers replaced, put back once stopped.
+        """
+        replaced: dict[int, Any] = {}
+        if not getattr(self.reactor, "running", False):
+            return replaced  # stopped without a running reactor (a test, a failed start): no signal to expect
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            try:
+                replaced[signum] = signal.signal(signum, self._onStopSignalAgain)
+            except ValueError:  # not the main thread: nobody can signal this process's loop anyway
+                break
+        return replaced
+
+    def _restoreSignals(self, replaced: dict[int, Any]) -> None:
+        for signum, handler in replaced.items():
+            signal.signal(signum, handler)
+
+    def _onStopSignalAgain(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self.hurry, signal.Signals(signum).name)
+
+    def hurry(self, why: str = "stop asked again") -> None:
+        """Stop now: every worker too, and every open connection aborted instead of drained."""
+        log.warn("{why} while stopping: not waiting for open connections", why=why)
+        for service in self:
+            if IStopsFirst.providedBy(service):
+                service.hurry()
+        self.registry.abortAll(f"{why} again")
