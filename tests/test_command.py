@@ -23,7 +23,6 @@ from tests.daemon import (
     BIN,
     COMMAND_REACTOR,
     LISTENING,
-    STOCK_REACTOR,
     children,
     connect,
     recvExactly,
@@ -97,9 +96,6 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([SOCKD, *args], capture_output=True, text=True, timeout=60, cwd=cwd)
 
 
-@pytest.mark.xfail(STOCK_REACTOR, strict=False,
-                   reason="on Twisted's epoll reactor the sockd command sometimes calls reactor.stop() twice at "
-                          "SIGTERM (ReactorNotRunning); seen about 1 run in 2, cause not found yet")
 def test_command_serves_tcp_udp_and_unix_then_stops_on_sigterm(command, tmp_path: Path) -> None:
     """The command binds (twist alone would not: sockd binds in privilegedStartService) and drains on SIGTERM."""
     unixPath = tmp_path / "ack.sock"
