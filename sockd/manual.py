@@ -176,7 +176,8 @@ def manPage() -> str:
         ".SH SIGNALS",
         ".TP", "\\fBSIGTERM\\fR, \\fBSIGINT\\fR",
         "Stop accepting, answer what was already received, close connections once quiet, and exit; what is "
-        "still open after \\fB\\-\\-grace\\fR seconds is aborted.",
+        "still open after \\fB\\-\\-grace\\fR seconds is aborted. The signal again while draining aborts "
+        "what is open at once.",
         ".TP", "\\fBSIGHUP\\fR",
         "Re\\-read the \\fB\\-\\-config\\fR file: limits, access lists and quotes apply at once, listeners added to "
         "or removed from its [listen] table are opened or closed, established connections are kept. A file that "
