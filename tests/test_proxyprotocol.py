@@ -25,7 +25,13 @@ from zope.interface import implementer
 
 from sockd.config.settings import Settings
 from sockd.defences.admission import Admission
-from sockd.defences.proxyprotocol import V2_SIGNATURE, ProxyHeaderError, ProxyProtocolFactory, parseHeader
+from sockd.defences.proxyprotocol import (
+    V2_SIGNATURE,
+    ProxyHeaderError,
+    ProxyProtocol,
+    ProxyProtocolFactory,
+    parseHeader,
+)
 from sockd.defences.stream import ConnectionRegistry, PolicyFactory
 from sockd.services import BY_NAME, Context
 
@@ -416,3 +422,8 @@ def test_parse_header_api() -> None:
     assert mapped is not None and mapped.source == IPv6Address("TCP", "::ffff:192.0.2.7", 1)
     with pytest.raises(ProxyHeaderError):
         parseHeader(b"PROXY TCP6 fe80::1%eth0 ::1 1 2\r\n")
+
+
+def test_the_proxy_reader_relays_its_transport_without_getattr():
+    """Every read passes through it: no __getattr__ in its bases (each attribute access would pay for it)."""
+    assert all("__getattr__" not in vars(base) for base in ProxyProtocol.__mro__)

@@ -24,11 +24,12 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
 from sockd.defences.ratelimit import LogThrottle
+from sockd.defences.relay import TransportRelay
 from sockd.observe.addresses import formatAddress
 
 log = Logger(namespace="sockd.proxyprotocol")
@@ -156,7 +157,7 @@ def parseHeader(buffer: bytes, maxHeader: int = MAX_HEADER) -> ProxyHeader | Non
 
 
 @implementer(IHalfCloseableProtocol)
-class ProxyProtocol(ProtocolWrapper):
+class ProxyProtocol(TransportRelay, Protocol):
     """Read the PROXY header, then build and start the service with the client's address.
 
     Until then nothing reaches the service and nothing is written; afterwards
@@ -168,7 +169,7 @@ class ProxyProtocol(ProtocolWrapper):
     _timeoutCall: IDelayedCall | None = None
 
     def __init__(self, factory: ProxyProtocolFactory) -> None:
-        super().__init__(factory, None)  # type: ignore[arg-type]
+        self.factory = factory
         self._buffer = b""
         self._waiting = True
         self._header: ProxyHeader | None = None
@@ -177,7 +178,7 @@ class ProxyProtocol(ProtocolWrapper):
         return self.__class__.__name__
 
     def makeConnection(self, transport: Any) -> None:
-        # Not ProtocolWrapper's: it would start the (not yet built) service now.
+        # Not a wrapper's usual one: that would start the (not yet built) service now.
         directlyProvides(self, providedBy(transport))
         Protocol.makeConnection(self, transport)
 
