@@ -70,9 +70,8 @@ def isJournal(fd: int, environ: Mapping[str, str] = os.environ) -> bool:
         return False
 
 
-#: What a batch of raw messages joined by NUL may hold to be written as it is: printable ASCII but the
-#: backslash, line feeds, and the NULs between messages (counted separately).
-_BATCH_PLAIN = PLAIN + b"\n\0"
+#: What a checked batch of message lines may hold: printable ASCII but the backslash, and line feeds.
+_LINE_PLAIN = PLAIN + b"\n"
 
 
 class Output(Protocol):
@@ -101,15 +100,12 @@ class FdOutput:
 class LineSink:
     """Log lines buffered in memory and written once per reactor turn, never raising.
 
-    Message lines are kept in batches that share their prefix (the timestamp
-    of one second and the C{tail}, C{b" [sockd.messages#info] Here is the
-    message: "}): per message, a clock read and one list append of the raw
-    message.  A batch is checked and assembled when it is written, by a few
-    passes over its bytes in C: if every message is printable ASCII ending in
-    its only line feed, the batch is the escaped text already, and the lines
-    are the prefix joined with the messages; otherwise each line is escaped by
-    itself.  A message without a line feed gets one (the log line is the same:
-    L{messageText} drops one line end).
+    Message lines are kept as they arrive, in three parts (timestamp, C{tail},
+    the raw message ending in its line feed), and checked when written, all at
+    once: if the batch is printable ASCII with one line feed per line, it is
+    the escaped text already (nothing in it needs escaping, and the message's
+    own line feed ends its line); otherwise each line is escaped by itself.
+    Per message that leaves a clock read and three list appends.
 
     @ivar dropped: lines that could not be written (and are gone).
     """
@@ -130,19 +126,15 @@ class LineSink:
         #: The output failed for good (a pipe whose reader is gone): drop without trying.
         self.broken = False
         self._failing = False
-        #: Raw messages of the current batch, each ending in a line feed, not checked yet.
+        #: Raw message lines, three parts each, not checked yet.
         self._raw: list[bytes] = []
-        #: Their line prefix: the timestamp and the tail.
-        self._prefix = b""
-        #: The tail of the current batch (compared by identity: tails are module constants).
-        self._tail = b""
-        #: Lines ready to write (checked batches, other events), before the raw ones.
+        #: Lines ready to write (checked raw lines, escaped lines), before the raw ones.
         self._ready: list[bytes] = []
         #: Lines in _raw and _ready.
         self._count = 0
         self._scheduled = False
         self._lastWrite = float("-inf")
-        # The current batch's timestamp is valid for times in [_from, _until).
+        # Message lines' timestamp: valid for times in [_from, _until).
         self._from = 0.0
         self._until = 0.0
         self._stamp = b""
@@ -159,67 +151,42 @@ class LineSink:
         L{messageText}C{(message)}.
         """
         now = self.now()
-        if tail is not self._tail or not self._from <= now < self._until:
-            self._newBatch(now, tail)
-        if message[-1:] != b"\n":
-            if message[-1:] == b"\r":
-                # A lone CR stays in the line, escaped; with an LF after it, it would be dropped as a line end.
-                self._seal()
-                self._ready.append(self._prefix + messageText(message).encode("utf-8", "backslashreplace") + b"\n")
-                self._count += 1
-                self._scheduleOrFlush()
-                return
-            message += b"\n"  # the same line: messageText drops one line end
-        self._raw.append(message)
+        if not self._from <= now < self._until:
+            self._restamp(now)
+        if message[-1:] == b"\n":
+            self._raw += (self._stamp, tail, message)
+        else:
+            self._seal()
+            self._ready.append(self._stamp + tail + messageText(message).encode("utf-8", "backslashreplace") + b"\n")
         self._count += 1
         if not self._scheduled:
             self._schedule()
         elif self._count >= self.maxLines:
             self.flush()
 
-    def _scheduleOrFlush(self) -> None:
-        if not self._scheduled:
-            self._schedule()
-        elif self._count >= self.maxLines:
-            self.flush()
-
-    def _newBatch(self, now: float, tail: bytes) -> None:
-        """Seal the current batch and start one for C{tail} at time C{now} (restamped if the second changed)."""
-        self._seal()
-        if not self._from <= now < self._until:
-            second = float(int(now // 1))
-            self._from, self._until = second, second + 1.0
-            self._stamp = (self._infoPrefix + formatTime(second)).encode("utf-8", "backslashreplace")
-        self._tail = tail
-        self._prefix = self._stamp + tail
-
     def _seal(self) -> None:
-        """Move the raw messages to the ready lines, checked (escaped one by one if the batch needs it).
-
-        Messages (each ending in a line feed) joined by NUL: the batch is plain
-        when, apart from the NULs between messages, it is printable ASCII and
-        one line feed per message (so each holds one, at its end).
-        """
+        """Move the raw lines to the ready ones, checked (escaped one by one if the batch needs it)."""
         raw = self._raw
         if not raw:
             return
         self._raw = []
-        prefix = self._prefix
-        count = len(raw)
-        data = b"\0".join(raw)
-        if (not data.translate(None, _BATCH_PLAIN) and data.count(b"\0") == count - 1
-                and data.count(b"\n") == count):
-            self._ready.append(prefix + data.replace(b"\0", prefix))
-        else:
-            self._ready.append(b"".join(
-                b"%s%s\n" % (prefix, messageText(m).encode("utf-8", "backslashreplace")) for m in raw))
+        data = b"".join(raw)
+        if data.translate(None, _LINE_PLAIN) or data.count(b"\n") * 3 != len(raw):
+            data = b"".join(
+                b"%s%s%s\n" % (raw[i], raw[i + 1], messageText(raw[i + 2]).encode("utf-8", "backslashreplace"))
+                for i in range(0, len(raw), 3)
+            )
+        self._ready.append(data)
 
     def lines(self, data: bytes) -> None:
         """Append whole lines made by another sink (a C{--workers} child's), written with the next batch."""
         self._seal()
         self._ready.append(data)
         self._count += data.count(b"\n")
-        self._scheduleOrFlush()
+        if not self._scheduled:
+            self._schedule()
+        elif self._count >= self.maxLines:
+            self.flush()
 
     def write(self, text: str) -> None:
         """Write C{text} (whole lines) now, after the lines buffered before it."""
@@ -227,6 +194,11 @@ class LineSink:
         self._ready.append(text.encode("utf-8", "backslashreplace"))
         self._count += 1
         self.flush()
+
+    def _restamp(self, now: float) -> None:
+        second = float(int(now // 1))
+        self._from, self._until = second, second + 1.0
+        self._stamp = (self._infoPrefix + formatTime(second)).encode("utf-8", "backslashreplace")
 
     def _schedule(self) -> None:
         reactor = self.reactor
