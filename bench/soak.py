@@ -156,6 +156,24 @@ class ConnectTimeout(OSError):
 # --------------------------------------------------------------------------------------------------- sockets
 
 
+def release(sock: socket.socket) -> None:
+    """Close a socket the running loop may still watch, unregistering it first.
+
+    A cancelled C{sock_connect}/C{sock_sendall}/C{sock_recvfrom} leaves its descriptor registered until a
+    callback in a later loop step.  Closed before that, a new socket that reuses the descriptor number in the
+    same step is never registered with epoll and its connect waits forever.  Removing the reader and writer
+    here cancels those callbacks' handles, so nothing of the old socket outlives it.
+    """
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    if loop is not None and sock.fileno() >= 0:
+        loop.remove_reader(sock.fileno())
+        loop.remove_writer(sock.fileno())
+    sock.close()
+
+
 async def connectSocket(address: tuple[str, int], source: str, rcvbuf: int | None = None) -> socket.socket:
     """A connected non-blocking TCP socket from C{source}; its port is chosen at connect time, so no source
     address runs out of ports."""
@@ -168,7 +186,7 @@ async def connectSocket(address: tuple[str, int], source: str, rcvbuf: int | Non
         sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(sock, address)
     except BaseException:
-        sock.close()
+        release(sock)
         raise
     return sock
 
@@ -191,7 +209,7 @@ def resetClose(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     except OSError:
         pass
-    sock.close()
+    release(sock)
 
 
 def abort(writer: asyncio.StreamWriter) -> None:
@@ -328,7 +346,7 @@ class Good:
             # sockd drops datagrams from its own UDP port numbers (the loop guard), whatever the address:
             # an ephemeral port that happens to equal one is never answered.  Counted, and re-bound.
             self.tally.portCollisions += 1
-            sock.close()
+            release(sock)
             sock = udpSocket(self.source())
         try:
             for attempt in range(3):
@@ -344,7 +362,7 @@ class Good:
                 return
             raise TimeoutError(f"no answer after 3 tries from {sock.getsockname()}")
         finally:
-            sock.close()
+            release(sock)
 
     KINDS: tuple[tuple[str, int], ...] = (
         ("ack/tcp", 22), ("ack/unix", 10), ("echo/tcp", 18), ("daytime/tcp", 6), ("time/tcp", 6),
@@ -667,7 +685,7 @@ class Hostile:
                     self.tally.outcomes[f"udp from port {port}: ANSWERED (reflection)"] += answered
         finally:
             for _, sock in socks:
-                sock.close()
+                release(sock)
 
     async def udpFlood(self, rate: float = 2000.0) -> tuple[int, float]:
         """One address floods echo over its rate; returns the answers it got and the seconds it flooded."""
@@ -690,7 +708,7 @@ class Hostile:
             await asyncio.sleep(0.5)
             answers += drain(sock)
         finally:
-            sock.close()
+            release(sock)
         self.tally.faults["udp flood over the rate"] += sent
         self.tally.datagrams += sent
         self.tally.outcomes["udp flood: answered"] += answers
