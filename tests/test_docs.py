@@ -133,3 +133,18 @@ def test_no_development_diary(page: Path) -> None:
     found = [f"{page.relative_to(ROOT)}:{n}: {line.strip()}" for n, line in enumerate(page.read_text().splitlines(), 1)
              if DIARY.search(line)]
     assert not found, "\n".join(found)
+
+
+SOURCE_PATH = re.compile(r"(?<![\w/.-])((?:sockd|tests|bench|twisted/plugins)/[\w/.-]*\.(?:py|c|sh|md|txt))\b")
+
+
+def test_every_source_file_the_docs_name_exists() -> None:
+    """A module moved or renamed must not leave its old path in the README, docs/ or contrib/."""
+    pages = [*PAGES, *(p for p in trackedFiles() if p.relative_to(ROOT).parts[0] == "contrib" and p.is_file())]
+    missing = []
+    for page in pages:
+        for number, line in enumerate(page.read_text(errors="replace").splitlines(), 1):
+            for match in SOURCE_PATH.finditer(line):
+                if not (ROOT / match.group(1)).exists():
+                    missing.append(f"{page.relative_to(ROOT)}:{number}: {match.group(1)}")
+    assert not missing, "\n".join(missing)

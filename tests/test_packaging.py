@@ -193,7 +193,7 @@ def test_wheel_installed_in_a_fresh_venv_serves(freshVenv: Path, tmp_path: Path,
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Licence, metadata, the sockd command and its manual (issue 9).
+# Licence, metadata, the sockd command and its manual.
 
 
 def _metadata(built: Built) -> str:
