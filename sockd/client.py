@@ -325,7 +325,7 @@ def pingSummary(result: PingResult) -> list[str]:
 
 
 def pingJson(result: PingResult, options: PingOptions) -> dict[str, Any]:
-    """Every figure of a ping run, under the keys the README lists (pinned by a test)."""
+    """Every figure of a ping run, under the keys docs/client.md lists (pinned by a test)."""
     return {
         "mode": "ping", "target": result.target, "transport": result.transport, "expect": result.expect,
         "size": result.size, "count": options.count, "interval_s": options.interval, "timeout_s": options.timeout,
@@ -416,7 +416,7 @@ def loadSummary(result: LoadResult, options: LoadOptions) -> list[str]:
 
 
 def loadJson(result: LoadResult, options: LoadOptions) -> dict[str, Any]:
-    """Every figure of a load run, under the keys the README lists (pinned by a test)."""
+    """Every figure of a load run, under the keys docs/client.md lists (pinned by a test)."""
     requests = result.pattern in ("echo", "ack")
     return {
         "mode": "load", "target": result.target, "transport": result.transport, "pattern": result.pattern,
@@ -464,7 +464,7 @@ def _utc(unix: float) -> str:
 
 
 def clockJson(reading: ClockReading) -> dict[str, Any]:
-    """Every figure of a clock reading, under the keys the README lists (pinned by a test)."""
+    """Every figure of a clock reading, under the keys docs/client.md lists (pinned by a test)."""
     server = reading.serverUnix
     return {
         "mode": reading.protocol, "target": reading.target, "transport": reading.transport,

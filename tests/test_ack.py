@@ -1,4 +1,4 @@
-"""The tutorial's ack server (sockd/ack.py): framing, answers, timers, logging and flow control.
+"""The tutorial's ack server (sockd/protocols/ack.py): framing, answers, timers, logging and flow control.
 
 Everything runs on StringTransport and a Clock: no sockets, no global reactor.
 """

@@ -1,7 +1,7 @@
 """The package's shape: imports point one way, from higher layers to lower ones, and never in a circle.
 
 Every import counts, including those inside functions: a lazy import is still
-a dependency.  The layers, lowest first, are the README's development section.
+a dependency.  The layers, lowest first, are the floor plan of docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def test_every_module_has_a_layer() -> None:
             layerOf(name)
         except KeyError:
             missing.append(name)
-    assert not missing, f"add these to LAYERS (and the README's tree): {missing}"
+    assert not missing, f"add these to LAYERS (and the floor plan in docs/architecture.md): {missing}"
 
 
 def test_no_import_from_a_lower_layer_to_a_higher_one() -> None:

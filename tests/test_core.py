@@ -537,7 +537,7 @@ def test_an_adopted_unix_socket_keeps_its_file_and_mode(tmp_path):
 
 # -- no private attribute of Twisted ------------------------------------------------------------------------------
 
-#: What sockd once read or set on Twisted's objects (issue 8).
+#: What sockd once read or set on Twisted's objects, before it had its own I/O core.
 FORMERLY_USED = {"_tempDataBuffer", "_tempDataLen", "_writeDisconnected", "_aborting", "_postLoseConnection",
                  "_poller", "_selectables", "_doReadOrWrite", "_bindPath", "_realPortNumber", "_internalReaders",
                  "_preexistingSocket", "_fromListeningDescriptor", "_disconnectSelectable", "_removeAll"}

@@ -1,4 +1,4 @@
-"""Listen descriptions (sockd/describe.py): splitting and the udp: forms."""
+"""Listen descriptions (sockd/config/descriptions.py): splitting and the udp: forms."""
 
 from __future__ import annotations
 

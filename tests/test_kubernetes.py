@@ -235,8 +235,8 @@ def test_pod_runs_the_configmap_as_non_root_on_a_read_only_root(played: Played) 
 
 
 @pytest.mark.slow
-def test_reload_command_from_the_readme(played: Played) -> None:
-    """README: `kubectl exec deploy/sockd -- sh -c 'kill -HUP 1'` after the ConfigMap update reaches the pod."""
+def test_reload_command_from_the_docs(played: Played) -> None:
+    """docs/containers.md's reload, `kubectl exec … kill -HUP 1`, after the ConfigMap update reaches the pod."""
     before = sum(1 for e in played.events() if e.get("log_namespace") == "sockd.reload")
     result = played.exec("sh", "-c", "kill -HUP 1")
     assert result.returncode == 0, result.stderr

@@ -1,4 +1,4 @@
-"""Peer bytes made safe for log lines (sockd/logsafe.py)."""
+"""Peer bytes made safe for log lines (sockd/observe/logsafe.py)."""
 
 from __future__ import annotations
 

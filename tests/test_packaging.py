@@ -193,7 +193,7 @@ def test_wheel_installed_in_a_fresh_venv_serves(freshVenv: Path, tmp_path: Path,
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Licence, metadata, the sockd command and its manual (issue 9).
+# Licence, metadata, the sockd command and its manual.
 
 
 def _metadata(built: Built) -> str:
@@ -244,13 +244,15 @@ def test_wheel_declares_the_sockd_command_and_carries_man_page_and_completions(b
         assert wheel.read(f"{data}/data/{installed}") == (REPO / source).read_bytes(), installed
 
 
-def test_sdist_carries_contrib(built: Built) -> None:
+def test_sdist_carries_contrib_and_docs(built: Built) -> None:
     with tarfile.open(built.sdist) as tar:
         names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
-    tracked = subprocess.run(["git", "ls-files", "contrib"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    tracked = subprocess.run(["git", "ls-files", "contrib", "docs"], cwd=REPO, capture_output=True, text=True,
+                             timeout=60)
     expected = set(tracked.stdout.split()) if tracked.returncode == 0 and tracked.stdout else {
-        str(p.relative_to(REPO)) for p in (REPO / "contrib").rglob("*") if p.is_file()}
+        str(p.relative_to(REPO)) for d in ("contrib", "docs") for p in (REPO / d).rglob("*") if p.is_file()}
     assert expected, "no contrib files?"
+    assert "docs/operating.md" in expected, "the docs the README links to"
     assert expected <= names, sorted(expected - names)
     assert {"LICENSE", "MANIFEST.in", "contrib/container/Containerfile", "contrib/kubernetes/deployment.yaml"} <= names
 

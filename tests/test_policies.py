@@ -1,4 +1,4 @@
-"""PolicyFactory / PolicyProtocol and ConnectionRegistry (sockd/policies.py) on StringTransport and a Clock."""
+"""PolicyFactory / PolicyProtocol and ConnectionRegistry (sockd/defences/stream.py) on StringTransport and a Clock."""
 
 from __future__ import annotations
 

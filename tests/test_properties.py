@@ -62,7 +62,7 @@ class RecordingLog(MessageLog):
 
 @dataclass
 class AckModel:
-    """The ack framing rules, stated byte by byte and independently of sockd/ack.py."""
+    """The ack framing rules, stated byte by byte and independently of sockd/protocols/ack.py."""
 
     maxLength: int
     quietTime: float

@@ -1,7 +1,7 @@
 """Every tunable of sockd, described once.
 
 The command line (L{sockd.tap.Options}), the configuration file and the
-README's option reference are all derived from L{FIELDS}, so a setting is
+option reference in docs/operating.md are all derived from L{FIELDS}, so a setting is
 added in one place.  Each setting names the threat or need it answers.
 """
 
