@@ -7,14 +7,20 @@ import subprocess
 
 import pytest
 
+from sockd.config.descriptions import ListenSpec
 from sockd.runtime.listeners import BACKLOG, withDefaults
 
 
 def test_defaults_are_added_unless_the_description_says_otherwise():
-    assert withDefaults("unix:a.sock", 0o660) == f"unix:a.sock:mode=660:backlog={BACKLOG}"
-    assert withDefaults("unix:a.sock:mode=600:backlog=5", 0o660) == "unix:a.sock:mode=600:backlog=5"
-    assert withDefaults("tcp:0", 0o660) == f"tcp:0:backlog={BACKLOG}"
-    assert withDefaults("systemd:domain=INET:index=0", 0o660) == "systemd:domain=INET:index=0"
+    def endpoint(description: str) -> str:
+        return withDefaults(ListenSpec.parse("ack", description), 0o660)
+
+    assert endpoint("unix:a.sock") == f"unix:a.sock:mode=660:backlog={BACKLOG}"
+    assert endpoint("unix:a.sock:mode=600:backlog=5") == "unix:a.sock:mode=600:backlog=5"
+    assert endpoint("tcp:0") == f"tcp:0:backlog={BACKLOG}"
+    assert endpoint("systemd:domain=INET:index=0") == "systemd:domain=INET:index=0"
+    assert endpoint("haproxy:tcp:0") == f"tcp:0:backlog={BACKLOG}"
+    assert endpoint("unix:a.sock:group=0") == f"unix:a.sock:mode=660:backlog={BACKLOG}"
 
 
 @pytest.mark.skipif(shutil.which("ss") is None, reason="ss (iproute2) is not installed")
