@@ -3,22 +3,25 @@
 L{Assembly} turns what L{sockd.tap.Options} resolved (settings and listen
 descriptions) into one L{SockdService}: the service table gives each
 service's factory and datagram protocol, L{sockd.defences} wraps them and
-L{sockd.runtime} binds them.  It keeps what it built, so a reload (SIGHUP) can
-apply new limits, access lists and quotes, and open or close listeners,
-without dropping established connections.
+L{sockd.runtime} binds them.  It keeps one L{Running} record per listener
+(its parsed description, the listener, and the policy it guards with), so a
+reload (SIGHUP) can apply new limits, access lists and quotes, and open or
+close listeners, without dropping established connections.
 """
 
 from __future__ import annotations
 
 import json
+import pwd
 import signal
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import generate_latest
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
-from sockd.config.descriptions import isDatagram, socketTransport, transportName
+from sockd.config.descriptions import ListenSpec
 from sockd.config.file import ConfigError
 from sockd.config.settings import Settings
 from sockd.defences.admission import Admission
@@ -26,9 +29,8 @@ from sockd.defences.datagram import DatagramPolicy, GuardedDatagramProtocol
 from sockd.defences.proxyprotocol import ProxyProtocolFactory
 from sockd.defences.stream import ConnectionRegistry, PolicyFactory
 from sockd.errors import StartupError
-from sockd.interfaces import IDatagramListener
 from sockd.observe.logsetup import workerMessageSink
-from sockd.observe.metrics import TLS_TRANSPORTS, Metrics
+from sockd.observe.metrics import Metrics
 from sockd.protocols.qotd import QuotePicker, builtinQuotes, loadQuotes
 from sockd.protocols.speakfirst import SpeakFirstFactory
 from sockd.runtime.daemon import SockdService
@@ -37,9 +39,37 @@ from sockd.runtime.listeners import DatagramListener, StreamListener
 from sockd.runtime.workers import AggregatedMetrics, Supervisor, shareLimits
 from sockd.services import BY_NAME, SMALL_SERVICE_PORTS, Context
 
-__all__ = ["Assembly"]
+__all__ = ["Assembly", "Running"]
 
 log = Logger(namespace="sockd.reload")
+
+
+@dataclass
+class Running:
+    """One running listener: what was asked for, what binds it, and the policy its service sits behind.
+
+    A reload gives C{policy} the new service and rules; it never looks inside
+    the factories the listener was handed (a PROXY protocol reader, TLS).
+    """
+
+    spec: ListenSpec
+    listener: StreamListener | DatagramListener
+    #: The stream policy (L{PolicyFactory}) or the datagram guard (L{GuardedDatagramProtocol}).
+    policy: PolicyFactory | GuardedDatagramProtocol
+
+
+def daemonIds(options: Any) -> tuple[int | None, int | None]:
+    """The user and group the daemon runs as once started: twistd's C{--uid/--gid}, worked out as twistd does.
+
+    None where the daemon keeps its own (no C{--uid/--gid}, or a runner without them, such as C{twist}).
+    """
+    parent = getattr(options, "parent", None)
+    if parent is None or not hasattr(parent, "get"):
+        return None, None
+    uid, gid = parent.get("uid"), parent.get("gid")
+    if uid is not None and gid is None:
+        gid = pwd.getpwuid(uid).pw_gid
+    return uid, gid
 
 
 class Assembly:
@@ -68,18 +98,21 @@ class Assembly:
         self.context.quotes.quotes = _quotes(self.settingsFor("qotd"))  # [qotd] quotes = ... is qotd's
         self.top = SockdService(reactor, self.registry, self.datagramPolicy, settings.grace)
         self.top.reload = self.reload
-        self.listeners: dict[tuple[str, str], Any] = {}
+        #: One record per running listener, by its parsed description.
+        self.running: dict[ListenSpec, Running] = {}
+        #: Who owns the Unix socket files made here unless their description says (twistd's --uid/--gid).
+        self.socketOwner = daemonIds(options)
         self.supervisor: Any = None
         if self.worker is not None:
             messages = self.worker.get("messages")
             if messages is not None:  # the parent logs through its own sink: hand it finished lines
                 workerMessageSink(messages["fd"], messages["journal"], reactor)
             for name, description, fd in self.worker["listeners"]:
-                self._add(name, description, inheritedFd=fd)
+                self._add(ListenSpec.parse(name, description), inheritedFd=fd)
             self._addWorkerMetrics(self.worker["metrics"])
             return
-        for name, description in options.active:
-            self._add(name, description)
+        for spec in options.active:
+            self._add(spec)
         if settings.workers > 1:
             self.supervisor = Supervisor(reactor, settings.workers, self._workerSockets, options.rawArgs)
             self.supervisor.grace = settings.grace
@@ -114,48 +147,47 @@ class Assembly:
 
     def _workerSockets(self) -> list[tuple[str, str, Any]]:
         """What workers inherit: every service listener, in a stable order."""
-        return [(name, description, listener) for (name, description), listener in self.listeners.items()]
+        return [(spec.service, str(spec), record.listener) for spec, record in self.running.items()]
 
-    def _add(self, name: str, description: str, inheritedFd: int | None = None) -> Any:
-        service = BY_NAME[name]
-        settings = self.settingsFor(name)
-        context = self.contexts.get(name, self.context)
-        if isDatagram(description):
+    def _add(self, spec: ListenSpec, inheritedFd: int | None = None) -> Running:
+        service = BY_NAME[spec.service]
+        settings = self.settingsFor(spec.service)
+        context = self.contexts.get(spec.service, self.context)
+        listener: StreamListener | DatagramListener
+        if spec.datagram is not None:
             assert service.datagram is not None
-            protocol = GuardedDatagramProtocol(service.datagram(context), self.datagramPolicies.get(
-                name, self.datagramPolicy), name, metrics=self.metrics)
-            listener = DatagramListener(self.reactor, name, description, protocol, inheritedFd=inheritedFd)
+            guard = GuardedDatagramProtocol(service.datagram(context), self.datagramPolicies.get(
+                spec.service, self.datagramPolicy), spec.service, metrics=self.metrics)
+            listener = DatagramListener(self.reactor, spec, guard, inheritedFd=inheritedFd)
+            record = Running(spec, listener, guard)
         else:
-            kind = transportName(description)
-            tls = kind in TLS_TRANSPORTS
-            factory: Any = PolicyFactory(
+            policy = PolicyFactory(
                 service.stream(context),
-                serviceName=name,
-                transportName=socketTransport(description),  # tcp or unix, in metrics and logs alike
-                admission=self.admissions.get(name, self.admission),
+                serviceName=spec.service,
+                transportName=spec.transport,  # tcp or unix, in metrics and logs alike
+                admission=self.admissions.get(spec.service, self.admission),
                 registry=self.registry,
                 clock=self.reactor,
                 idleTimeout=settings.idle_timeout,
-                handshakeTimeout=settings.tls_handshake_timeout if tls else 0,
+                handshakeTimeout=settings.tls_handshake_timeout if spec.tls else 0,
                 metrics=self.metrics,
-                tls=tls,
+                tls=spec.tls,
             )
-            transport = kind
-            bindTo = description
-            if transport == "haproxy":
+            factory: Any = policy
+            if spec.proxy:
                 # Twisted's own haproxy: wrapper drops split headers (twisted#8287) and starts the service
                 # before the real peer is known (twisted#12501); sockd's wrapper does neither.
-                factory = ProxyProtocolFactory(factory, clock=self.reactor)
-                bindTo = description.split(":", 1)[1]
-            listener = StreamListener(self.reactor, name, bindTo, factory, transportName=transport,
-                                      inheritedFd=inheritedFd, unixMode=settings.unix_mode)
-        self.listeners[(name, description)] = listener
+                factory = ProxyProtocolFactory(policy, clock=self.reactor)
+            listener = StreamListener(self.reactor, spec, factory, inheritedFd=inheritedFd,
+                                      unixMode=settings.unix_mode, socketOwner=self.socketOwner)
+            record = Running(spec, listener, policy)
+        self.running[spec] = record
         listener.setServiceParent(self.top)
-        return listener
+        return record
 
-    def _named(self, key: tuple[str, str]) -> Any:
+    def _named(self, spec: ListenSpec) -> Any:
         try:
-            return self.top.getServiceNamed(" ".join(key))
+            return self.top.getServiceNamed(f"{spec.service} {spec}")
         except KeyError:
             return None
 
@@ -170,7 +202,7 @@ class Assembly:
             root.putChild(b"metrics", MetricsResource(registry=self.metrics.registry))
         root.putChild(b"healthz", Health())
         root.putChild(b"readyz", Readiness(self.ready))
-        listener = StreamListener(self.reactor, "metrics", description, QuietSite(root))
+        listener = StreamListener(self.reactor, ListenSpec.parse("metrics", description), QuietSite(root))
         listener.setServiceParent(self.top)
         self.top.stopLast.append(listener)  # answers /readyz with 503 while the connections drain
 
@@ -182,8 +214,8 @@ class Assembly:
     def _addWorkerMetrics(self, path: str) -> None:
         """A worker answers its parent's scrapes on a private Unix socket: the exposition, then close."""
         factory = SpeakFirstFactory(lambda: generate_latest(self.metrics.registry), self.reactor)
-        StreamListener(self.reactor, "worker-metrics", f"unix:{path}:mode=600", factory,
-                       announce=False).setServiceParent(self.top)
+        spec = ListenSpec.parse("worker-metrics", f"unix:{path}:mode=600")
+        StreamListener(self.reactor, spec, factory, announce=False).setServiceParent(self.top)
 
     def reload(self) -> None:
         """Re-read the configuration: new rules at once, listeners opened or closed, connections kept."""
@@ -204,53 +236,51 @@ class Assembly:
         self.top.grace = settings.grace
         wanted = list(dict.fromkeys(active))
         if self.worker is not None:
-            wanted = list(self.listeners)  # a worker serves what it inherited; the parent restarts it for more
-        before = list(self.listeners)
-        for key in [k for k in self.listeners if k not in wanted]:
-            listener = self.listeners.pop(key)
-            listener.disownServiceParent()
-            log.info("reload: closed {service} {description}", service=key[0], description=key[1])
+            wanted = list(self.running)  # a worker serves what it inherited; the parent restarts it for more
+        before = list(self.running)
+        for spec in [k for k in self.running if k not in wanted]:
+            self.running.pop(spec).listener.disownServiceParent()
+            log.info("reload: closed {service} {description}", service=spec.service, description=str(spec))
         opened = 0
-        for key, listener in list(self.listeners.items()):
-            self._refresh(key, listener)
-        for key in wanted:
-            if key in self.listeners:
+        for record in self.running.values():
+            self._refresh(record)
+        for spec in wanted:
+            if spec in self.running:
                 continue
             try:
-                listener = self._add(*key)  # the running parent binds and starts it at once
+                record = self._add(spec)  # the running parent binds and starts it at once
             except StartupError as e:
-                stray = self.listeners.pop(key, None) or self._named(key)
-                if stray is not None and stray.parent is not None:
-                    stray.disownServiceParent()
-                log.error("reload: cannot open {what}: {why}", what=" ".join(key), why=str(e))
+                stray = self.running.pop(spec, None)
+                listener = stray.listener if stray is not None else self._named(spec)
+                if listener is not None and listener.parent is not None:
+                    listener.disownServiceParent()
+                log.error("reload: cannot open {what}: {why}", what=f"{spec.service} {spec}", why=str(e))
                 continue
-            if IDatagramListener.providedBy(listener):
-                self.datagramPolicy.addOwnPort(listener.boundPort)
+            if isinstance(record.listener, DatagramListener):
+                self.datagramPolicy.addOwnPort(record.listener.boundPort)
             opened += 1
         if self.supervisor is not None:
-            if list(self.listeners) != before:
+            if list(self.running) != before:
                 log.info("reload: listeners changed: starting new workers on the new set")
                 self.supervisor.restartAll()
             else:
                 self.supervisor.signalAll(signal.SIGHUP)
         self.metrics.reloads["ok"] += 1
         log.info("reloaded {path}: {count} listeners ({opened} opened)", path=self.options["config"] or "options",
-                 count=len(self.listeners), opened=opened)
+                 count=len(self.running), opened=opened)
 
-    def _refresh(self, key: tuple[str, str], listener: Any) -> None:
+    def _refresh(self, record: Running) -> None:
         """Give a kept listener a service built from the new settings; open connections keep theirs."""
-        name, description = key
+        name = record.spec.service
         service = BY_NAME[name]
         settings = self.settingsFor(name)
         context = self.contexts.get(name, self.context)
-        if isDatagram(description):
+        policy = record.policy
+        if isinstance(policy, GuardedDatagramProtocol):
             assert service.datagram is not None
-            listener.protocol.policy = self.datagramPolicies.get(name, self.datagramPolicy)
-            listener.protocol.replaceInner(service.datagram(context))
+            policy.policy = self.datagramPolicies.get(name, self.datagramPolicy)
+            policy.replaceInner(service.datagram(context))
             return
-        policy = listener.factory
-        while not isinstance(policy, PolicyFactory):
-            policy = policy.wrappedFactory
         policy.wrappedFactory = service.stream(context)
         policy.admission = self.admissions.get(name, self.admission)  # open connections release where counted
         if policy.idleTimeout != settings.idle_timeout:

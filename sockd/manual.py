@@ -158,7 +158,10 @@ def manPage() -> str:
         "the listeners given run. Stream descriptions are Twisted endpoint strings (\\fBtcp:\\fIPORT\\fR, "
         "\\fBtcp6:\\fR, \\fBunix:\\fIPATH\\fR, \\fBssl:\\fR, \\fBtls:\\fR, \\fBsystemd:\\fR, \\fBhaproxy:\\fR); "
         "datagram ones are \\fBudp:\\fIPORT\\fR[\\fB:interface=\\fIADDR\\fR], \\fBudp:index=\\fIN\\fR or "
-        "\\fBudp:fd=\\fIN\\fR.",
+        "\\fBudp:fd=\\fIN\\fR. A Unix socket file belongs to the user and group the daemon runs as "
+        "(twistd\\(aqs \\fB\\-\\-uid\\fR and \\fB\\-\\-gid\\fR), unless its description adds "
+        "\\fB:owner=\\fIUSER\\fR or \\fB:group=\\fIGROUP\\fR (a name or a number); "
+        "\\fB:mode=\\fR sets its permissions.",
     ]
     for option in listen:
         lines += _manOption(option)

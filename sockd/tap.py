@@ -15,7 +15,7 @@ from twisted.python import usage
 
 from sockd import __version__
 from sockd.app import Assembly
-from sockd.config.descriptions import DescriptionError, escapeInterface, isDatagram, parseDatagram, split
+from sockd.config.descriptions import DescriptionError, ListenSpec
 from sockd.config.file import loadConfig
 from sockd.config.settings import FIELDS, Settings, optionName
 from sockd.defences.access import AccessError, AccessList, parseNetworks
@@ -26,7 +26,7 @@ from sockd.protocols.qotd import QuoteError, loadQuotes
 from sockd.services import BY_NAME, SERVICES
 
 STREAM_HELP = (
-    "tcp:PORT[:interface=ADDR], tcp6:, unix:PATH[:mode=660], ssl:, tls:, systemd:, haproxy:, "
+    "tcp:PORT[:interface=ADDR], tcp6:, unix:PATH[:mode=660][:group=NAME], ssl:, tls:, systemd:, haproxy:, "
     "or udp:PORT[:interface=ADDR] / udp:index=N"
 )
 
@@ -125,7 +125,7 @@ class Options(usage.Options):
         # A reactor the user named (twistd -r, twist --reactor) is installed already and is kept.
         installDefaultReactor()
 
-    def resolve(self) -> tuple[Settings, list[tuple[str, str]], dict[str, Settings]]:
+    def resolve(self) -> tuple[Settings, list[ListenSpec], dict[str, Settings]]:
         """Settings, listeners and each service's own settings: defaults, then the file, then the command line.
 
         The file's top-level settings are the defaults of every service; a service's table ([echo]) changes
@@ -144,49 +144,37 @@ class Options(usage.Options):
         for name, value in self.given.items():
             setattr(settings, name, list(value) if isinstance(value, list) else value)
         listeners = self.listeners or fileListeners or [(s.name, d) for s in SERVICES for d in s.defaults]
-        for name, description in listeners:
-            checkDescription(name, description)
+        specs = [checkDescription(name, description) for name, description in listeners]
         checkSettings(settings)
         serviceSettings = {}
         for service, own in fileServices.items():
             serviceSettings[service] = replace(settings, **{k: v for k, v in own.items() if k not in self.given})
             checkSettings(serviceSettings[service])
-        return settings, list(dict.fromkeys(listeners)), serviceSettings
+        return settings, list(dict.fromkeys(specs)), serviceSettings
 
 
-def checkDescription(name: str, description: str) -> None:
-    """Reject a description that cannot work before anything is bound."""
+def checkDescription(name: str, description: str) -> ListenSpec:
+    """Parse a description, rejecting one that cannot work before anything is bound."""
     if ":" not in description:
         example = BY_NAME[name].defaults[0]
         raise ConfigurationError(f"--{name} {description!r}: expected a listen description such as {example}")
-    kind, args, _ = split(description)
-    if kind == "haproxy" and args and args[0].lower() in ("ssl", "tls"):
-        raise ConfigurationError(
-            f"--{name} {description}: PROXY protocol over TLS is not supported (the balancer sends the header"
-            " before the TLS handshake); terminate TLS at the balancer, or use haproxy:tcp:..."
-        )
-    inner = split(description.split(":", 1)[1]) if kind == "haproxy" else (kind, args, _)
-    if inner[0] in ("tcp", "tcp6", "ssl"):
-        port = inner[2].get("port", inner[1][0] if inner[1] else None)
-        if port is None or not port.isdigit() or int(port) > 65535:
-            raise ConfigurationError(f"--{name} {description}: port {port!r} is not a number from 0 to 65535")
-    if isDatagram(description):
+    try:
+        spec = ListenSpec.parse(name, description)
+    except DescriptionError as e:
+        raise ConfigurationError(f"--{name} {e}") from None
+    if spec.datagram is not None:
         if BY_NAME[name].datagram is None:
             raise ConfigurationError(f"--{name} {description}: {name} has no datagram flavour")
-        try:
-            parseDatagram(description)
-        except DescriptionError as e:
-            raise ConfigurationError(f"--{name}: {e}") from None
-        return
-    checkStreamDescription(f"--{name} {description}", inner[0],
-                           description.split(":", 1)[1] if kind == "haproxy" else description)
+        return spec
+    checkStreamDescription(f"--{name} {description}", spec)
+    return spec
 
 
 #: Stream kinds whose parser reads files or the environment (certificates, LISTEN_FDS): checked when bound.
 _CHECKED_WHEN_BOUND = ("ssl", "tls", "systemd")
 
 
-def checkStreamDescription(where: str, kind: str, description: str) -> None:
+def checkStreamDescription(where: str, spec: ListenSpec) -> None:
     """Parse a stream description as Twisted will, without binding: an unknown kind or argument fails now."""
     from twisted.internet.endpoints import serverFromString
     from twisted.internet.interfaces import IStreamServerEndpointStringParser
@@ -194,12 +182,13 @@ def checkStreamDescription(where: str, kind: str, description: str) -> None:
     from twisted.plugin import getPlugins
 
     kinds = {"tcp", "unix", "ssl"} | {p.prefix for p in getPlugins(IStreamServerEndpointStringParser)}
-    if kind not in kinds:
-        raise ConfigurationError(f"{where}: unknown endpoint type {kind!r} (known: {', '.join(sorted(kinds))}, udp)")
-    if kind in _CHECKED_WHEN_BOUND:
+    if spec.kind not in kinds:
+        raise ConfigurationError(
+            f"{where}: unknown endpoint type {spec.kind!r} (known: {', '.join(sorted(kinds))}, udp)")
+    if spec.kind in _CHECKED_WHEN_BOUND:
         return
     try:
-        serverFromString(MemoryReactor(), escapeInterface(description))
+        serverFromString(MemoryReactor(), spec.endpoint)
     except (ValueError, TypeError, KeyError, IndexError) as e:
         raise ConfigurationError(f"{where}: bad listen description: {e}") from None
 
@@ -220,7 +209,14 @@ def checkSettings(settings: Settings) -> None:
         raise ConfigurationError(
             f"--metrics {settings.metrics!r}: expected an endpoint such as tcp:9101:interface=127.0.0.1")
     if settings.metrics:
-        checkStreamDescription(f"--metrics {settings.metrics}", split(settings.metrics)[0], settings.metrics)
+        where = f"--metrics {settings.metrics}"
+        try:
+            spec = ListenSpec.parse("metrics", settings.metrics)
+        except DescriptionError as e:
+            raise ConfigurationError(f"--metrics {e}") from None
+        if spec.datagram is not None:
+            raise ConfigurationError(f"{where}: the metrics endpoint is a stream listener, not udp")
+        checkStreamDescription(where, spec)
 
 
 def installDefaultReactor() -> bool:

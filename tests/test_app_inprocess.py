@@ -15,6 +15,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock
 
 from sockd.app import Assembly
+from sockd.config.descriptions import ListenSpec
 from sockd.defences.stream import PolicyFactory
 from sockd.protocols.ack import AckFactory
 from sockd.protocols.echo import EchoFactory
@@ -61,54 +62,82 @@ def build(tmp_path: Path, config: str) -> tuple[Assembly, UDPMemoryReactor, Path
     return assembly, reactor, path
 
 
-def policyOf(listener: Any) -> PolicyFactory:
-    factory = listener.factory
-    while not isinstance(factory, PolicyFactory):
-        factory = factory.wrappedFactory
-    return factory
+def key(service: str, description: str) -> ListenSpec:
+    return ListenSpec.parse(service, description)
+
+
+def policyOf(assembly: Assembly, service: str, description: str) -> PolicyFactory:
+    """The stream policy in the assembly's record of one listener."""
+    policy = assembly.running[key(service, description)].policy
+    assert isinstance(policy, PolicyFactory)
+    return policy
 
 
 LISTEN = '[listen]\nack = ["tcp:7001:interface=127.0.0.1", "udp:7001:interface=127.0.0.1"]\n'
 
 
+def listed(assembly: Assembly) -> list[tuple[str, str]]:
+    return [(spec.service, str(spec)) for spec in assembly.running]
+
+
 def test_the_assembly_binds_what_the_file_lists(tmp_path: Path) -> None:
     assembly, reactor, _ = build(tmp_path, "max_per_source = 3\n" + LISTEN)
-    assert list(assembly.listeners) == [("ack", "tcp:7001:interface=127.0.0.1"),
-                                        ("ack", "udp:7001:interface=127.0.0.1")]
+    assert listed(assembly) == [("ack", "tcp:7001:interface=127.0.0.1"), ("ack", "udp:7001:interface=127.0.0.1")]
     assert [(port, interface) for port, _, _, interface in reactor.tcpServers] == [(7001, "127.0.0.1")]
     assert [(p.port, p.interface) for p in reactor.udpPorts] == [(7001, "127.0.0.1")]
     assert 7001 in assembly.datagramPolicy.blockedPorts  # its own UDP port never gets answers
     assert assembly.settings.max_per_source == 3
-    assert isinstance(policyOf(assembly.listeners[("ack", "tcp:7001:interface=127.0.0.1")]).wrappedFactory,
-                      AckFactory)
+    assert isinstance(policyOf(assembly, "ack", "tcp:7001:interface=127.0.0.1").wrappedFactory, AckFactory)
+    # The record holds what the listener serves: the policy is the very factory bound to the port.
+    record = assembly.running[key("ack", "tcp:7001:interface=127.0.0.1")]
+    assert reactor.tcpServers[0][1] is record.policy is record.listener.factory
 
 
 def test_reload_opens_new_listeners_closes_dropped_ones_and_rebuilds_kept_ones(tmp_path: Path) -> None:
     assembly, reactor, path = build(tmp_path, LISTEN)
-    kept = assembly.listeners[("ack", "tcp:7001:interface=127.0.0.1")]
-    oldService = policyOf(kept).wrappedFactory
+    kept = assembly.running[key("ack", "tcp:7001:interface=127.0.0.1")]
+    oldService = kept.policy.wrappedFactory
     udp = reactor.udpPorts[0]
     path.write_text('max_per_source = 5\nidle_timeout = 30\n[listen]\nack = ["tcp:7001:interface=127.0.0.1"]\n'
                     'echo = ["tcp:7007:interface=127.0.0.1"]\n')
     assembly.reload()
-    assert list(assembly.listeners) == [("ack", "tcp:7001:interface=127.0.0.1"),
-                                        ("echo", "tcp:7007:interface=127.0.0.1")]
-    assert assembly.listeners[("ack", "tcp:7001:interface=127.0.0.1")] is kept  # not rebound
+    assert listed(assembly) == [("ack", "tcp:7001:interface=127.0.0.1"), ("echo", "tcp:7007:interface=127.0.0.1")]
+    assert assembly.running[key("ack", "tcp:7001:interface=127.0.0.1")] is kept  # not rebound
     assert not udp.listening  # dropped from the file: closed
     assert [port for port, _, _, _ in reactor.tcpServers] == [7001, 7007]
-    assert policyOf(kept).wrappedFactory is not oldService  # new settings for new connections
-    assert policyOf(kept).idleTimeout == 30
-    assert isinstance(policyOf(assembly.listeners[("echo", "tcp:7007:interface=127.0.0.1")]).wrappedFactory,
-                      EchoFactory)
+    assert kept.policy.wrappedFactory is not oldService  # new settings for new connections
+    assert kept.policy.idleTimeout == 30
+    assert isinstance(policyOf(assembly, "echo", "tcp:7007:interface=127.0.0.1").wrappedFactory, EchoFactory)
     assert assembly.admission.limits.maxPerSource == 5
+
+
+def test_reload_reaches_the_policy_behind_a_proxy_protocol_reader_through_the_record(tmp_path: Path) -> None:
+    """haproxy: puts a PROXY protocol reader in front of the policy; the record names the policy itself."""
+    from sockd.defences.proxyprotocol import ProxyProtocolFactory
+
+    listen = '[listen]\necho = ["haproxy:tcp:7007:interface=127.0.0.1", "udp:7007:interface=127.0.0.1"]\n'
+    assembly, reactor, path = build(tmp_path, listen)
+    record = assembly.running[key("echo", "haproxy:tcp:7007:interface=127.0.0.1")]
+    assert record.spec.proxy and record.spec.kind == "tcp" and record.spec.transport == "tcp"
+    reader = reactor.tcpServers[0][1]
+    assert isinstance(reader, ProxyProtocolFactory) and reader.wrappedFactory is record.policy
+    datagram = assembly.running[key("echo", "udp:7007:interface=127.0.0.1")]
+    oldInner = datagram.policy.inner
+    oldService = record.policy.wrappedFactory
+    path.write_text("idle_timeout = 9\n" + listen)
+    assembly.reload()
+    assert assembly.running[record.spec] is record  # kept, with the reader bound before still in front
+    assert record.policy.idleTimeout == 9 and record.policy.wrappedFactory is not oldService
+    assert isinstance(record.policy.wrappedFactory, EchoFactory)
+    assert datagram.policy.inner is not oldInner  # the datagram guard got a new service too
 
 
 def test_a_broken_file_at_reload_keeps_the_running_configuration(tmp_path: Path) -> None:
     assembly, reactor, path = build(tmp_path, "max_per_source = 3\n" + LISTEN)
-    before = dict(assembly.listeners)
+    before = dict(assembly.running)
     path.write_text("max_per_source = 'many'\n")
     assembly.reload()
-    assert assembly.listeners == before
+    assert assembly.running == before
     assert assembly.settings.max_per_source == 3
     assert all(p.listening for p in reactor.udpPorts)
 
@@ -118,6 +147,6 @@ def test_a_listener_that_cannot_open_at_reload_is_skipped_and_the_rest_applied(t
     path.write_text('[listen]\nack = ["tcp:7001:interface=127.0.0.1", "ssl:7443:privateKey=/nonexistent/key.pem"]\n'
                     'echo = ["tcp:7007:interface=127.0.0.1"]\n')
     assembly.reload()
-    assert ("echo", "tcp:7007:interface=127.0.0.1") in assembly.listeners
-    assert ("ack", "ssl:7443:privateKey=/nonexistent/key.pem") not in assembly.listeners
+    assert ("echo", "tcp:7007:interface=127.0.0.1") in listed(assembly)
+    assert ("ack", "ssl:7443:privateKey=/nonexistent/key.pem") not in listed(assembly)
     assert [port for port, _, _, _ in reactor.tcpServers] == [7001, 7007]

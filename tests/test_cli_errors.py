@@ -80,6 +80,8 @@ CASES: dict[str, Case] = {
                                 lambda d, p: [f"{d}/none.txt"]),
     "bad-allow-cidr": Case(lambda d, p: ["--allow", "10.0.0.0/33"], lambda d, p: ["10.0.0.0/33"]),
     "bad-number": Case(lambda d, p: ["--max-message", "abc"], lambda d, p: ["max-message", "abc"]),
+    "unix-unknown-group": Case(lambda d, p: ["--ack", f"unix:{d}/ack.sock:group=no-such-group-here"],
+                               lambda d, p: ["--ack", f"{d}/ack.sock", "group 'no-such-group-here'"]),
     "ssl-certificate-missing": Case(
         lambda d, p: ["--ack", f"ssl:0:interface=127.0.0.1:privateKey={d}/key.pem:certKey={d}/cert.pem"],
         lambda d, p: [f"{d}/"]),
@@ -202,6 +204,7 @@ EXIT_STATUSES = {
     "metrics-unknown-endpoint-type": 78,
     "udp-port-not-a-number": 78,
     "tcp-port-out-of-range": 78,
+    "unix-unknown-group": 78,
     "port-in-use": 1,
     "unix-directory-missing": 1,
 }

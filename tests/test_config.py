@@ -74,10 +74,10 @@ def test_command_line_wins_over_file(tmp_path: Path):
     options.parseOptions(["--config", str(path), "--max-per-source", "9"])
     assert options.settings.max_per_source == 9
     assert options.settings.idle_timeout == 7
-    assert options.active == [("echo", "tcp:7007")]
+    assert [(spec.service, str(spec)) for spec in options.active] == [("echo", "tcp:7007")]
     options = Options()
     options.parseOptions(["--config", str(path), "--ack", "tcp:1"])
-    assert options.active == [("ack", "tcp:1")]
+    assert [(spec.service, str(spec)) for spec in options.active] == [("ack", "tcp:1")]
 
 
 def test_bad_file_is_one_line_and_nonzero(daemon, tmp_path: Path):

@@ -1,4 +1,4 @@
-"""Listen descriptions (sockd/config/descriptions.py): splitting and the udp: forms."""
+"""Listen descriptions (sockd/config/descriptions.py): splitting, the udp: forms, and the parsed ListenSpec."""
 
 from __future__ import annotations
 
@@ -15,10 +15,9 @@ from sockd.config.descriptions import (
     SD_LISTEN_FDS_START,
     DatagramAddress,
     DescriptionError,
-    isDatagram,
+    ListenSpec,
     parseDatagram,
     split,
-    transportName,
 )
 
 
@@ -64,10 +63,15 @@ def test_escaped_equals_is_literal_as_in_twisted() -> None:
 
 
 def test_kinds() -> None:
-    assert isDatagram("udp:0") and isDatagram("UDP:0")
-    assert not isDatagram("tcp:0") and not isDatagram("unix:/tmp/udp:0")
-    assert transportName("tcp6:0:interface=\\:\\:1") == "tcp6"
-    assert transportName("unix:x.sock") == "unix"
+    def spec(description: str) -> ListenSpec:
+        return ListenSpec.parse("echo", description)
+
+    assert spec("udp:0").datagram is not None and spec("UDP:0").datagram is not None
+    assert spec("tcp:0").datagram is None and spec("unix:/tmp/udp:0").datagram is None
+    assert spec("tcp6:0:interface=\\:\\:1").kind == "tcp6"
+    assert spec("unix:x.sock").kind == "unix"
+    assert (spec("haproxy:tcp:0").kind, spec("haproxy:tcp:0").label) == ("tcp", "haproxy")
+    assert (spec("ssl:0:privateKey=k").tls, spec("tls:/pems:port=0").tls, spec("tcp:0").tls) == (True, True, False)
 
 
 @pytest.mark.parametrize(
@@ -174,12 +178,67 @@ def test_inherited_descriptor_closed() -> None:
 
 
 def test_the_transport_of_a_description_is_tcp_udp_or_unix():
-    from sockd.config.descriptions import socketTransport
-
     cases = {
         "tcp:0": "tcp", "tcp6:0:interface=\\:\\:1": "tcp", "ssl:0:privateKey=k:certKey=c": "tcp",
         "tls:/pems:port=0": "tcp", "haproxy:tcp:0": "tcp", "haproxy:unix:x.sock": "unix",
         "systemd:domain=INET6:index=0": "tcp", "systemd:domain=UNIX:index=0": "unix",
-        "unix:x.sock": "unix", "udp:0": "udp", "udp:index=1": "udp",
+        "unix:x.sock": "unix", "udp:0": "udp", "udp:index=1:family=inet": "udp",
     }
-    assert {d: socketTransport(d) for d in cases} == cases
+    assert {d: ListenSpec.parse("ack", d).transport for d in cases} == cases
+
+
+@pytest.mark.parametrize(
+    ("description", "fields"),
+    [
+        ("tcp:7001", dict(kind="tcp", host="", port=7001, proxy=False, endpoint="tcp:7001")),
+        ("tcp6:0:interface=::1", dict(kind="tcp6", host="::1", port=0, endpoint="tcp6:0:interface=\\:\\:1")),
+        ("ssl:port=443:privateKey=k.pem", dict(kind="ssl", port=443,
+                                                options=(("port", "443"), ("privateKey", "k.pem")))),
+        ("unix:/run/a\\:b.sock:mode=600", dict(kind="unix", path="/run/a:b.sock", port=None,
+                                               endpoint="unix:/run/a\\:b.sock:mode=600",
+                                               options=(("mode", "600"),))),
+        ("unix:address=/run/s", dict(kind="unix", path="/run/s")),
+        ("haproxy:tcp:80:interface=127.0.0.1", dict(kind="tcp", proxy=True, port=80, host="127.0.0.1",
+                                                     endpoint="tcp:80:interface=127.0.0.1")),
+        ("HAPROXY:unix:x.sock", dict(kind="unix", proxy=True, path="x.sock", endpoint="unix:x.sock")),
+        ("systemd:domain=UNIX:index=0", dict(kind="systemd", port=None, path=None)),
+        ("udp:53:interface=::1", dict(kind="udp", host="::1", port=53,
+                                      datagram=DatagramAddress(port=53, interface="::1", family=socket.AF_INET6))),
+        ("unix:x.sock:group=0:owner=0:mode=660", dict(owner=0, group=0, endpoint="unix:x.sock:mode=660")),
+        ("unix:x.sock:group=root", dict(owner=None, group=0, endpoint="unix:x.sock")),
+    ],
+)
+def test_a_description_is_parsed_once_into_its_fields(description: str, fields: dict) -> None:
+    spec = ListenSpec.parse("echo", description)
+    assert {name: getattr(spec, name) for name in fields} == fields
+    assert spec.service == "echo"
+    assert str(spec) == description
+    assert ListenSpec.parse("echo", str(spec)) == spec  # round trip
+    assert hash(spec) == hash(ListenSpec.parse("echo", description))  # a key: Assembly keeps one record per spec
+
+
+def test_the_endpoint_is_what_twisted_parses_with_sockds_own_options_removed() -> None:
+    spec = ListenSpec.parse("ack", "haproxy:unix:/run/a\\:b.sock:owner=0:mode=660:group=0")
+    assert spec.endpoint == "unix:/run/a\\:b.sock:mode=660"
+    assert twistedParse(spec.endpoint) == (["unix", "/run/a:b.sock"], {"mode": "660"})
+
+
+@pytest.mark.parametrize(
+    ("description", "message"),
+    [
+        ("tcp:99999", "tcp:99999: port '99999' is not a number from 0 to 65535"),
+        ("tcp:", "tcp:: port '' is not a number from 0 to 65535"),
+        ("haproxy:ssl:0", "PROXY protocol over TLS is not supported"),
+        ("haproxy:udp:0", "the PROXY protocol (haproxy:) is for stream listeners"),
+        ("tcp:0:group=0", "tcp:0:group=0: group= is for unix: sockets only"),
+        ("unix:x.sock:group=no-such-group-here", "unix:x.sock:group=no-such-group-here: group 'no-such-group-here': "
+                                                 "no such group"),
+        ("unix:x.sock:owner=no-such-user-here", "owner 'no-such-user-here': no such user"),
+        ("udp:abc", "'udp:abc': port 'abc' is not a number"),
+    ],
+)
+def test_a_description_that_cannot_work_is_one_clear_error(description: str, message: str) -> None:
+    with pytest.raises(DescriptionError) as e:
+        ListenSpec.parse("ack", description)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)

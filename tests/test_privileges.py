@@ -2,12 +2,14 @@
 
 Unix sockets: the file's mode, stale files left by a crash (replaced), live
 ones held by another process (refused in one line, left alone), removal at
-SIGTERM.  Privileges: with twistd's --uid/--gid, sockd binds a port below
-1024 before dropping root and then runs as nobody.
+SIGTERM, their owner and group.  Privileges: with twistd's --uid/--gid, sockd
+binds a port below 1024 before dropping root and then runs as nobody, its Unix
+sockets given to nobody and the daemon's group.
 """
 
 from __future__ import annotations
 
+import errno
 import grp
 import os
 import pwd
@@ -182,3 +184,62 @@ def test_binds_port_7_as_root_then_runs_as_nobody(daemon, tmp_path: Path) -> Non
     assert ackOverUnix(str(sock)) == ACK_ANSWER
     assert d.stop() in (0, -15)
     assert "Server Shut Down" in d.log()
+
+
+def _connectAs(uid: int, gid: int, cwd: Path, path: str) -> bytes:
+    """Connect to the Unix socket C{path} (relative to C{cwd}) as another user and group; its answer or errno."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never back into pytest
+        status = 0
+        try:
+            os.close(r)
+            os.chdir(cwd)  # as root: the directories above cwd need not be searchable by uid
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            try:
+                answer = ackOverUnix(path)
+            except OSError as e:
+                answer = f"errno {e.errno}".encode()
+            os.write(w, answer)
+        except BaseException:
+            status = 1
+        finally:
+            os._exit(status)
+    os.close(w)
+    with os.fdopen(r, "rb") as pipe:
+        answer = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return answer
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
+def test_unix_sockets_belong_to_the_daemons_user_and_group_or_the_group_named(daemon, tmp_path: Path) -> None:
+    try:
+        nobody = pwd.getpwnam("nobody").pw_uid
+        nogroup = grp.getgrnam("nogroup").gr_gid
+    except KeyError:
+        pytest.skip("no nobody/nogroup here")
+    other = next((g for g in grp.getgrall() if g.gr_gid not in (0, nogroup) and not g.gr_mem), None)
+    if other is None:
+        pytest.skip("no group to name")
+    tmp_path.chmod(0o777)  # the daemon, once nobody, removes its socket files from here at stop
+    d = daemon("--ack", "unix:ack.sock", "--echo", f"unix:named.sock:group={other.gr_name}:mode=600",
+               twistdArgs=["--uid", str(nobody), "--gid", str(nogroup)])
+    ack, named = os.stat(tmp_path / "ack.sock"), os.stat(tmp_path / "named.sock")
+    assert (ack.st_uid, ack.st_gid, stat.S_IMODE(ack.st_mode)) == (nobody, nogroup, 0o660)
+    assert (named.st_uid, named.st_gid, stat.S_IMODE(named.st_mode)) == (nobody, other.gr_gid, 0o600)
+    stranger = 4242  # neither root nor nobody: the group alone lets it in
+    assert _connectAs(stranger, nogroup, tmp_path, "ack.sock") == ACK_ANSWER
+    assert _connectAs(stranger, other.gr_gid, tmp_path, "ack.sock") == f"errno {errno.EACCES}".encode()
+    assert d.stop() in (0, -15)
+    assert not os.path.lexists(tmp_path / "ack.sock"), "the unprivileged daemon could not remove its socket file"
+    assert not os.path.lexists(tmp_path / "ack.sock.lock")
+
+
+def test_without_uid_a_unix_socket_keeps_the_daemons_own_owner(daemon, tmp_path: Path) -> None:
+    daemon("--ack", "unix:ack.sock")
+    st = os.stat(tmp_path / "ack.sock")
+    assert (st.st_uid, st.st_gid) == (os.geteuid(), os.getegid())

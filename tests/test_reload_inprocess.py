@@ -12,6 +12,7 @@ from typing import Any
 from twisted.internet.testing import MemoryReactorClock
 
 from sockd.app import Assembly
+from sockd.config.descriptions import ListenSpec
 from sockd.defences.stream import PolicyFactory
 from sockd.tap import Options
 
@@ -27,10 +28,10 @@ def build(tmp_path: Path, text: str, *args: str) -> tuple[Assembly, Path]:
 
 
 def policy(assembly: Assembly, service: str, description: str) -> PolicyFactory:
-    factory: Any = assembly.listeners[(service, description)].factory
-    while not isinstance(factory, PolicyFactory):
-        factory = factory.wrappedFactory
-    return factory
+    """The policy the assembly's record of this listener holds (a reload changes it in place)."""
+    found: Any = assembly.running[ListenSpec.parse(service, description)].policy
+    assert isinstance(found, PolicyFactory)
+    return found
 
 
 def test_a_reload_can_turn_the_tls_handshake_deadline_off_and_on_again(tmp_path: Path) -> None:

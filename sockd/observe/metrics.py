@@ -30,8 +30,6 @@ UNIX_REFUSALS = ("max-connections",)
 PROXY_REFUSALS = ("proxy-malformed", "proxy-timeout")
 #: Why a datagram may be dropped unanswered (sockd.defences.datagram).
 DROP_REASONS = ("access", "source-port", "rate", "budget")
-#: Listener kinds with a TLS handshake, and so a handshake deadline (their transport is tcp).
-TLS_TRANSPORTS = ("ssl", "tls")
 RELOAD_RESULTS = ("ok", "failed")
 
 

@@ -1,10 +1,12 @@
 """Listeners: one service each, bound in privilegedStartService.
 
 Binding happens in C{privilegedStartService}, before twistd drops to
-C{--uid/--gid}, so ports below 1024 work for an unprivileged daemon.  Each
-listener logs one line naming its service, transport and the address actually
-bound (port 0 becomes a real port), and any failure becomes a
-L{StartupError} that names the service and the address.
+C{--uid/--gid}, so ports below 1024 work for an unprivileged daemon, and a
+Unix socket file is given to the daemon's user and group (or those its
+description names) while root still may.  Each listener logs one line naming
+its service, kind and the address actually bound (port 0 becomes a real
+port), and any failure becomes a L{StartupError} that names the service and
+the address.
 """
 
 from __future__ import annotations
@@ -22,19 +24,10 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
+from twisted.python.log import callWithContext
 from zope.interface import implementer
 
-from sockd.config.descriptions import (
-    DatagramAddress,
-    DescriptionError,
-    escapeInterface,
-    parseDatagram,
-    socketTransport,
-    split,
-)
-from sockd.config.descriptions import (
-    transportName as describedTransport,
-)
+from sockd.config.descriptions import DatagramAddress, ListenSpec
 from sockd.errors import StartupError
 from sockd.interfaces import IDatagramListener, IListener
 from sockd.observe.addresses import formatAddress
@@ -62,22 +55,25 @@ def _reason(error: BaseException) -> str:
 BACKLOG = 1024
 
 
-def withDefaults(description: str, mode: int) -> str:
-    """Give a description the daemon's defaults: a Unix socket's mode, a deeper backlog; unless it says."""
-    kind, _, kwargs = split(description)
-    if kind == "unix" and "mode" not in kwargs:
-        description = f"{description}:mode={mode:o}"
-    if kind in ("tcp", "tcp6", "unix", "ssl", "tls") and "backlog" not in kwargs:
-        description = f"{description}:backlog={BACKLOG}"
-    return description
+def withDefaults(spec: ListenSpec, mode: int) -> str:
+    """The endpoint string with the daemon's defaults: a Unix socket's mode, a deeper backlog; unless it says."""
+    endpoint = spec.endpoint
+    if spec.kind == "unix" and spec.option("mode") is None:
+        endpoint = f"{endpoint}:mode={mode:o}"
+    if spec.kind in ("tcp", "tcp6", "unix", "ssl", "tls") and spec.option("backlog") is None:
+        endpoint = f"{endpoint}:backlog={BACKLOG}"
+    return endpoint
 
 
-def unixPath(description: str) -> str | None:
-    """The socket file a C{unix:} description names, or None for any other kind."""
-    kind, args, kwargs = split(description)
-    if kind != "unix":
-        return None
-    return kwargs.get("address") or (args[0] if args else None)
+def quietly(call: Any, *args: Any) -> Any:
+    """Run C{call} with Twisted's own start-up line for a port at debug level rather than info.
+
+    Every Twisted port logs C{"AckFactory (PolicyFactory) starting on 7001"} when it
+    starts listening, whatever its factory's C{noisy}; sockd announces each listener
+    in one line of its own.  (Anything else logged through C{twisted.python.log}
+    during C{call}, which binds and nothing more, is at debug too.)
+    """
+    return callWithContext({"log_level": LogLevel.debug}, call, *args)
 
 
 def clearStaleSocket(path: str) -> None:
@@ -105,12 +101,11 @@ def clearStaleSocket(path: str) -> None:
     raise StartupError(f"{path} is in use by a running process (another sockd?)")
 
 
-def checkCertificates(description: str) -> None:
+def checkCertificates(spec: ListenSpec) -> None:
     """C{tls:} endpoints read their PEM directory lazily; fail at start, clearly, if it is unusable."""
-    kind, args, kwargs = split(description)
-    if kind != "tls":
+    if spec.kind != "tls":
         return
-    path = kwargs.get("path") or (args[0] if args else "")
+    path = spec.option("path") or (spec.args[0] if spec.args else "")
     if not os.path.isdir(path):
         raise StartupError(f"certificate directory {path!r} does not exist")
     pems = [name for name in os.listdir(path) if name.endswith(".pem")]
@@ -119,6 +114,25 @@ def checkCertificates(description: str) -> None:
     for name in pems:
         if not os.access(os.path.join(path, name), os.R_OK):
             raise StartupError(f"cannot read certificate {os.path.join(path, name)}")
+
+
+def _ownerName(uid: int | None, gid: int | None) -> str:
+    """C{nobody:nogroup} for an error message (an id without a name as its number, one left alone as -)."""
+    import grp
+    import pwd
+
+    user = group = "-"
+    if uid is not None:
+        try:
+            user = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            user = str(uid)
+    if gid is not None:
+        try:
+            group = grp.getgrgid(gid).gr_name
+        except KeyError:
+            group = str(gid)
+    return f"{user}:{group}"
 
 
 class _Listener(Service):
@@ -149,21 +163,28 @@ class _Listener(Service):
 
 @implementer(IListener)
 class StreamListener(_Listener):
-    """Listen with a Twisted server endpoint string for one service's stream flavour."""
+    """Listen with a Twisted server endpoint for one service's stream flavour.
 
+    C{socketOwner} is the user and group (numeric ids, None: leave it) a Unix
+    socket file gets unless its description names its own: the daemon's, after
+    twistd's C{--uid/--gid}, so that the daemon's group can connect.
+    """
 
-    def __init__(self, reactor: Any, serviceName: str, description: str, factory: Any,
-                 transportName: str | None = None, inheritedFd: int | None = None, announce: bool = True,
-                 unixMode: int = 0o660) -> None:
+    def __init__(self, reactor: Any, spec: ListenSpec, factory: Any, inheritedFd: int | None = None,
+                 announce: bool = True, unixMode: int = 0o660,
+                 socketOwner: tuple[int | None, int | None] = (None, None)) -> None:
         self.reactor = reactor
-        self.serviceName = serviceName
-        self.description = description
+        self.spec = spec
+        self.serviceName = spec.service
+        self.description = str(spec)
         self.factory = factory
-        self.transportName = transportName or describedTransport(description)
+        #: What the listener is (tcp, ssl, haproxy ...); its transport (tcp or unix) is C{spec.transport}.
+        self.kind = spec.label
         self.inheritedFd = inheritedFd
         self.announce = announce
         self.unixMode = unixMode
-        self.name = f"{serviceName} {description}"
+        self.socketOwner = socketOwner
+        self.name = f"{spec.service} {spec}"
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -172,42 +193,63 @@ class StreamListener(_Listener):
         if self.inheritedFd is not None:
             self._adopt()
             return
-        where = f"{self.serviceName} {self.description}"
+        spec = self.spec
+        where = f"{spec.service} {spec}"
         try:
-            path = unixPath(self.description)
-            if path is not None:
-                clearStaleSocket(path)
-            checkCertificates(self.description)
+            if spec.kind == "unix" and spec.path is not None:
+                clearStaleSocket(spec.path)
+            checkCertificates(spec)
         except StartupError as e:
             raise StartupError(f"{where}: {e}") from None
         reactor = self.reactor
-        if split(self.description)[0] == "systemd":
+        if spec.kind == "systemd":
             from sockd.runtime.adopt import AdoptingReactor
 
             reactor = AdoptingReactor(self.reactor)  # keeps systemd's Unix socket files, checks the family
         try:
-            endpoint = serverFromString(reactor, withDefaults(escapeInterface(self.description), self.unixMode))
+            endpoint = serverFromString(reactor, withDefaults(spec, self.unixMode))
         except (ValueError, TypeError, KeyError) as e:
             raise StartupError(f"{where}: bad listen description: {e}") from None
         except Exception as e:
             raise StartupError(f"{where}: {_reason(e)}") from None
         outcome: list[Any] = []
-        endpoint.listen(self.factory).addBoth(outcome.append)
+        quietly(endpoint.listen, self.factory).addBoth(outcome.append)
         if not outcome:
             raise StartupError(f"{where}: the endpoint did not listen at once")
         result = outcome[0]
         if isinstance(result, Failure):
             raise StartupError(f"{where}: cannot listen: {_reason(result.value)}")
         self.port = result
+        if spec.kind == "unix":
+            self._own(where)
         log.emit(
             LogLevel.info if self.announce else LogLevel.debug,
             "{service} listening on {kind} {address}",
             service=self.serviceName,
-            kind=self.transportName,  # the listener's kind (ssl, haproxy...): the field transport is tcp or unix
-            transport=socketTransport(self.description),
+            kind=self.kind,
+            transport=spec.transport,
             address=formatAddress(self.port.getHost()),
             description=self.description,
         )
+
+    def _own(self, where: str) -> None:
+        """Give the socket file its owner and group, while the daemon may still (before twistd drops root)."""
+        path = self.spec.path
+        uid = self.spec.owner if self.spec.owner is not None else self.socketOwner[0]
+        gid = self.spec.group if self.spec.group is not None else self.socketOwner[1]
+        if path is None or (uid is None and gid is None):
+            return
+        try:
+            st = os.lstat(path)
+            want = (st.st_uid if uid is None else uid, st.st_gid if gid is None else gid)
+            if (st.st_uid, st.st_gid) == want:
+                return
+            os.chown(path, *want)
+            if os.path.islink(path + ".lock"):  # Twisted's lock: the daemon removes it at stop, as its user
+                os.lchown(path + ".lock", *want)
+        except OSError as e:
+            self.abandon()
+            raise StartupError(f"{where}: cannot give {path} to {_ownerName(uid, gid)}: {e.strerror}") from None
 
     def _adopt(self) -> None:
         """A worker: serve the socket the parent bound, wrapped (TLS) as the description says."""
@@ -216,18 +258,16 @@ class StreamListener(_Listener):
         fd = self.inheritedFd
         assert fd is not None
         adopting = AdoptingReactor(self.reactor, fd)
-        kind = split(self.description)[0]
-        if kind in ("ssl", "tls"):
+        if self.spec.tls:
             outcome: list[Any] = []
-            serverFromString(adopting, self.description).listen(self.factory).addBoth(outcome.append)
+            quietly(serverFromString(adopting, self.spec.endpoint).listen, self.factory).addBoth(outcome.append)
             if not outcome or isinstance(outcome[0], Failure):
-                raise StartupError(f"{self.serviceName} {self.description}: cannot adopt descriptor {fd}")
+                raise StartupError(f"{self.name}: cannot adopt descriptor {fd}")
             self.port = outcome[0]
         else:
-            self.port = adopting.adoptStreamPort(fd, socketFamily(fd), self.factory)
-        log.debug("{service} serving inherited {kind} {address}", service=self.serviceName, kind=self.transportName,
-                  transport=socketTransport(self.description), address=formatAddress(self.port.getHost()))
-
+            self.port = quietly(adopting.adoptStreamPort, fd, socketFamily(fd), self.factory)
+        log.debug("{service} serving inherited {kind} {address}", service=self.serviceName, kind=self.kind,
+                  transport=self.spec.transport, address=formatAddress(self.port.getHost()))
 
     def abandon(self) -> None:
         """Start-up failed elsewhere: close now and remove our socket file before the process exits.
@@ -235,7 +275,7 @@ class StreamListener(_Listener):
         Twisted removes it only on the reactor's next turn, which a failed start never reaches.
         """
         self.stopService()
-        path = unixPath(self.description)
+        path = self.spec.path if self.spec.kind == "unix" else None
         if path is not None:
             for leftover in (path, path + ".lock"):
                 try:
@@ -249,17 +289,16 @@ class DatagramListener(_Listener):
     """Listen on UDP (or adopt an inherited datagram socket) for one service."""
 
 
-    def __init__(self, reactor: Any, serviceName: str, description: str, protocol: DatagramProtocol,
+    def __init__(self, reactor: Any, spec: ListenSpec, protocol: DatagramProtocol,
                  inheritedFd: int | None = None) -> None:
+        assert spec.datagram is not None, spec
         self.reactor = reactor
-        self.serviceName = serviceName
-        self.description = description
+        self.spec = spec
+        self.serviceName = spec.service
+        self.description = str(spec)
         self.protocol = protocol
-        self.name = f"{serviceName} {description}"
-        try:
-            self.address: DatagramAddress = parseDatagram(description)
-        except DescriptionError as e:
-            raise StartupError(f"{serviceName}: {e}") from None
+        self.name = f"{spec.service} {spec}"
+        self.address: DatagramAddress = spec.datagram
         self.inheritedFd = inheritedFd
         if inheritedFd is not None:
             from sockd.runtime.adopt import socketFamily
@@ -275,11 +314,11 @@ class DatagramListener(_Listener):
             if address.fd is not None:
                 # systemd passes blocking sockets unless NonBlocking=yes: the reactor would block in recvfrom().
                 os.set_blocking(address.fd, False)
-                self.port = self.reactor.adoptDatagramPort(address.fd, address.family, self.protocol, MAX_DATAGRAM)
+                self.port = quietly(self.reactor.adoptDatagramPort, address.fd, address.family, self.protocol,
+                                    MAX_DATAGRAM)
             else:
-                self.port = self.reactor.listenUDP(
-                    address.port, self.protocol, interface=address.interface, maxPacketSize=MAX_DATAGRAM
-                )
+                self.port = quietly(lambda: self.reactor.listenUDP(
+                    address.port, self.protocol, interface=address.interface, maxPacketSize=MAX_DATAGRAM))
         except Exception as e:
             raise StartupError(f"{self.serviceName} {self.description}: cannot listen: {_reason(e)}") from None
         log.emit(
