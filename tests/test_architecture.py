@@ -17,15 +17,27 @@ PACKAGE = ROOT / "sockd"
 #: Lowest first.  A module may import its own layer or lower ones; a test below keeps the list complete.
 LAYERS: list[tuple[str, ...]] = [
     ("sockd", "sockd.errors", "sockd.interfaces"),
-    ("sockd.config", "sockd.measure"),
+    ("sockd.config",),
     ("sockd.observe",),
     ("sockd.protocols",),
     ("sockd.defences",),
     ("sockd.runtime",),
     ("sockd.services",),
     ("sockd.app",),
-    ("sockd.tap", "sockd.logging", "sockd.client", "sockd.command", "sockd.manual"),
+    ("sockd.tap", "sockd.logging", "sockd.command", "sockd.manual"),
+    # The client wing, a group of its own above the daemon's top: nothing of the daemon imports it, and it
+    # imports from the daemon only CLIENT_NEEDS (tests below). Within it, lowest first as well.
+    ("sockd.client.errors",),
+    ("sockd.client.histogram", "sockd.client.payloads", "sockd.client.target"),
+    ("sockd.client.oneshot", "sockd.client.ping", "sockd.client.load", "sockd.client.clock"),
+    ("sockd.client.report",),
+    ("sockd.client", "sockd.client.cli"),
 ]
+
+#: The client wing's package, and all it may import from the daemon's side: sockd (for __version__, in
+#: --version) and sockd.errors (the exit statuses EX_USAGE and EX_RUNTIME, so both commands exit alike).
+CLIENT = "sockd.client"
+CLIENT_NEEDS = {"sockd", "sockd.errors"}
 
 
 def moduleName(path: Path) -> str:
@@ -159,3 +171,35 @@ def test_every_module_and_public_definition_has_a_docstring() -> None:
                 if not ast.get_docstring(node):
                     missing.append(f"{name}.{node.name}")
     assert not missing, missing
+
+
+def inClient(name: str) -> bool:
+    return name == CLIENT or name.startswith(CLIENT + ".")
+
+
+def test_the_daemon_never_imports_the_client_wing() -> None:
+    mods = modules()
+    known = set(mods)
+    offending = [f"{name} imports {imported}" for name, path in mods.items() if not inClient(name)
+                 for imported in sorted(importsOf(name, path, known)) if inClient(imported)]
+    assert not offending, "\n".join(offending)
+
+
+def test_the_client_wing_imports_from_the_daemon_only_what_it_needs() -> None:
+    mods = modules()
+    known = set(mods)
+    used: dict[str, set[str]] = {}
+    for name, path in mods.items():
+        if inClient(name):
+            for imported in importsOf(name, path, known):
+                if not inClient(imported):
+                    used.setdefault(imported, set()).add(name)
+    assert set(used) == CLIENT_NEEDS, used  # equal, not a subset: CLIENT_NEEDS says what it really uses
+
+
+def test_the_import_reader_sees_the_client_wing_from_the_daemon(tmp_path: Path) -> None:
+    """The two tests above would pass vacuously if `from sockd import client` or a version import went unseen."""
+    source = tmp_path / "m.py"
+    source.write_text("from sockd import client, __version__\nfrom sockd.client.target import Target\n")
+    found = importsOf("sockd.x", source, {"sockd", "sockd.client", "sockd.client.target"})
+    assert found == {"sockd", "sockd.client", "sockd.client.target"}

@@ -48,6 +48,11 @@ def client(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str
     return subprocess.run([CLIENT, *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
+def sigintDefault() -> None:
+    """preexec_fn: the client reacts to SIGINT even when this test run ignores it (nohup, C{cmd &} in a script)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def asJson(result: subprocess.CompletedProcess[str]) -> dict:
     assert "Traceback" not in result.stderr, result.stderr
     lines = result.stdout.splitlines()
@@ -230,7 +235,7 @@ def test_ping_tls_verifies_the_certificate(sockd: Daemon, certs: Path) -> None:
 
 def test_ctrl_c_prints_the_summary_so_far(sockd: Daemon) -> None:
     process = subprocess.Popen([CLIENT, *where(sockd, "echo", "tcp"), "-c", "0", "-i", "0.05"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigintDefault)
     try:
         assert process.stdout is not None
         replies = 0
@@ -251,6 +256,26 @@ def test_ctrl_c_prints_the_summary_so_far(sockd: Daemon) -> None:
     sent, received = map(int, found.groups())
     assert sent >= 3 and sent - received <= 1  # only a probe in flight at the interrupt can be missing
     assert process.returncode == (0 if sent == received else 1)
+
+
+def test_an_inherited_ignored_sigint_stays_ignored(sockd: Daemon) -> None:
+    """Started with SIGINT ignored (a script's background job), the client keeps ignoring it, as the shell
+    means it to: the run ends when its count is done, not at the Ctrl-C typed for the foreground."""
+    process = subprocess.Popen([CLIENT, *where(sockd, "echo", "tcp"), "-c", "3", "-i", "0.3"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().startswith("PING ")
+        assert " bytes from " in process.stdout.readline()
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=15)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert (process.returncode, err) == (0, "")
+    assert "3 sent, 3 received" in out, out
 
 
 # --------------------------------------------------------------------------- loss, duplicates, reordering
@@ -634,7 +659,8 @@ def test_load_summary_text_and_progress_line_on_a_terminal(sockd: Daemon) -> Non
 
 def test_load_ctrl_c_reports_the_window_so_far(sockd: Daemon) -> None:
     process = subprocess.Popen([CLIENT, *where(sockd, "echo", "tcp"), "-C", "2", "-d", "60", "--warmup", "0",
-                                "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=sigintDefault)
     try:
         time.sleep(1.5)
         process.send_signal(signal.SIGINT)

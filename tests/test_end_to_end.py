@@ -153,7 +153,7 @@ def test_daytime_and_qotd_over_udp_with_sockd_client(sockd: Daemon) -> None:
 
 
 def test_daytime_and_qotd_over_tcp_with_socat(sockd: Daemon) -> None:
-    """sockd-client fails on these at random (see test_client.py's speak-first test), so socat reads them."""
+    """sockd-client fails on these at random (see test_client_oneshot.py's speak-first test), so socat reads them."""
     requireTools("socat")
     daytime = tool(["socat", "-u", "TCP:127.0.0.1:50013", "-"])
     assert daytime.returncode == 0, daytime.stderr

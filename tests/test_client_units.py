@@ -1,4 +1,4 @@
-"""The measuring engine's parts on their own: histogram, probes, clock arithmetic, and what it may import."""
+"""The client wing's parts on their own: histogram, payloads, clock arithmetic, targets, and what it may import."""
 
 from __future__ import annotations
 
@@ -11,18 +11,9 @@ import time
 
 import pytest
 
-from sockd.measure import (
-    CHARGEN_CYCLE,
-    MIN_PROBE,
-    Histogram,
-    bucketBounds,
-    bucketOf,
-    loadRequest,
-    makeProbe,
-    parseDaytime,
-    parseProbe,
-    rfc868ToUnix,
-)
+from sockd.client.clock import parseDaytime, rfc868ToUnix
+from sockd.client.histogram import LINEAR, SUB_BITS, Histogram, bucketBounds, bucketOf
+from sockd.client.payloads import CHARGEN_CYCLE, MIN_PROBE, loadRequest, makeProbe, parseProbe
 
 
 def test_every_value_falls_inside_its_bucket_and_buckets_are_narrow() -> None:
@@ -32,6 +23,8 @@ def test_every_value_falls_inside_its_bucket_and_buckets_are_narrow() -> None:
         start, width = bucketBounds(bucketOf(value))
         assert start <= value < start + width, value
         assert width == 1 or width / start <= 1 / 128  # at most 0.8% wide
+    assert (LINEAR, 1 << SUB_BITS) == (256, 128)  # the figures above, and the docs' "128 steps per power of two"
+    assert [bucketOf(v) for v in (-5, 0, LINEAR - 1, LINEAR)] == [0, 0, LINEAR - 1, LINEAR]
 
 
 def test_percentiles_are_within_the_bucket_error_and_the_rest_is_exact() -> None:
@@ -121,32 +114,36 @@ def test_daytime_that_is_no_time(text: str) -> None:
 def test_the_client_imports_neither_twisted_nor_the_daemon() -> None:
     """It must start fast and share nothing with the server it measures."""
     code = ("import sys, sockd.client; print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in"
-            " ('twisted', 'zope', 'OpenSSL', 'prometheus_client') or (m.startswith('sockd.') and m not in"
-            " ('sockd.client', 'sockd.measure')))))")
+            " ('twisted', 'zope', 'OpenSSL', 'prometheus_client') or (m.startswith('sockd.') and m != 'sockd.errors'"
+            " and not m.startswith('sockd.client')))))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == ""
 
 
 def test_the_client_documents_every_public_definition() -> None:
-    """tests/test_architecture.py exempts sockd.client while it was being rewritten; it no longer needs to be."""
+    """tests/test_architecture.py checks this too; here it is the client wing's own promise, module by module."""
     import ast
     from pathlib import Path
 
     import sockd.client
 
-    tree = ast.parse(Path(sockd.client.__file__).read_text())
-    assert ast.get_docstring(tree)
-    missing = [node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))
-               and not node.name.startswith("_") and not ast.get_docstring(node)]
-    assert missing == []
+    modules = sorted(Path(sockd.client.__file__).parent.glob("*.py"))
+    assert len(modules) > 5
+    for path in modules:
+        tree = ast.parse(path.read_text())
+        assert ast.get_docstring(tree), path
+        missing = [node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))
+                   and not node.name.startswith("_") and not ast.get_docstring(node)]
+        assert missing == [], path
 
 
 def test_a_stream_target_tries_the_next_address_while_refused_and_then_keeps_the_one_that_answered() -> None:
     """localhost may resolve to ::1 first with the server only on 127.0.0.1 (the one-shot client does the same)."""
     import socket
 
-    from sockd.measure import MeasureError, Target
+    from sockd.client.errors import ClientError, RefusedError
+    from sockd.client.target import Target
 
     with socket.socket() as refusing, socket.socket() as listening:
         refusing.bind(("127.0.0.1", 0))  # bound, not listening: refused
@@ -160,14 +157,58 @@ def test_a_stream_target_tries_the_next_address_while_refused_and_then_keeps_the
             assert sock.getpeername() == good
         assert (target.sockaddr, target.others) == (good, [])
         target.sockaddr = refusing.getsockname()
-        with pytest.raises(MeasureError, match="connection refused"):
+        with pytest.raises(ClientError, match="connection refused") as refused:
             target.connectStream(2.0)  # nothing else left to try
+        assert isinstance(refused.value, RefusedError)  # retrying is decided on the type, not the words
 
 
 def test_ping_keeps_its_schedule_and_starts_afresh_only_when_behind() -> None:
-    from sockd.measure import _nextDue
+    from sockd.client.ping import _nextDue
 
     assert _nextDue(10.0, 10.0003, 1.0) == 11.0  # a sleep's overshoot does not drift the schedule
     assert _nextDue(10.0, 10.9, 1.0) == 11.0  # late, but the next one is still ahead: on schedule
     assert _nextDue(10.0, 15.0, 1.0) == 16.0  # a 5 s reply: one interval from now, not four probes at once
     assert _nextDue(10.0, 10.0, 0.0) == 10.0  # --interval 0: at once
+
+
+def test_a_failure_other_than_refused_does_not_try_the_next_address(tmp_path) -> None:
+    """Only a refused connection moves on to the resolver's next address; the type says so, not the message."""
+    import socket
+
+    from sockd.client.errors import ClientError, RefusedError
+    from sockd.client.target import Target
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        good = listening.getsockname()
+        target = Target("unix", path=str(tmp_path / "nobody.sock"))
+        target.resolve()
+        target.others = [(socket.AF_INET, good)]
+        with pytest.raises(ClientError, match="no such socket") as failed:
+            target.connectStream(2.0)
+        assert not isinstance(failed.value, RefusedError)
+        assert target.others == [(socket.AF_INET, good)]  # not tried
+
+
+def test_a_datagram_exchange_with_nothing_listening_is_one_line() -> None:
+    import socket
+
+    from sockd.client.errors import ClientError
+    from sockd.client.target import Target
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed below: port unreachable
+    target = Target("udp", host="127.0.0.1", port=port)
+    target.resolve()
+    with pytest.raises(ClientError, match=f"nothing is listening at 127.0.0.1:{port}"):
+        target.datagramExchange(b"anyone?\n", 2.0)
+
+
+def test_every_client_error_has_the_daemons_exit_status() -> None:
+    from sockd.client.errors import ClientError, FatalError, RefusedError, UsageError
+    from sockd.errors import EX_RUNTIME, EX_USAGE
+
+    assert (ClientError.exitStatus, UsageError.exitStatus) == (EX_RUNTIME, EX_USAGE)
+    assert FatalError.exitStatus == RefusedError.exitStatus == EX_RUNTIME
