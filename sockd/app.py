@@ -139,13 +139,15 @@ class Assembly:
                 handshakeTimeout=settings.tls_handshake_timeout if tls else 0,
                 metrics=self.metrics,
                 tls=tls,
+                claimedPeers=kind == "haproxy",
             )
             transport = kind
             bindTo = description
             if transport == "haproxy":
                 # Twisted's own haproxy: wrapper drops split headers (twisted#8287) and starts the service
                 # before the real peer is known (twisted#12501); sockd's wrapper does neither.
-                factory = ProxyProtocolFactory(factory, clock=self.reactor)
+                factory = ProxyProtocolFactory(factory, clock=self.reactor, trusted=settings.trusted_proxies,
+                                               logInterval=settings.refusal_log_interval)
                 bindTo = description.split(":", 1)[1]
             listener = StreamListener(self.reactor, name, bindTo, factory, transportName=transport,
                                       inheritedFd=inheritedFd, unixMode=settings.unix_mode)
@@ -249,6 +251,8 @@ class Assembly:
             listener.protocol.replaceInner(service.datagram(context))
             return
         policy = listener.factory
+        if isinstance(policy, ProxyProtocolFactory):
+            policy.trust(settings.trusted_proxies)
         while not isinstance(policy, PolicyFactory):
             policy = policy.wrappedFactory
         policy.wrappedFactory = service.stream(context)

@@ -209,6 +209,7 @@ def checkSettings(settings: Settings) -> None:
     try:
         AccessList(settings.allow, settings.deny)
         parseNetworks(settings.exempt, "--exempt")
+        parseNetworks(settings.trusted_proxies, "--trusted-proxy")
     except AccessError as e:
         raise ConfigurationError(str(e)) from None
     if settings.quotes:
@@ -249,4 +250,4 @@ for _service in SERVICES:
     setattr(Options, f"opt_{_service.name}", _serviceOption(_service.name))
 for _field in FIELDS:
     if _field.metadata["repeat"]:
-        setattr(Options, f"opt_{_field.name}", _listOption(_field.name))
+        setattr(Options, f"opt_{optionName(_field.name).replace('-', '_')}", _listOption(_field.name))

@@ -17,9 +17,12 @@ LOOPBACK = ("127.0.0.0/8", "::1/128")
 
 
 def _setting(default: Any, help: str, coerce: Callable[[str], Any] | None = None, flag: bool = False,
-             repeat: bool = False, daemon: bool = False) -> Any:
-    """One setting; C{daemon}: it is the whole daemon's, never one service's (not allowed in [ack], [echo]...)."""
-    meta = {"help": help, "coerce": coerce, "flag": flag, "repeat": repeat, "daemon": daemon}
+             repeat: bool = False, daemon: bool = False, option: str | None = None) -> Any:
+    """One setting; C{daemon}: it is the whole daemon's, never one service's (not allowed in [ack], [echo]...).
+
+    C{option}: the command-line spelling when it is not the field's (a repeatable option named in the singular).
+    """
+    meta = {"help": help, "coerce": coerce, "flag": flag, "repeat": repeat, "daemon": daemon, "option": option}
     if repeat:
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -91,6 +94,7 @@ class Settings:
     allow: list[str] = _setting((), "only these CIDR blocks may use sockd (repeatable; default: everyone)", repeat=True)
     deny: list[str] = _setting((), "these CIDR blocks are refused, even if allowed (repeatable)", repeat=True)
     exempt: list[str] = _setting(LOOPBACK, "CIDR blocks free of the per-address limits and the UDP budget (repeatable; default loopback; 'none' clears)", repeat=True)
+    trusted_proxies: list[str] = _setting(LOOPBACK, "haproxy: listeners take a PROXY header only from these CIDR blocks; others are closed unanswered (repeatable; default loopback)", repeat=True, option="trusted-proxy")
 
     # Datagram (reflection) hardening.
     udp_rate: float = _setting(20.0, "datagram answers per second to one address (token bucket); 0 is unlimited", nonNegativeFloat)
@@ -109,8 +113,9 @@ class Settings:
 
 
 FIELDS: tuple[dataclasses.Field, ...] = dataclasses.fields(Settings)
+_OPTIONS = {f.name: f.metadata["option"] for f in FIELDS if f.metadata["option"]}
 
 
 def optionName(fieldName: str) -> str:
-    """The command-line spelling of a setting: C{max_per_source} is C{--max-per-source}."""
-    return fieldName.replace("_", "-")
+    """The command-line spelling of a setting: C{max_per_source} is C{--max-per-source}, C{trusted_proxies} C{--trusted-proxy}."""
+    return _OPTIONS.get(fieldName) or fieldName.replace("_", "-")
