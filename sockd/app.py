@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import signal
+from dataclasses import replace
 from typing import Any
 
 from prometheus_client import generate_latest
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.web.resource import Resource
 
 from sockd.config.descriptions import isDatagram, socketTransport, transportName
@@ -37,7 +38,7 @@ from sockd.runtime.listeners import DatagramListener, StreamListener
 from sockd.runtime.workers import AggregatedMetrics, Supervisor, shareLimits
 from sockd.services import BY_NAME, SMALL_SERVICE_PORTS, Context
 
-__all__ = ["Assembly"]
+__all__ = ["Assembly", "metricsRules", "metricsSite"]
 
 log = Logger(namespace="sockd.reload")
 
@@ -58,6 +59,8 @@ class Assembly:
         #: The daemon's admission and datagram rules: those of every service without a table of its own.
         self.admission = Admission(settings, reactor.seconds)
         self.registry = ConnectionRegistry(reactor)
+        #: Who may reach --metrics, and how many at once: few, so scrapers cannot take the services' descriptors.
+        self.metricsAdmission = Admission(metricsRules(settings), reactor.seconds)
         self.datagramPolicy = DatagramPolicy(settings, reactor.seconds, SMALL_SERVICE_PORTS)
         #: Services with a table of their own in the file ([echo]): their settings, contexts and rules.
         self.serviceSettings: dict[str, Settings] = {}
@@ -172,7 +175,9 @@ class Assembly:
             root.putChild(b"metrics", MetricsResource(registry=self.metrics.registry))
         root.putChild(b"healthz", Health())
         root.putChild(b"readyz", Readiness(self.ready))
-        listener = StreamListener(self.reactor, "metrics", description, QuietSite(root))
+        site = metricsSite(root, socketTransport(description), self.metricsAdmission, self.reactor,
+                           self.settings.metrics_idle_timeout)
+        listener = StreamListener(self.reactor, "metrics", description, site)
         listener.setServiceParent(self.top)
         self.top.stopLast.append(listener)  # answers /readyz with 503 while the connections drain
 
@@ -201,6 +206,7 @@ class Assembly:
         self.context.settings = settings
         self.context.quotes.quotes = quotes
         self.admission.reconfigure(settings)
+        self.metricsAdmission.reconfigure(metricsRules(settings))
         self.datagramPolicy.reconfigure(settings)
         self._configureServices(serviceSettings)
         self.top.grace = settings.grace
@@ -262,6 +268,29 @@ class Assembly:
             self.registry.rescheduleIdle()
         if policy.tls:  # by the listener's kind, not by the old value: 0 must be able to turn on again
             policy.handshakeTimeout = settings.tls_handshake_timeout
+
+
+def metricsSite(root: Resource, transport: str, admission: Admission, clock: Any, idleTimeout: float) -> PolicyFactory:
+    """The --metrics (and probes) site behind its own admission and idle timeout, counted apart from the services."""
+    return PolicyFactory(
+        QuietSite(root, reactor=clock),
+        serviceName="metrics",
+        transportName=transport,
+        admission=admission,
+        registry=ConnectionRegistry(clock),  # its own: shutdown drains the services' connections, not scrapes
+        clock=clock,
+        idleTimeout=idleTimeout,
+        idleLogLevel=LogLevel.debug,  # a scraper keeps its connection between scrapes: every close is routine
+    )
+
+
+def metricsRules(settings: Settings) -> Settings:
+    """The admission rules of the --metrics site: its own cap and allow list (else --allow's), --deny as everywhere.
+
+    No per-address limits or rate: the cap is small, and a scraper reconnects at will.
+    """
+    return replace(settings, allow=list(settings.metrics_allow or settings.allow), deny=list(settings.deny),
+                   exempt=[], max_connections=settings.metrics_max_connections, max_per_source=0, connection_rate=0)
 
 
 def _quotes(settings: Settings) -> tuple[bytes, ...]:

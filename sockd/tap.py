@@ -210,6 +210,7 @@ def checkSettings(settings: Settings) -> None:
         AccessList(settings.allow, settings.deny)
         parseNetworks(settings.exempt, "--exempt")
         parseNetworks(settings.trusted_proxies, "--trusted-proxy")
+        parseNetworks(settings.metrics_allow, "--metrics-allow")
     except AccessError as e:
         raise ConfigurationError(str(e)) from None
     if settings.quotes:

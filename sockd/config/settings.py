@@ -103,6 +103,9 @@ class Settings:
 
     # Observability.
     metrics: str | None = _setting(None, "serve Prometheus metrics at /metrics on this endpoint, e.g. tcp:9101:interface=127.0.0.1", daemon=True)
+    metrics_allow: list[str] = _setting((), "only these CIDR blocks may reach --metrics (repeatable; default: whom --allow lets in); --deny applies too", repeat=True, daemon=True)
+    metrics_max_connections: int = _setting(16, "most connections open at once to --metrics (scrapes and probes), so it cannot take the services' descriptors; 0 is unlimited", nonNegativeInt, daemon=True)
+    metrics_idle_timeout: float = _setting(10.0, "close a --metrics connection idle this many seconds; 0 disables", nonNegativeFloat, daemon=True)
 
     # Processes.
     workers: int = _setting(1, "worker processes sharing every listening socket ('auto': one per core)", workerCount, daemon=True)

@@ -15,7 +15,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
@@ -253,7 +253,7 @@ class PolicyProtocol(TransportRelay, Protocol):
     def idleTimedOut(self) -> None:
         """The registry's idle timer found no read or write for the idle timeout."""
         self.factory.stats.timedOut["idle"] += 1
-        log.info("{service}/{transport}: closing {peer}: idle for {seconds:g}s",
+        log.emit(self.factory.idleLogLevel, "{service}/{transport}: closing {peer}: idle for {seconds:g}s",
                  service=self.factory.serviceName, transport=self.factory.transportName,
                  peer=self.peerName, seconds=self.factory.idleTimeout)
         self.transport.abortConnection()
@@ -321,7 +321,9 @@ class PolicyFactory(WrappingFactory):
     """Wrap a service factory with admission, timeouts, counting and draining.
 
     C{claimedPeers}: its peers' addresses come from PROXY headers, so none is
-    exempt from the per-address limits, whatever it claims.
+    exempt from the per-address limits, whatever it claims.  C{idleLogLevel}:
+    where idle closes are logged (debug for the metrics site, whose scrapers
+    keep connections open between scrapes).
     """
 
     protocol = PolicyProtocol
@@ -341,9 +343,11 @@ class PolicyFactory(WrappingFactory):
         metrics: Metrics | None = None,
         tls: bool = False,
         claimedPeers: bool = False,
+        idleLogLevel: LogLevel = LogLevel.info,
     ) -> None:
         super().__init__(wrappedFactory)
         self.claimedPeers = claimedPeers
+        self.idleLogLevel = idleLogLevel
         self.serviceName = serviceName
         self.transportName = transportName
         self.admission = admission
