@@ -30,6 +30,7 @@ from sockd.errors import StartupError
 from sockd.interfaces import IDatagramListener
 from sockd.observe.logsetup import workerMessageSink
 from sockd.observe.metrics import TLS_TRANSPORTS, Metrics
+from sockd.observe.throttle import ACCEPT_WARNINGS
 from sockd.protocols.qotd import QuotePicker, builtinQuotes, loadQuotes
 from sockd.protocols.speakfirst import SpeakFirstFactory
 from sockd.runtime.daemon import SockdService
@@ -58,6 +59,7 @@ class Assembly:
         self.context = Context(settings, reactor, QuotePicker(_quotes(settings)))
         #: The daemon's admission and datagram rules: those of every service without a table of its own.
         self.admission = Admission(settings, reactor.seconds)
+        ACCEPT_WARNINGS.summary.interval = settings.refusal_log_interval  # EMFILE and its kin, like refusals
         self.registry = ConnectionRegistry(reactor)
         #: Who may reach --metrics, and how many at once: few, so scrapers cannot take the services' descriptors.
         self.metricsAdmission = Admission(metricsRules(settings), reactor.seconds)
@@ -206,6 +208,7 @@ class Assembly:
         self.context.settings = settings
         self.context.quotes.quotes = quotes
         self.admission.reconfigure(settings)
+        ACCEPT_WARNINGS.summary.interval = settings.refusal_log_interval
         self.metricsAdmission.reconfigure(metricsRules(settings))
         self.datagramPolicy.reconfigure(settings)
         self._configureServices(serviceSettings)
