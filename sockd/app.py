@@ -22,6 +22,7 @@ from twisted.web.resource import Resource
 from sockd.config.descriptions import isDatagram, socketTransport, transportName
 from sockd.config.file import ConfigError
 from sockd.config.settings import Settings
+from sockd.config.strict import RunAs, readingAs
 from sockd.defences.admission import Admission
 from sockd.defences.datagram import DatagramPolicy, GuardedDatagramProtocol
 from sockd.defences.proxyprotocol import ProxyProtocolFactory
@@ -56,7 +57,7 @@ class Assembly:
         self.settings = settings
         #: This daemon's counts and their registry, handed to everything that counts.
         self.metrics = Metrics()
-        self.context = Context(settings, reactor, QuotePicker(_quotes(settings)))
+        self.context = Context(settings, reactor, QuotePicker(_quotes(settings, options.runAs)))
         #: The daemon's admission and datagram rules: those of every service without a table of its own.
         self.admission = Admission(settings, reactor.seconds)
         ACCEPT_WARNINGS.summary.interval = settings.refusal_log_interval  # EMFILE and its kin, like refusals
@@ -70,7 +71,7 @@ class Assembly:
         self.admissions: dict[str, Admission] = {}
         self.datagramPolicies: dict[str, DatagramPolicy] = {}
         self._configureServices(getattr(options, "serviceSettings", {}))
-        self.context.quotes.quotes = _quotes(self.settingsFor("qotd"))  # [qotd] quotes = ... is qotd's
+        self.context.quotes.quotes = _quotes(self.settingsFor("qotd"), options.runAs)  # [qotd] quotes = ... is qotd's
         self.top = SockdService(reactor, self.registry, self.datagramPolicy, settings.grace)
         self.top.reload = self.reload
         self.listeners: dict[tuple[str, str], Any] = {}
@@ -198,7 +199,7 @@ class Assembly:
         """Re-read the configuration: new rules at once, listeners opened or closed, connections kept."""
         try:
             settings, active, serviceSettings = self.options.resolve()
-            quotes = _quotes(serviceSettings.get("qotd", settings))
+            quotes = _quotes(serviceSettings.get("qotd", settings), self.options.runAs)
         except (StartupError, ConfigError) as e:
             self.metrics.reloads["failed"] += 1
             log.error("reload failed, keeping the running configuration: {why}", why=str(e))
@@ -296,5 +297,9 @@ def metricsRules(settings: Settings) -> Settings:
                    exempt=[], max_connections=settings.metrics_max_connections, max_per_source=0, connection_rate=0)
 
 
-def _quotes(settings: Settings) -> tuple[bytes, ...]:
-    return loadQuotes(settings.quotes) if settings.quotes else builtinQuotes()
+def _quotes(settings: Settings, runAs: RunAs | None = None) -> tuple[bytes, ...]:
+    """The quotes qotd serves, read with the rights of the user who serves them (see L{readingAs})."""
+    if not settings.quotes:
+        return builtinQuotes()
+    with readingAs(runAs):
+        return loadQuotes(settings.quotes)

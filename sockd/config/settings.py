@@ -90,6 +90,9 @@ class Settings:
     connection_burst: int = _setting(40, "connections one address may open in a burst above --connection-rate", positiveInt)
     refusal_log_interval: float = _setting(10.0, "log a refused address at most once per this many seconds", nonNegativeFloat, daemon=True)
 
+    # Files.
+    insecure_files: bool = _setting(False, "accept a --config, quotes or TLS key file that is writable by group or others, or owned by neither root nor the daemon's user (refused by default, exit 78)", flag=True, daemon=True)
+
     # Access control.
     allow: list[str] = _setting((), "only these CIDR blocks may use sockd (repeatable; default: everyone)", repeat=True)
     deny: list[str] = _setting((), "these CIDR blocks are refused, even if allowed (repeatable)", repeat=True)
