@@ -14,16 +14,17 @@ from __future__ import annotations
 import json
 import pwd
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from prometheus_client import generate_latest
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.web.resource import Resource
 
 from sockd.config.descriptions import ListenSpec
 from sockd.config.file import ConfigError
 from sockd.config.settings import Settings
+from sockd.config.strict import RunAs, readingAs
 from sockd.defences.admission import Admission
 from sockd.defences.datagram import DatagramPolicy, GuardedDatagramProtocol
 from sockd.defences.proxyprotocol import ProxyProtocolFactory
@@ -31,6 +32,7 @@ from sockd.defences.stream import ConnectionRegistry, PolicyFactory
 from sockd.errors import StartupError
 from sockd.observe.logsetup import workerMessageSink
 from sockd.observe.metrics import Metrics
+from sockd.observe.throttle import ACCEPT_WARNINGS
 from sockd.protocols.qotd import QuotePicker, builtinQuotes, loadQuotes
 from sockd.protocols.speakfirst import SpeakFirstFactory
 from sockd.runtime.daemon import SockdService
@@ -39,7 +41,7 @@ from sockd.runtime.listeners import DatagramListener, StreamListener
 from sockd.runtime.workers import AggregatedMetrics, Supervisor, shareLimits
 from sockd.services import BY_NAME, SMALL_SERVICE_PORTS, Context
 
-__all__ = ["Assembly", "Running"]
+__all__ = ["Assembly", "Running", "metricsRules", "metricsSite"]
 
 log = Logger(namespace="sockd.reload")
 
@@ -84,10 +86,13 @@ class Assembly:
         self.settings = settings
         #: This daemon's counts and their registry, handed to everything that counts.
         self.metrics = Metrics()
-        self.context = Context(settings, reactor, QuotePicker(_quotes(settings)))
+        self.context = Context(settings, reactor, QuotePicker(_quotes(settings, options.runAs)))
         #: The daemon's admission and datagram rules: those of every service without a table of its own.
         self.admission = Admission(settings, reactor.seconds)
+        ACCEPT_WARNINGS.summary.interval = settings.refusal_log_interval  # EMFILE and its kin, like refusals
         self.registry = ConnectionRegistry(reactor)
+        #: Who may reach --metrics, and how many at once: few, so scrapers cannot take the services' descriptors.
+        self.metricsAdmission = Admission(metricsRules(settings), reactor.seconds)
         self.datagramPolicy = DatagramPolicy(settings, reactor.seconds, SMALL_SERVICE_PORTS)
         #: Services with a table of their own in the file ([echo]): their settings, contexts and rules.
         self.serviceSettings: dict[str, Settings] = {}
@@ -95,7 +100,7 @@ class Assembly:
         self.admissions: dict[str, Admission] = {}
         self.datagramPolicies: dict[str, DatagramPolicy] = {}
         self._configureServices(getattr(options, "serviceSettings", {}))
-        self.context.quotes.quotes = _quotes(self.settingsFor("qotd"))  # [qotd] quotes = ... is qotd's
+        self.context.quotes.quotes = _quotes(self.settingsFor("qotd"), options.runAs)  # [qotd] quotes = ... is qotd's
         self.top = SockdService(reactor, self.registry, self.datagramPolicy, settings.grace)
         self.top.reload = self.reload
         #: One record per running listener, by its parsed description.
@@ -172,12 +177,14 @@ class Assembly:
                 handshakeTimeout=settings.tls_handshake_timeout if spec.tls else 0,
                 metrics=self.metrics,
                 tls=spec.tls,
+                claimedPeers=spec.proxy,
             )
             factory: Any = policy
             if spec.proxy:
                 # Twisted's own haproxy: wrapper drops split headers (twisted#8287) and starts the service
                 # before the real peer is known (twisted#12501); sockd's wrapper does neither.
-                factory = ProxyProtocolFactory(policy, clock=self.reactor)
+                factory = ProxyProtocolFactory(policy, clock=self.reactor, trusted=settings.trusted_proxies,
+                                               logInterval=settings.refusal_log_interval)
             listener = StreamListener(self.reactor, spec, factory, inheritedFd=inheritedFd,
                                       unixMode=settings.unix_mode, socketOwner=self.socketOwner)
             record = Running(spec, listener, policy)
@@ -202,7 +209,10 @@ class Assembly:
             root.putChild(b"metrics", MetricsResource(registry=self.metrics.registry))
         root.putChild(b"healthz", Health())
         root.putChild(b"readyz", Readiness(self.ready))
-        listener = StreamListener(self.reactor, ListenSpec.parse("metrics", description), QuietSite(root))
+        spec = ListenSpec.parse("metrics", description)
+        site = metricsSite(root, spec.transport, self.metricsAdmission, self.reactor,
+                           self.settings.metrics_idle_timeout)
+        listener = StreamListener(self.reactor, spec, site)
         listener.setServiceParent(self.top)
         self.top.stopLast.append(listener)  # answers /readyz with 503 while the connections drain
 
@@ -221,7 +231,7 @@ class Assembly:
         """Re-read the configuration: new rules at once, listeners opened or closed, connections kept."""
         try:
             settings, active, serviceSettings = self.options.resolve()
-            quotes = _quotes(serviceSettings.get("qotd", settings))
+            quotes = _quotes(serviceSettings.get("qotd", settings), self.options.runAs)
         except (StartupError, ConfigError) as e:
             self.metrics.reloads["failed"] += 1
             log.error("reload failed, keeping the running configuration: {why}", why=str(e))
@@ -231,6 +241,8 @@ class Assembly:
         self.context.settings = settings
         self.context.quotes.quotes = quotes
         self.admission.reconfigure(settings)
+        ACCEPT_WARNINGS.summary.interval = settings.refusal_log_interval
+        self.metricsAdmission.reconfigure(metricsRules(settings))
         self.datagramPolicy.reconfigure(settings)
         self._configureServices(serviceSettings)
         self.top.grace = settings.grace
@@ -281,6 +293,9 @@ class Assembly:
             policy.policy = self.datagramPolicies.get(name, self.datagramPolicy)
             policy.replaceInner(service.datagram(context))
             return
+        proxy = record.listener.factory
+        if isinstance(proxy, ProxyProtocolFactory):
+            proxy.trust(settings.trusted_proxies)
         policy.wrappedFactory = service.stream(context)
         policy.admission = self.admissions.get(name, self.admission)  # open connections release where counted
         if policy.idleTimeout != settings.idle_timeout:
@@ -290,5 +305,32 @@ class Assembly:
             policy.handshakeTimeout = settings.tls_handshake_timeout
 
 
-def _quotes(settings: Settings) -> tuple[bytes, ...]:
-    return loadQuotes(settings.quotes) if settings.quotes else builtinQuotes()
+def metricsSite(root: Resource, transport: str, admission: Admission, clock: Any, idleTimeout: float) -> PolicyFactory:
+    """The --metrics (and probes) site behind its own admission and idle timeout, counted apart from the services."""
+    return PolicyFactory(
+        QuietSite(root, reactor=clock),
+        serviceName="metrics",
+        transportName=transport,
+        admission=admission,
+        registry=ConnectionRegistry(clock),  # its own: shutdown drains the services' connections, not scrapes
+        clock=clock,
+        idleTimeout=idleTimeout,
+        idleLogLevel=LogLevel.debug,  # a scraper keeps its connection between scrapes: every close is routine
+    )
+
+
+def metricsRules(settings: Settings) -> Settings:
+    """The admission rules of the --metrics site: its own cap and allow list (else --allow's), --deny as everywhere.
+
+    No per-address limits or rate: the cap is small, and a scraper reconnects at will.
+    """
+    return replace(settings, allow=list(settings.metrics_allow or settings.allow), deny=list(settings.deny),
+                   exempt=[], max_connections=settings.metrics_max_connections, max_per_source=0, connection_rate=0)
+
+
+def _quotes(settings: Settings, runAs: RunAs | None = None) -> tuple[bytes, ...]:
+    """The quotes qotd serves, read with the rights of the user who serves them (see L{readingAs})."""
+    if not settings.quotes:
+        return builtinQuotes()
+    with readingAs(runAs):
+        return loadQuotes(settings.quotes)

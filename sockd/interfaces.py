@@ -10,7 +10,20 @@ from __future__ import annotations
 
 from zope.interface import Attribute, Interface
 
-__all__ = ["IDatagramListener", "IListener", "IPendingInput", "IReadPausingTransport", "IStopsFirst"]
+__all__ = ["IAdmissionGate", "IDatagramListener", "IListener", "IPendingInput", "IReadPausingTransport", "IStopsFirst"]
+
+
+class IAdmissionGate(Interface):
+    """A factory that admits connections, so that a reader in front of it (PROXY) can count one before building it."""
+
+    def hold(host: str | None) -> object | None:
+        """Count a connection by its real peer until it can be built: what to C{releaseHold(host)} it from, or None.
+
+        None: refused (counted and logged already); close it without a byte.
+        """
+
+    def refuse(host: str | None, reason: str) -> None:
+        """Count and log a connection refused in front of it, for C{reason} (a metric label)."""
 
 
 class IPendingInput(Interface):

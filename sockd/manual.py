@@ -46,6 +46,8 @@ VALUES: dict[str, tuple[str, tuple[str, ...]] | None] = {
     "allow": ("cidr", ()),
     "deny": ("cidr", ()),
     "exempt": ("words", ("none", "127.0.0.0/8", "::1/128")),
+    "trusted-proxy": ("cidr", ()),
+    "metrics-allow": ("cidr", ()),
     "log-level": ("words", ("debug", "info", "warn", "error", "critical")),
     "worker": None,
 }

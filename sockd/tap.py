@@ -18,6 +18,7 @@ from sockd.app import Assembly
 from sockd.config.descriptions import DescriptionError, ListenSpec
 from sockd.config.file import loadConfig
 from sockd.config.settings import FIELDS, Settings, optionName
+from sockd.config.strict import RunAs, checkFile, checkListenFiles, readingAs
 from sockd.defences.access import AccessError, AccessList, parseNetworks
 from sockd.errors import EX_USAGE, ConfigurationError, StartupError, exitWithError, installExceptHook
 from sockd.observe.logsetup import setUp
@@ -65,6 +66,7 @@ class Options(usage.Options):
     optFlags = [
         ["ack-once", None, "ack: close each stream connection after its first answer (as the tutorial's server)"],
         ["no-log-messages", None, "do not log each message received (for load tests)"],
+        ["insecure-files", None, next(f.metadata["help"] for f in FIELDS if f.name == "insecure_files")],
         ["version", "V", "print sockd's version and exit"],
     ]
     optParameters = [
@@ -120,6 +122,11 @@ class Options(usage.Options):
             self.given["ack_once"] = True
         if self["no-log-messages"]:
             self.given["log_messages"] = False
+        if self["insecure-files"]:
+            self.given["insecure_files"] = True
+        parent = getattr(self, "parent", None)  # twistd's options, when run as `twistd sockd`: its --uid/--gid
+        #: The user sockd serves as, who (with root) may own the files it trusts, and reads the quotes file as.
+        self.runAs = RunAs(parent.get("uid"), parent.get("gid")) if parent is not None else RunAs()
         self.settings, self.active, self.serviceSettings = self.resolve()
         # Here, not in makeService: `twist` installs its default reactor right after parsing the plugin's options.
         # A reactor the user named (twistd -r, twist --reactor) is installed already and is kept.
@@ -136,6 +143,8 @@ class Options(usage.Options):
         fileListeners = None
         fileServices: dict[str, dict[str, Any]] = {}
         if self["config"]:
+            if not self.given.get("insecure_files"):  # only the command line: the file cannot vouch for itself
+                checkFile(self["config"], "--config", self.runAs)
             config = loadConfig(self["config"], set(BY_NAME))
             for name, value in config.values.items():
                 setattr(settings, name, value)
@@ -145,11 +154,13 @@ class Options(usage.Options):
             setattr(settings, name, list(value) if isinstance(value, list) else value)
         listeners = self.listeners or fileListeners or [(s.name, d) for s in SERVICES for d in s.defaults]
         specs = [checkDescription(name, description) for name, description in listeners]
-        checkSettings(settings)
+        if not settings.insecure_files:
+            checkListenFiles(listeners, self.runAs)
+        checkSettings(settings, self.runAs)
         serviceSettings = {}
         for service, own in fileServices.items():
             serviceSettings[service] = replace(settings, **{k: v for k, v in own.items() if k not in self.given})
-            checkSettings(serviceSettings[service])
+            checkSettings(serviceSettings[service], self.runAs)
         return settings, list(dict.fromkeys(specs)), serviceSettings
 
 
@@ -193,16 +204,21 @@ def checkStreamDescription(where: str, spec: ListenSpec) -> None:
         raise ConfigurationError(f"{where}: bad listen description: {e}") from None
 
 
-def checkSettings(settings: Settings) -> None:
-    """Validate the settings that are more than a number: address lists, the quotes file."""
+def checkSettings(settings: Settings, runAs: RunAs | None = None) -> None:
+    """Validate the settings that are more than a number: address lists, the quotes file (read as C{runAs})."""
     try:
         AccessList(settings.allow, settings.deny)
         parseNetworks(settings.exempt, "--exempt")
+        parseNetworks(settings.trusted_proxies, "--trusted-proxy")
+        parseNetworks(settings.metrics_allow, "--metrics-allow")
     except AccessError as e:
         raise ConfigurationError(str(e)) from None
     if settings.quotes:
+        if not settings.insecure_files:
+            checkFile(settings.quotes, "--quotes", runAs or RunAs())
         try:
-            loadQuotes(settings.quotes)
+            with readingAs(runAs):
+                loadQuotes(settings.quotes)
         except QuoteError as e:
             raise ConfigurationError(str(e)) from None
     if settings.metrics and ":" not in settings.metrics:
@@ -245,4 +261,4 @@ for _service in SERVICES:
     setattr(Options, f"opt_{_service.name}", _serviceOption(_service.name))
 for _field in FIELDS:
     if _field.metadata["repeat"]:
-        setattr(Options, f"opt_{_field.name}", _listOption(_field.name))
+        setattr(Options, f"opt_{optionName(_field.name).replace('-', '_')}", _listOption(_field.name))

@@ -56,7 +56,7 @@ class Daemon:
 
     def __init__(self, args: list[str], cwd: Path, expect: int | None = None, timeout: float = 15.0,
                  twistdArgs: list[str] | None = None, env: dict[str, str] | None = None,
-                 runner: str = "twistd") -> None:
+                 runner: str = "twistd", preexec: Callable[[], Any] | None = None) -> None:
         self.cwd = Path(cwd)
         self.logPath = self.cwd / "sockd.log"
         named = "-r" in (twistdArgs or []) or any(a.startswith("--reactor") for a in (twistdArgs or []))
@@ -67,7 +67,8 @@ class Daemon:
         self.stderrPath = self.cwd / "sockd.stderr"
         self._stderr = open(self.stderrPath, "wb")
         self.process = subprocess.Popen(self.command, cwd=self.cwd, stdout=subprocess.DEVNULL,
-                                        stderr=self._stderr, env={**os.environ, **(env or {})})
+                                        stderr=self._stderr, env={**os.environ, **(env or {})},
+                                        preexec_fn=preexec)
         self.listeners: dict[tuple[str, str], list[str]] = {}
         self._wait(timeout)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon import REACTOR, TWISTD, Daemon, recvAll, recvExactly
+from tests.daemon import REACTOR, TWISTD, Daemon, recvAll, recvExactly, waitFor
 
 HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
 pytestmark = pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed")
@@ -44,7 +44,8 @@ def listenPort(d: Daemon, service: str) -> int:
 class HAProxy:
     """haproxy -db on a generated configuration: one frontend per service, balancing over the backends."""
 
-    def __init__(self, workdir: Path, backends: dict[str, list[int]], server: str = "send-proxy-v2") -> None:
+    def __init__(self, workdir: Path, backends: dict[str, list[int]], server: str = "send-proxy-v2",
+                 source: str | None = None) -> None:
         self.frontends = {service: freePort() for service in backends}
         ready = freePort()
         lines = ["defaults", "    mode tcp", "    retries 0", "    timeout connect 2s", "    timeout client 10s",
@@ -54,7 +55,8 @@ class HAProxy:
         for service, ports in backends.items():
             lines += [f"frontend {service}", f"    bind 127.0.0.1:{self.frontends[service]}",
                       f"    default_backend {service}", f"backend {service}", "    balance roundrobin"]
-            lines += [f"    server s{i} 127.0.0.1:{port} {server}" for i, port in enumerate(ports, 1)]
+            via = f" source {source}" if source else ""
+            lines += [f"    server s{i} 127.0.0.1:{port} {server}{via}" for i, port in enumerate(ports, 1)]
         self.config = workdir / "haproxy.cfg"
         self.config.write_text("\n".join(lines) + "\n")
         self.output = workdir / "haproxy.out"
@@ -196,3 +198,78 @@ def test_haproxy_over_tls_is_refused_clearly(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "PROXY protocol over TLS is not supported" in lines[0], result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def answerOrNothing(s: socket.socket) -> bytes:
+    """All a connection answers before it ends; a reset (closed unread) answers nothing."""
+    try:
+        return recvAll(s)
+    except ConnectionResetError:
+        return b""
+
+
+SPOOF = b"PROXY TCP4 10.1.2.3 127.0.0.1 1 46201\r\nhi\n"
+
+
+def test_header_from_an_untrusted_peer_is_not_believed(tmp_path: Path) -> None:
+    """The access list is for the client: a peer outside --trusted-proxy cannot claim an allowed address."""
+    d = Daemon(["--ack", "haproxy:tcp:0:interface=127.0.0.1", "--allow", "10.0.0.0/8",
+                "--trusted-proxy", "127.0.0.2/32"], tmp_path)
+    try:
+        port = listenPort(d, "ack")
+        for _ in range(3):
+            with client(("127.0.0.1", port)) as s:
+                s.sendall(SPOOF)
+                assert answerOrNothing(s) == b""
+        with client(("127.0.0.1", port), source="127.0.0.2") as s:  # the trusted balancer's own address
+            s.sendall(SPOOF)
+            assert recvExactly(s, 18) == b"I got your message"
+        waitFor(lambda: "Here is the message: hi" in d.log(), "the trusted header's message", logPath=d.logPath)
+        log = d.log()
+        assert log.count("ack/tcp: refused 127.0.0.1 (untrusted-proxy)") == 1, log  # once per interval
+    finally:
+        d.stop()
+
+
+@pytest.mark.parametrize("server", ["send-proxy", "send-proxy-v2"])
+def test_haproxy_as_a_trusted_proxy(tmp_path: Path, server: str) -> None:
+    """HAProxy from a --trusted-proxy address is served; the same HAProxy from elsewhere is refused."""
+    d = Daemon([*SERVICES, "--trusted-proxy", "127.0.0.2"], tmp_path)
+    proxies = []
+    try:
+        backends = {s: [listenPort(d, s)] for s in ("ack", "daytime")}
+        (tmp_path / "trusted").mkdir()
+        (tmp_path / "untrusted").mkdir()
+        trusted = HAProxy(tmp_path / "trusted", backends, server=server, source="127.0.0.2")
+        proxies.append(trusted)
+        untrusted = HAProxy(tmp_path / "untrusted", backends, server=server)
+        proxies.append(untrusted)
+        with client(trusted.address("daytime")) as s:
+            assert DAYTIME.match(recvAll(s))
+        with client(untrusted.address("daytime")) as s:
+            assert answerOrNothing(s) == b""
+        waitFor(lambda: "daytime/tcp: refused 127.0.0.1 (untrusted-proxy)" in d.log(), "the refusal",
+                logPath=d.logPath)
+    finally:
+        for proxy in proxies:
+            proxy.stop()
+        d.stop()
+
+
+def test_connections_waiting_for_a_header_count_against_max_connections(tmp_path: Path) -> None:
+    """Silent connections hold places: past --max-connections the next is closed at once, not held open."""
+    d = Daemon(["--ack", "haproxy:tcp:0:interface=127.0.0.1", "--max-connections", "5"], tmp_path)
+    silent = []
+    try:
+        port = listenPort(d, "ack")
+        silent = [client(("127.0.0.1", port)) for _ in range(5)]
+        for _ in range(3):
+            with client(("127.0.0.1", port)) as s:
+                assert answerOrNothing(s) == b""  # closed by sockd, not by the 5-second header deadline
+        waitFor(lambda: "ack/tcp: refused 127.0.0.1 (max-connections)" in d.log(), "the refusal", logPath=d.logPath)
+        silent[0].sendall(b"PROXY TCP4 192.0.2.7 127.0.0.1 1 2\r\nhi\n")
+        assert recvExactly(silent[0], 18) == b"I got your message"
+    finally:
+        for s in silent:
+            s.close()
+        d.stop()

@@ -551,3 +551,103 @@ def test_the_service_sees_a_whole_udp_transport_not_a_proxy() -> None:
     assert seen.getHost().port == 50007
     seen.stopListening()
     assert port.calls == [("connect", ("127.0.0.1", 9)), ("stopListening", None)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-connection warnings (EMFILE): one line per interval with counts.
+
+
+def test_warning_summary_logs_the_first_then_counts_per_interval() -> None:
+    from twisted.internet.task import Clock
+    from twisted.logger import Logger
+
+    from sockd.observe.throttle import WarningSummary
+
+    clock = Clock()
+    summary = WarningSummary(Logger(namespace="test.summary"), interval=10.0, clock=clock)
+    with capturedLogs() as events:
+        for _ in range(458):
+            summary.note("closed (EMFILE)")
+        summary.note("could not accept (ENFILE)")
+        clock.advance(10)
+        clock.advance(10)  # a quiet interval ends the window
+        summary.note("closed (EMFILE)")
+    lines = [formatEvent(e) for e in events if e.get("log_namespace") == "test.summary"]
+    assert lines == [
+        "closed (EMFILE); more like it are counted and logged every 10s",
+        "in the last 10s: 457 x closed (EMFILE); 1 x could not accept (ENFILE)",
+        "closed (EMFILE); more like it are counted and logged every 10s",
+    ]
+    summary.stop()
+    assert clock.getDelayedCalls() == []
+
+
+def test_twisted_accept_lines_are_summed_up_once_whatever_the_observers() -> None:
+    from twisted.internet.task import Clock
+    from twisted.logger import Logger, PredicateResult
+
+    from sockd.observe.throttle import TwistedAcceptWarnings, WarningSummary
+
+    clock = Clock()
+    summary = WarningSummary(Logger(namespace="test.summary"), interval=10.0, clock=clock)
+    predicate = TwistedAcceptWarnings(summary)
+    closed = {"log_format": "EMFILE recovery: Closed socket from {address}", "address": ("127.0.0.1", 1)}
+    with capturedLogs() as events:
+        for _ in range(5):
+            event = dict(closed)
+            assert predicate(event) == PredicateResult.no
+            assert predicate(event) == PredicateResult.no  # a second observer's filter: not counted again
+        assert predicate({"log_format": "Re-reserving EMFILE recovery file descriptor."}) == PredicateResult.no
+        assert predicate({"log_format": "Could not accept new connection ({acceptError})",
+                          "acceptError": "ENFILE"}) == PredicateResult.no
+        assert predicate({"log_format": "something else"}) == PredicateResult.maybe
+        clock.advance(10)
+    lines = [formatEvent(e) for e in events if e.get("log_namespace") == "test.summary"]
+    assert len(lines) == 2 and lines[1] == (
+        "in the last 10s: 4 x connection closed unanswered: descriptor table full (EMFILE);"
+        " 1 x could not accept a connection (ENFILE)")
+    summary.stop()
+
+
+def _fewDescriptors() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+
+def test_emfile_burst_is_logged_as_a_few_lines_with_counts(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """300 connections at a daemon with 64 descriptors: not one line per refused connection, but a count."""
+    import re
+    import socket
+
+    from tests.daemon import Daemon, connect, recvExactly, waitFor
+
+    d = Daemon(["--ack", "tcp:0:interface=127.0.0.1", "--refusal-log-interval", "1"], tmp_path,
+               preexec=_fewDescriptors)
+    held: list[socket.socket] = []
+    try:
+        address = d.address("ack", "tcp")
+        for _ in range(300):
+            held.append(connect(address))
+        summed = re.compile(r"in the last 1s: (\d+) x connection closed unanswered: descriptor table full \(EMFILE\)")
+        found = waitFor(lambda: summed.findall(d.log()), "the EMFILE summary", logPath=d.logPath)
+        lines = [line for line in d.log().splitlines() if "EMFILE" in line]
+        assert 2 <= len(lines) <= 4, lines  # the first at once, then a count per interval while they came
+        assert 50 < 1 + sum(int(n) for n in found) <= 300
+        for s in held:
+            s.close()
+        held = []
+
+        def served() -> bool:
+            try:
+                with connect(address) as s:
+                    s.sendall(b"after\n")
+                    return recvExactly(s, 18) == b"I got your message"
+            except (ConnectionError, EOFError, OSError):
+                return False  # it has not seen all the closes yet: still out of descriptors
+
+        waitFor(served, "an answer once descriptors are free again", logPath=d.logPath)
+    finally:
+        for s in held:
+            s.close()
+        d.stop()

@@ -56,7 +56,8 @@ def test_man_page_marks_the_per_service_and_repeatable_options() -> None:
     repeated = [tap.optionName(f.name) for f in tap.FIELDS if f.metadata["repeat"]]
     assert repeated, "no repeatable settings?"
     for name in repeated:
-        entry = text.split(f"\\fB\\-\\-{name}\\fR", 1)[1].split(".TP", 1)[0]
+        escaped = name.replace("-", "\\-")
+        entry = text.split(f"\\fB\\-\\-{escaped}\\fR", 1)[1].split(".TP", 1)[0]
         assert "repeatable" in entry, name
 
 

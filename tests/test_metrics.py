@@ -145,3 +145,117 @@ def test_health_and_readiness_probes_and_quiet_scrapes(daemon):
         assert get(metricsAddress, "/healthz") == (200, "ok\n")
         assert stuck.fileno() >= 0
     assert d.stop() == -signal.SIGTERM
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The metrics site's own limits: a cap, an access list and an idle timeout.
+
+
+def _metricsStack(**values):
+    from twisted.internet.task import Clock
+    from twisted.web.resource import Resource
+
+    from sockd.app import metricsRules, metricsSite
+    from sockd.config.settings import Settings
+    from sockd.defences.admission import Admission
+    from sockd.runtime.health import Health
+
+    settings = Settings()
+    for name, setting in values.items():
+        setattr(settings, name, setting)
+    clock = Clock()
+    root = Resource()
+    root.putChild(b"healthz", Health())
+    admission = Admission(metricsRules(settings), clock.seconds)
+    return clock, admission, metricsSite(root, "tcp", admission, clock, settings.metrics_idle_timeout)
+
+
+def _open(site, host="127.0.0.1"):
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    peer = IPv4Address("TCP", host, 40000)
+    protocol = site.buildProtocol(peer)
+    if protocol is None:
+        return None, None
+    transport = StringTransport(peerAddress=peer, hostAddress=IPv4Address("TCP", "127.0.0.1", 9101))
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def test_metrics_site_caps_connections_and_times_out_idle_ones():
+    from twisted.python.failure import Failure
+
+    clock, admission, site = _metricsStack(metrics_max_connections=3, metrics_idle_timeout=10.0)
+    opened = [_open(site) for _ in range(3)]
+    assert _open(site) == (None, None)  # past the cap: closed unanswered
+    protocol, transport = opened[0]
+    protocol.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 200") and transport.value().endswith(b"ok\n")
+    clock.advance(9.5)
+    assert not any(t.disconnecting or t.disconnected for _, t in opened)
+    clock.advance(0.5)  # ten seconds without a byte: every one is closed
+    assert all(t.disconnected for _, t in opened)
+    for p, _ in opened:
+        p.connectionLost(Failure(ConnectionError()))
+    assert admission.total == 0 and _open(site)[0] is not None
+
+
+def test_metrics_site_honours_the_access_lists():
+    _, _, site = _metricsStack(allow=["10.0.0.0/8"], deny=["10.9.0.0/16"])
+    assert _open(site, "10.1.2.3")[0] is not None
+    assert _open(site, "10.9.2.3")[0] is None and _open(site, "192.0.2.1")[0] is None
+    _, _, site = _metricsStack(allow=["10.0.0.0/8"], metrics_allow=["192.0.2.0/24"], deny=["192.0.2.9"])
+    assert _open(site, "192.0.2.1")[0] is not None  # its own list replaces --allow for it ...
+    assert _open(site, "10.1.2.3")[0] is None
+    assert _open(site, "192.0.2.9")[0] is None  # ... and --deny still applies
+
+
+def _ended(s, timeout: float) -> bool:
+    """Whether sockd ends the connection within C{timeout} seconds, closed or reset, without a byte."""
+    s.settimeout(timeout)
+    try:
+        return s.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def _lowFileLimit() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+
+
+def test_idle_metrics_connections_cannot_starve_the_services(tmp_path):
+    """More idle connections to /metrics than sockd has descriptors: the excess is refused, ack still serves."""
+    import socket
+
+    import pytest
+
+    from tests.daemon import Daemon, waitFor
+
+    d = Daemon(["--ack", "tcp:0:interface=127.0.0.1", "--metrics", "tcp:0:interface=127.0.0.1",
+                "--metrics-max-connections", "8", "--metrics-idle-timeout", "5"], tmp_path, expect=2,
+               preexec=_lowFileLimit)
+    idle: list[socket.socket] = []
+    try:
+        address = d.address("metrics", "tcp")
+        for _ in range(200):
+            idle.append(connect(address))
+        with connect(d.address("ack", "tcp")) as ack:  # the service accepts while they are held
+            ack.sendall(b"still here\n")
+            assert recvExactly(ack, 18) == b"I got your message"
+        # The eight first are held; every other was closed by sockd at once, not left to use a descriptor ...
+        assert sum(_ended(s, 5) for s in idle[8:]) == 192
+        for s in idle[:8]:  # ... not by the idle timeout: the eight older ones are still open
+            s.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                s.recv(1)
+        assert all(_ended(s, 15) for s in idle[:8])  # then closed (aborted) once idle for the timeout
+        waitFor(lambda: "metrics/tcp: refused 127.0.0.1 (max-connections)" in d.log(), "the refusal",
+                logPath=d.logPath)
+        assert scrape(address)  # and it serves again
+    finally:
+        for s in idle:
+            s.close()
+        d.stop()

@@ -243,3 +243,84 @@ def test_without_uid_a_unix_socket_keeps_the_daemons_own_owner(daemon, tmp_path:
     daemon("--ack", "unix:ack.sock")
     st = os.stat(tmp_path / "ack.sock")
     assert (st.st_uid, st.st_gid) == (os.geteuid(), os.getegid())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Files checked as sshd's StrictModes checks its own.
+
+needsRoot = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+STRANGER = 12345  # a uid that is neither root nor the daemon's user
+
+
+def _trustedFile(tmp_path: Path, kind: str) -> tuple[Path, list[str]]:
+    """A file of C{kind} that sockd trusts, and the arguments that make sockd read it."""
+    if kind == "quotes":
+        path = tmp_path / "quotes.txt"
+        path.write_text("A strict quote.\n")
+        return path, ["--qotd", "tcp:0:interface=127.0.0.1", "--quotes", str(path)]
+    if kind == "config":
+        path = tmp_path / "sockd.toml"
+        path.write_text('[listen]\nqotd = ["tcp:0:interface=127.0.0.1"]\n')
+        return path, ["--config", str(path)]
+    path = tmp_path / "key.pem"
+    path.write_text("not read: refused first\n")
+    return path, ["--ack", f"ssl:0:interface=127.0.0.1:privateKey={path}:certKey={path}"]
+
+
+@needsRoot
+@pytest.mark.parametrize("kind", ["quotes", "config", "tls-key"])
+@pytest.mark.parametrize("mode,owner,why", [
+    (0o664, 0, "writable by group"),
+    (0o646, 0, "writable by others"),
+    (0o644, STRANGER, "owned by neither root nor the daemon's user (root)"),
+], ids=["group-writable", "world-writable", "stranger"])
+def test_a_file_others_could_have_written_is_refused(tmp_path: Path, kind: str, mode: int, owner: int,
+                                                     why: str) -> None:
+    path, args = _trustedFile(tmp_path, kind)
+    path.chmod(mode)
+    os.chown(path, owner, 0)
+    code, text = runToFailure(tmp_path, *args)
+    assert code == 78, text
+    [line] = errorLines(text)
+    assert str(path) in line and f"mode {mode:04o}" in line and why in line, line
+    assert f"owner {'root' if owner == 0 else owner}" in line and "--insecure-files" in line, line
+    assert "Traceback" not in text
+
+
+@needsRoot
+@pytest.mark.parametrize("kind", ["quotes", "config"])
+def test_insecure_files_accepts_them(daemon, tmp_path: Path, kind: str) -> None:
+    path, args = _trustedFile(tmp_path, kind)
+    path.chmod(0o666)
+    os.chown(path, STRANGER, 0)
+    d = daemon(*args, "--insecure-files", expect=1)
+    with connect(d.address("qotd", "tcp")) as s:
+        quote = recvExactly(s, 15)
+        assert quote == b"A strict quote." if kind == "quotes" else quote  # the config's qotd: built-in quotes
+
+
+def test_a_file_of_root_or_the_daemons_user_with_mode_644_is_accepted(daemon, tmp_path: Path) -> None:
+    path, args = _trustedFile(tmp_path, "quotes")
+    path.chmod(0o644)
+    d = daemon(*args)
+    with connect(d.address("qotd", "tcp")) as s:
+        assert recvExactly(s, 15) == b"A strict quote."
+
+
+@needsRoot
+def test_quotes_are_read_with_the_rights_they_are_served_with(tmp_path: Path) -> None:
+    """Root could read a 0600 quotes file, but the daemon serves (and reloads) it as nobody: refused at start."""
+    try:
+        nobody = pwd.getpwnam("nobody").pw_uid
+        nogroup = grp.getgrnam("nogroup").gr_gid
+    except KeyError:
+        pytest.skip("no nobody/nogroup here")
+    path, args = _trustedFile(tmp_path, "quotes")
+    path.chmod(0o600)
+    result = subprocess.run([TWISTD, *REACTOR, "-n", "--pidfile=", "--logfile", str(tmp_path / "uid.log"),
+                             "--uid", str(nobody), "--gid", str(nogroup), "sockd", *args],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 78, result.stderr
+    [line] = errorLines(result.stderr)
+    assert str(path) in line and "Permission denied" in line, line
+    assert os.geteuid() == 0 and path.read_text()  # this test process is unchanged

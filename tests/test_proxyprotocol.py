@@ -123,10 +123,15 @@ class Connection:
     """One wrapped connection on a StringTransport whose peer is the balancer."""
 
     def __init__(self, wrapped: Any, **kwargs: Any) -> None:
-        self.clock = Clock()
-        self.factory = ProxyProtocolFactory(wrapped, clock=self.clock, **kwargs)
-        self.transport = StringTransport(hostAddress=LISTENER, peerAddress=BALANCER)
-        self.protocol = self.factory.buildProtocol(BALANCER)
+        self.clock = kwargs.pop("clock", None) or Clock()
+        kwargs.setdefault("trusted", ["10.9.9.9/32"])
+        peer = kwargs.pop("peer", BALANCER)
+        self.factory = kwargs.pop("factory", None) or ProxyProtocolFactory(wrapped, clock=self.clock, **kwargs)
+        self.transport = StringTransport(hostAddress=LISTENER, peerAddress=peer)
+        self.protocol = self.factory.buildProtocol(peer)
+        if self.protocol is None:  # refused before a byte: the reactor closes the socket
+            self.transport.loseConnection()
+            return
         self.protocol.makeConnection(self.transport)
 
     def feed(self, *chunks: bytes) -> None:
@@ -290,7 +295,7 @@ def test_timeout_aborts_once() -> None:
 
 def test_failures_logged_at_most_once_per_interval() -> None:
     clock = Clock()
-    factory = ProxyProtocolFactory(RecordingFactory(), clock=clock, logInterval=60.0)
+    factory = ProxyProtocolFactory(RecordingFactory(), clock=clock, logInterval=60.0, trusted=["10.9.9.9"])
     with capturedLogs() as events:
         for _ in range(5):
             p = factory.buildProtocol(BALANCER)
@@ -427,3 +432,166 @@ def test_parse_header_api() -> None:
 def test_the_proxy_reader_relays_its_transport_without_getattr():
     """Every read passes through it: no __getattr__ in its bases (each attribute access would pay for it)."""
     assert all("__getattr__" not in vars(base) for base in ProxyProtocol.__mro__)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Trusted balancers, and the limits before and after the header.
+
+LOOPBACK_BALANCER = IPv4Address("TCP", "127.0.0.1", 42000)
+
+
+class Stack:
+    """The stack app.py builds for a haproxy: listener: PROXY reader, policies (counting claimed peers), ack."""
+
+    def __init__(self, trusted: list[str] | None = None, **settingValues: Any) -> None:
+        self.settings = Settings()
+        for name, value in settingValues.items():
+            setattr(self.settings, name, value)
+        self.clock = Clock()
+        context = Context(self.settings, self.clock, now=lambda: 0.0)
+        self.admission = Admission(self.settings, self.clock.seconds)
+        self.policy = PolicyFactory(BY_NAME["ack"].stream(context), serviceName="ack", transportName="tcp",
+                                    admission=self.admission, registry=ConnectionRegistry(self.clock),
+                                    clock=self.clock, claimedPeers=True)
+        extra = {} if trusted is None else {"trusted": trusted}
+        self.factory = ProxyProtocolFactory(self.policy, clock=self.clock,
+                                            logInterval=self.settings.refusal_log_interval, **extra)
+
+    def connect(self, peer: Any = LOOPBACK_BALANCER) -> Connection:
+        return Connection(None, factory=self.factory, clock=self.clock, peer=peer)
+
+    @property
+    def refused(self) -> dict[str, int]:
+        return {k: v for k, v in self.policy.stats.refused.items() if v}
+
+
+SPOOF = b"PROXY TCP4 10.1.2.3 127.0.0.1 1 46201\r\nhi\n"
+
+
+@pytest.mark.parametrize("peer", [BALANCER, IPv6Address("TCP", "2001:db8::9", 1),
+                                  IPv6Address("TCP", "::ffff:10.9.9.9", 1)], ids=["ipv4", "ipv6", "mapped"])
+def test_untrusted_peer_closed_before_a_byte_counted_and_logged_once(peer: Any) -> None:
+    """By default only loopback may send a header: the spoof of an access list from anywhere else is closed."""
+    stack = Stack(allow=["10.0.0.0/8"])
+    with capturedLogs() as events:
+        connections = [stack.connect(peer) for _ in range(3)]
+        for c in connections:
+            assert c.protocol is None and c.transport.disconnecting and c.transport.value() == b""
+    assert stack.refused == {"untrusted-proxy": 3}
+    assert stack.factory.failures == {"untrusted-proxy": 3}
+    assert stack.admission.total == 0
+    refusals = [e for e in events if e.get("log_namespace") == "sockd.admission"]
+    assert [(e["reason"], e["peer"]) for e in refusals] == [("untrusted-proxy", peer.host)]
+    stack.clock.advance(stack.settings.refusal_log_interval)
+    with capturedLogs() as events:
+        stack.connect(peer)
+    assert len([e for e in events if e.get("log_namespace") == "sockd.admission"]) == 1
+
+
+@pytest.mark.parametrize("peer", [LOOPBACK_BALANCER, IPv6Address("TCP", "::1", 1),
+                                  IPv6Address("TCP", "::ffff:127.0.0.5", 1)], ids=["ipv4", "ipv6", "mapped"])
+def test_loopback_balancer_trusted_by_default(peer: Any) -> None:
+    stack = Stack(allow=["10.0.0.0/8"])
+    c = stack.connect(peer)
+    c.feed(SPOOF)
+    assert c.transport.value() == b"I got your message"
+
+
+def test_trusted_proxy_list_replaces_loopback() -> None:
+    stack = Stack(trusted=["192.0.2.0/24"])
+    assert stack.connect(LOOPBACK_BALANCER).protocol is None
+    assert stack.connect(IPv4Address("TCP", "192.0.2.200", 1)).protocol is not None
+    stack.factory.trust(["127.0.0.1"])  # a reload
+    assert stack.connect(LOOPBACK_BALANCER).protocol is not None
+    stack.factory.trust(["none"])
+    assert stack.connect(LOOPBACK_BALANCER).protocol is None
+
+
+def test_unix_balancer_has_no_address_to_judge() -> None:
+    from twisted.internet.address import UNIXAddress
+
+    stack = Stack()
+    c = stack.connect(UNIXAddress(None))
+    assert c.protocol is not None
+
+
+def test_waiting_connections_count_against_max_connections() -> None:
+    """Peers that never send a header hold places: past --max-connections they are closed at once."""
+    stack = Stack(max_connections=3)
+    waiting = [stack.connect() for _ in range(3)]
+    assert all(c.protocol is not None for c in waiting) and stack.admission.total == 3
+    extra = stack.connect()
+    assert extra.protocol is None and extra.transport.disconnecting
+    assert stack.refused == {"max-connections": 1}
+    waiting[0].feed(v1(CLIENT4, SERVER4) + b"hi\n")  # the client takes the balancer's place
+    assert waiting[0].transport.value() == b"I got your message" and stack.admission.total == 3
+    assert stack.admission.perSource == {"192.0.2.7": 1} and stack.admission.waiting == {}  # loopback: exempt
+    stack.clock.advance(5.0)  # the header deadline: the two silent ones are aborted, their places freed
+    assert waiting[1].aborted and waiting[2].aborted
+    for c in waiting[1:]:
+        c.protocol.connectionLost(Failure(ConnectionError()))
+    assert stack.admission.total == 1 and stack.admission.perSource == {"192.0.2.7": 1}
+    waiting[0].protocol.connectionLost(Failure(ConnectionError()))
+    assert stack.admission.total == 0 and stack.admission.perSource == {}
+
+
+def test_waiting_connections_count_against_the_real_peers_per_source_limit() -> None:
+    stack = Stack(trusted=["10.9.9.9"], exempt=["none"], max_per_source=2, connection_rate=1, connection_burst=1)
+    first, second = stack.connect(BALANCER), stack.connect(BALANCER)
+    assert stack.connect(BALANCER).protocol is None and stack.refused == {"per-source": 1}
+    # The header's client is judged by the rules (the rate too), not the balancer's waiting places.
+    assert stack.admission.waiting == {"10.9.9.9": 2}
+    first.feed(v1(CLIENT4, SERVER4) + b"hi\n")
+    assert first.transport.value() == b"I got your message"
+    assert stack.admission.waiting == {"10.9.9.9": 1} and stack.admission.perSource == {"192.0.2.7": 1}
+    second.feed(v1(CLIENT4, SERVER4) + b"hi\n")
+    assert second.transport.value() == b"" and second.transport.disconnecting
+    assert stack.refused == {"per-source": 1, "rate": 1}
+    assert stack.admission.total == 1
+
+
+def test_aborted_and_half_closed_waiting_connections_release_their_place() -> None:
+    stack = Stack()
+    bad = stack.connect()
+    bad.feed(b"junk")
+    assert bad.aborted
+    bad.protocol.connectionLost(Failure(ConnectionError()))
+    eof = stack.connect()
+    eof.protocol.readConnectionLost()
+    eof.protocol.connectionLost(Failure(ConnectionError()))
+    refused = Stack(deny=["192.0.2.0/24"])
+    c = refused.connect()
+    c.feed(v1(CLIENT4, SERVER4))
+    assert c.transport.disconnecting and c.transport.value() == b""
+    c.protocol.connectionLost(Failure(ConnectionError()))
+    assert stack.admission.total == 0 and stack.admission.perSource == {} == stack.admission.waiting
+    assert refused.admission.total == 0 and refused.admission.perSource == {} == refused.admission.waiting
+
+
+@pytest.mark.parametrize("claimed", [
+    v1(IPv4Address("TCP", "127.0.0.1", 1), SERVER4),
+    v1(IPv6Address("TCP", "::1", 1), SERVER6),
+    b"PROXY TCP6 ::ffff:127.0.0.1 ::1 1 2\r\n",
+    v2(IPv4Address("TCP", "127.0.0.9", 1), SERVER4),
+    v2(IPv6Address("TCP", "::ffff:127.0.0.1", 1), SERVER6),
+], ids=["v1-ipv4", "v1-ipv6", "v1-mapped", "v2-ipv4", "v2-mapped"])
+def test_a_claimed_loopback_address_is_not_exempt(claimed: bytes) -> None:
+    """--exempt is for real loopback peers: a header saying 127.0.0.1 is limited like any client."""
+    stack = Stack(max_per_source=1)
+    first, second = stack.connect(), stack.connect()
+    first.feed(claimed + b"hi\n")
+    assert first.transport.value() == b"I got your message"
+    second.feed(claimed + b"hi\n")
+    assert second.transport.value() == b"" and second.transport.disconnecting
+    assert stack.refused == {"per-source": 1}
+
+
+def test_a_real_loopback_peer_without_header_stays_exempt() -> None:
+    settings = Settings()
+    settings.max_per_source = 1
+    clock = Clock()
+    admission = Admission(settings, clock.seconds)
+    for _ in range(3):
+        assert admission.admit("127.0.0.1") is None
+        assert admission.admit("::ffff:127.0.0.1") is None
+    assert admission.admit("127.0.0.1", claimed=True) == "per-source"

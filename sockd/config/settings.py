@@ -17,9 +17,12 @@ LOOPBACK = ("127.0.0.0/8", "::1/128")
 
 
 def _setting(default: Any, help: str, coerce: Callable[[str], Any] | None = None, flag: bool = False,
-             repeat: bool = False, daemon: bool = False) -> Any:
-    """One setting; C{daemon}: it is the whole daemon's, never one service's (not allowed in [ack], [echo]...)."""
-    meta = {"help": help, "coerce": coerce, "flag": flag, "repeat": repeat, "daemon": daemon}
+             repeat: bool = False, daemon: bool = False, option: str | None = None) -> Any:
+    """One setting; C{daemon}: it is the whole daemon's, never one service's (not allowed in [ack], [echo]...).
+
+    C{option}: the command-line spelling when it is not the field's (a repeatable option named in the singular).
+    """
+    meta = {"help": help, "coerce": coerce, "flag": flag, "repeat": repeat, "daemon": daemon, "option": option}
     if repeat:
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -87,10 +90,14 @@ class Settings:
     connection_burst: int = _setting(40, "connections one address may open in a burst above --connection-rate", positiveInt)
     refusal_log_interval: float = _setting(10.0, "log a refused address at most once per this many seconds", nonNegativeFloat, daemon=True)
 
+    # Files.
+    insecure_files: bool = _setting(False, "accept a --config, quotes or TLS key file that is writable by group or others, or owned by neither root nor the daemon's user (refused by default, exit 78)", flag=True, daemon=True)
+
     # Access control.
     allow: list[str] = _setting((), "only these CIDR blocks may use sockd (repeatable; default: everyone)", repeat=True)
     deny: list[str] = _setting((), "these CIDR blocks are refused, even if allowed (repeatable)", repeat=True)
     exempt: list[str] = _setting(LOOPBACK, "CIDR blocks free of the per-address limits and the UDP budget (repeatable; default loopback; 'none' clears)", repeat=True)
+    trusted_proxies: list[str] = _setting(LOOPBACK, "haproxy: listeners take a PROXY header only from these CIDR blocks; others are closed unanswered (repeatable; default loopback)", repeat=True, option="trusted-proxy")
 
     # Datagram (reflection) hardening.
     udp_rate: float = _setting(20.0, "datagram answers per second to one address (token bucket); 0 is unlimited", nonNegativeFloat)
@@ -99,6 +106,9 @@ class Settings:
 
     # Observability.
     metrics: str | None = _setting(None, "serve Prometheus metrics at /metrics on this endpoint, e.g. tcp:9101:interface=127.0.0.1", daemon=True)
+    metrics_allow: list[str] = _setting((), "only these CIDR blocks may reach --metrics (repeatable; default: whom --allow lets in); --deny applies too", repeat=True, daemon=True)
+    metrics_max_connections: int = _setting(16, "most connections open at once to --metrics (scrapes and probes), so it cannot take the services' descriptors; 0 is unlimited", nonNegativeInt, daemon=True)
+    metrics_idle_timeout: float = _setting(10.0, "close a --metrics connection idle this many seconds; 0 disables", nonNegativeFloat, daemon=True)
 
     # Processes.
     workers: int = _setting(1, "worker processes sharing every listening socket ('auto': one per core)", workerCount, daemon=True)
@@ -109,8 +119,9 @@ class Settings:
 
 
 FIELDS: tuple[dataclasses.Field, ...] = dataclasses.fields(Settings)
+_OPTIONS = {f.name: f.metadata["option"] for f in FIELDS if f.metadata["option"]}
 
 
 def optionName(fieldName: str) -> str:
-    """The command-line spelling of a setting: C{max_per_source} is C{--max-per-source}."""
-    return fieldName.replace("_", "-")
+    """The command-line spelling of a setting: C{max_per_source} is C{--max-per-source}, C{trusted_proxies} C{--trusted-proxy}."""
+    return _OPTIONS.get(fieldName) or fieldName.replace("_", "-")

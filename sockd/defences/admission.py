@@ -39,14 +39,21 @@ class Admission:
         self.refusalLog = LogThrottle(settings.refusal_log_interval, seconds)
         self.total = 0
         self.perSource: dict[str, int] = {}
+        #: Connections held by L{hold} per (non-exempt) real peer: apart from C{perSource}, which counts clients,
+        #: so a balancer's waiting connections never use up the places of a client that has its address.
+        self.waiting: dict[str, int] = {}
 
     def reconfigure(self, settings: Settings) -> None:
         """Apply new limits at once; connections already open are counted on."""
         self.limits = Limits(settings, self.seconds)
         self.refusalLog.interval = settings.refusal_log_interval
 
-    def admit(self, host: str | None) -> str | None:
-        """Count a new connection from C{host} and return None, or return why it is refused."""
+    def admit(self, host: str | None, claimed: bool = False) -> str | None:
+        """Count a new connection from C{host} and return None, or return why it is refused.
+
+        C{claimed}: the address came from a PROXY header, not the socket, so
+        C{--exempt} does not apply (a header saying 127.0.0.1 earns nothing).
+        """
         limits = self.limits
         daemon = self.daemon
         if daemon is not None and daemon.limits.maxConnections and daemon.total >= daemon.limits.maxConnections:
@@ -63,7 +70,7 @@ class Admission:
             return "max-connections"
         key = verdict.key
         perSource = self.perSource
-        if not verdict.exempt:
+        if claimed or not verdict.exempt:
             if limits.maxPerSource and perSource.get(key, 0) >= limits.maxPerSource:
                 return "per-source"
             if not limits.rates.take(key):
@@ -71,6 +78,45 @@ class Admission:
         perSource[key] = perSource.get(key, 0) + 1
         self._count()
         return None
+
+    def hold(self, host: str | None) -> str | None:
+        """Count a connection whose service is not built yet (its PROXY header has not come), by its real peer.
+
+        Undone by L{releaseHold}.
+
+        Only the totals apply: C{max_connections} and the real peer's
+        C{max_per_source} (unless exempt).  The access lists and the rate are
+        for the client the header names, judged by L{admit} once it arrives.
+        """
+        daemon = self.daemon
+        if daemon is not None and daemon.limits.maxConnections and daemon.total >= daemon.limits.maxConnections:
+            return "max-connections"
+        limits = self.limits
+        if limits.maxConnections and self.total >= limits.maxConnections:
+            return "max-connections"
+        if host is not None:
+            verdict = limits.rules.lookup(host)
+            if not verdict.exempt:
+                key = verdict.key
+                waiting = self.waiting.get(key, 0)
+                if limits.maxPerSource and waiting >= limits.maxPerSource:
+                    return "per-source"
+                self.waiting[key] = waiting + 1
+        self._count()
+        return None
+
+    def releaseHold(self, host: str | None) -> None:
+        """Forget one connection that L{hold} counted."""
+        self.total -= 1
+        if self.daemon is not None:
+            self.daemon.total -= 1
+        if host is not None:
+            key = sourceKey(host)
+            left = self.waiting.get(key, 0) - 1
+            if left > 0:
+                self.waiting[key] = left
+            else:
+                self.waiting.pop(key, None)
 
     def _count(self) -> None:
         self.total += 1

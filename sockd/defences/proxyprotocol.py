@@ -8,8 +8,11 @@ service writes too early and access control sees the balancer.  Here the
 wrapped factory's C{buildProtocol} runs only once the header is complete, with
 the client's address, and the service's transport reports that address.
 
-Only a balancer should be able to reach a C{haproxy:} listener: the header is
-believed as sent.
+The header is believed only from a trusted balancer (C{--trusted-proxy},
+loopback by default): any other peer is closed before a byte is read or
+written.  Until its header arrives a connection holds a place in the limits
+under its real peer (the balancer), so peers that never send one cannot pile
+up past C{--max-connections}; then the place passes to the client it names.
 """
 
 from __future__ import annotations
@@ -28,9 +31,12 @@ from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
+from sockd.config.settings import LOOPBACK
+from sockd.defences.access import Network, contains, parseHost, parseNetworks
 from sockd.defences.ratelimit import LogThrottle
 from sockd.defences.relay import TransportRelay
-from sockd.observe.addresses import formatAddress
+from sockd.interfaces import IAdmissionGate
+from sockd.observe.addresses import formatAddress, hostOf
 
 log = Logger(namespace="sockd.proxyprotocol")
 
@@ -168,8 +174,11 @@ class ProxyProtocol(TransportRelay, Protocol):
     wrappedProtocol: Any = None
     _timeoutCall: IDelayedCall | None = None
 
-    def __init__(self, factory: ProxyProtocolFactory) -> None:
+    def __init__(self, factory: ProxyProtocolFactory, held: Any = None, realHost: str | None = None) -> None:
         self.factory = factory
+        #: Where the place held for the real peer until the header arrives is released (None: none held).
+        self._held = held
+        self._realHost = realHost
         self._buffer = b""
         self._waiting = True
         self._header: ProxyHeader | None = None
@@ -205,6 +214,7 @@ class ProxyProtocol(TransportRelay, Protocol):
         self._startService(buffer[header.length :])
 
     def _startService(self, rest: bytes) -> None:
+        self._release()  # the client the header names takes the balancer's place, or is refused
         protocol = self.factory.wrappedFactory.buildProtocol(self.getPeer())
         if protocol is None:
             self.transport.loseConnection()  # refused: close without a byte
@@ -213,6 +223,11 @@ class ProxyProtocol(TransportRelay, Protocol):
         protocol.makeConnection(self)
         if rest and not self.disconnecting:
             protocol.dataReceived(rest)
+
+    def _release(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            held.releaseHold(self._realHost)
 
     def _stopWaiting(self) -> None:
         self._waiting = False
@@ -273,6 +288,7 @@ class ProxyProtocol(TransportRelay, Protocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._stopWaiting()
+        self._release()
         protocol, self.wrappedProtocol = self.wrappedProtocol, None
         if protocol is not None:
             protocol.connectionLost(reason)
@@ -281,10 +297,15 @@ class ProxyProtocol(TransportRelay, Protocol):
 class ProxyProtocolFactory(WrappingFactory):
     """Put a PROXY protocol reader (v1 and v2) in front of C{wrappedFactory}.
 
-    C{timeout} bounds how long a connection may take to send its header;
-    C{maxHeader} bounds a v2 header with its TLVs (v1 is always at most 107
-    bytes).  Failures are counted in C{failures} and the refusal metric, and
-    logged at most once per C{logInterval} per balancer and kind.
+    C{trusted}: the CIDR blocks whose peers may send a header (loopback by
+    default); a peer outside them is closed unanswered (a Unix-socket peer has
+    no address: the socket file's mode decides who connects).  C{timeout}
+    bounds how long a connection may take to send its header; C{maxHeader}
+    bounds a v2 header with its TLVs (v1 is always at most 107 bytes).
+    Failures are counted in C{failures} and the refusal metric, and logged at
+    most once per C{logInterval} per balancer and kind.  When the wrapped
+    factory is an L{IAdmissionGate}, a connection waiting for its header is
+    counted there under its real peer.
     """
 
     protocol = ProxyProtocol
@@ -297,6 +318,7 @@ class ProxyProtocolFactory(WrappingFactory):
         timeout: float = 5.0,
         maxHeader: int = MAX_HEADER,
         logInterval: float = 60.0,
+        trusted: tuple[str, ...] | list[str] = LOOPBACK,
     ) -> None:
         if maxHeader < V2_FIXED + 36:
             raise ValueError(f"maxHeader must leave room for IPv6 addresses ({V2_FIXED + 36} bytes)")
@@ -306,12 +328,43 @@ class ProxyProtocolFactory(WrappingFactory):
         self.maxHeader = maxHeader
         self.failures: Counter[str] = Counter()
         self._logThrottle = LogThrottle(logInterval, clock.seconds)
+        self.trust(trusted)
         stats = getattr(wrappedFactory, "stats", None)
         if stats is not None:
             stats.expect(proxy=True)  # its refusals for a bad header are shown (at 0) from the start
 
-    def buildProtocol(self, addr: Any) -> ProxyProtocol:
-        return self.protocol(self)
+    def trust(self, blocks: tuple[str, ...] | list[str]) -> None:
+        """Take headers from peers in these CIDR blocks only (at start, and again on reload)."""
+        self.trusted: tuple[Network, ...] = parseNetworks(blocks, "--trusted-proxy")
+        self._verdicts: dict[str, bool] = {}
+
+    def trusts(self, host: str) -> bool:
+        """Whether a real peer may send a PROXY header: one look-up per balancer address, remembered."""
+        verdict = self._verdicts.get(host)
+        if verdict is None:
+            address = parseHost(host)
+            verdict = address is not None and contains(self.trusted, address)
+            if len(self._verdicts) >= 4096:
+                self._verdicts.clear()
+            self._verdicts[host] = verdict
+        return verdict
+
+    def buildProtocol(self, addr: Any) -> ProxyProtocol | None:
+        host = hostOf(addr)
+        gate = IAdmissionGate(self.wrappedFactory, None)
+        if host is not None and not self.trusts(host):
+            self.failures["untrusted-proxy"] += 1
+            if gate is not None:
+                gate.refuse(host, "untrusted-proxy")
+            elif self._logThrottle.allow((host, "untrusted-proxy")):
+                log.warn("refused {peer} (untrusted-proxy): not a --trusted-proxy", peer=host)
+            return None  # closed before any byte is read or written
+        held = None
+        if gate is not None:
+            held = gate.hold(host)
+            if held is None:
+                return None
+        return self.protocol(self, held, host)
 
     def noteFailure(self, kind: str, balancer: Any, detail: str) -> None:
         """Count one connection aborted for its header, and log it unless logged lately."""

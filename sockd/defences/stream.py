@@ -15,14 +15,14 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
 from sockd.defences.admission import Admission
 from sockd.defences.relay import TransportRelay
-from sockd.interfaces import IPendingInput, IReadPausingTransport
+from sockd.interfaces import IAdmissionGate, IPendingInput, IReadPausingTransport
 from sockd.observe.addresses import formatAddress, hostOf
 from sockd.observe.metrics import Metrics
 from sockd.protocols.flow import ReadPauser
@@ -253,7 +253,7 @@ class PolicyProtocol(TransportRelay, Protocol):
     def idleTimedOut(self) -> None:
         """The registry's idle timer found no read or write for the idle timeout."""
         self.factory.stats.timedOut["idle"] += 1
-        log.info("{service}/{transport}: closing {peer}: idle for {seconds:g}s",
+        log.emit(self.factory.idleLogLevel, "{service}/{transport}: closing {peer}: idle for {seconds:g}s",
                  service=self.factory.serviceName, transport=self.factory.transportName,
                  peer=self.peerName, seconds=self.factory.idleTimeout)
         self.transport.abortConnection()
@@ -316,8 +316,15 @@ class PolicyProtocol(TransportRelay, Protocol):
         wrapped.connectionLost(reason)
 
 
+@implementer(IAdmissionGate)
 class PolicyFactory(WrappingFactory):
-    """Wrap a service factory with admission, timeouts, counting and draining."""
+    """Wrap a service factory with admission, timeouts, counting and draining.
+
+    C{claimedPeers}: its peers' addresses come from PROXY headers, so none is
+    exempt from the per-address limits, whatever it claims.  C{idleLogLevel}:
+    where idle closes are logged (debug for the metrics site, whose scrapers
+    keep connections open between scrapes).
+    """
 
     protocol = PolicyProtocol
     noisy = False
@@ -335,8 +342,12 @@ class PolicyFactory(WrappingFactory):
         handshakeTimeout: float = 0,
         metrics: Metrics | None = None,
         tls: bool = False,
+        claimedPeers: bool = False,
+        idleLogLevel: LogLevel = LogLevel.info,
     ) -> None:
         super().__init__(wrappedFactory)
+        self.claimedPeers = claimedPeers
+        self.idleLogLevel = idleLogLevel
         self.serviceName = serviceName
         self.transportName = transportName
         self.admission = admission
@@ -354,16 +365,29 @@ class PolicyFactory(WrappingFactory):
 
     def buildProtocol(self, addr: Any) -> PolicyProtocol | None:
         host = hostOf(addr)
-        reason = self.admission.admit(host)
+        reason = self.admission.admit(host, self.claimedPeers)
         if reason is not None:
-            self.stats.refused[reason] += 1
-            self.admission.noteRefusal(self.serviceName, self.transportName, host, reason)
+            self.refuse(host, reason)
             return None
         wrapped = self.wrappedFactory.buildProtocol(addr)
         if wrapped is None:
             self.admission.release(host)
             return None
         return self.protocol(self, wrapped, host)
+
+    def hold(self, host: str | None) -> Admission | None:
+        """L{IAdmissionGate}: count a connection by its real peer until its PROXY header names the client."""
+        admission = self.admission
+        reason = admission.hold(host)
+        if reason is not None:
+            self.refuse(host, reason)
+            return None
+        return admission
+
+    def refuse(self, host: str | None, reason: str) -> None:
+        """L{IAdmissionGate}: count a refusal under C{reason} and log it, at most once per source and interval."""
+        self.stats.refused[reason] += 1
+        self.admission.noteRefusal(self.serviceName, self.transportName, host, reason)
 
     # WrappingFactory keeps a dict of live protocols; the registry does that job.
     def registerProtocol(self, p: Any) -> None:

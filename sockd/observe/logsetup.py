@@ -30,6 +30,7 @@ from twisted.python.logfile import LogFile
 
 from sockd.observe.logsink import FdOutput, LineSink, Output, SinkObserver, isJournal, standardOutput
 from sockd.observe.logstate import STATE, LogState
+from sockd.observe.throttle import ACCEPT_WARNINGS
 
 
 def twistdDestination(parent: Any) -> tuple[str, str] | None:
@@ -120,7 +121,7 @@ def makeSyslogObserver(prefix: str, state: LogState = STATE) -> Any:
     from twisted.python import syslog
 
     return FilteringLogObserver(LegacyLogObserverWrapper(syslog.SyslogObserver(prefix).emit),
-                                [LogLevelFilterPredicate(state.level)])
+                                [LogLevelFilterPredicate(state.level), ACCEPT_WARNINGS])
 
 
 def setUp(options: Any, service: Any, reactor: Any, state: LogState = STATE) -> None:

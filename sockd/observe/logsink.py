@@ -47,6 +47,7 @@ from zope.interface import implementer
 
 from sockd.observe.messagetext import PLAIN, messageText
 from sockd.observe.observers import ClassicText
+from sockd.observe.throttle import ACCEPT_WARNINGS
 
 #: sd-daemon(3) priorities of Twisted's levels.
 PRIORITIES: dict[Any, int] = {
@@ -264,7 +265,7 @@ class SinkObserver:
         self.attached = False
         self.onAttach = onAttach
         self._format = ClassicText()
-        self._filtered = FilteringLogObserver(self._write, [LogLevelFilterPredicate(level)])
+        self._filtered = FilteringLogObserver(self._write, [LogLevelFilterPredicate(level), ACCEPT_WARNINGS])
 
     def __call__(self, event: dict[str, Any]) -> None:
         if not self.attached:

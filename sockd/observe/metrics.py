@@ -27,7 +27,7 @@ ADDRESS_REFUSALS = ("access", "per-source", "rate", "max-connections")
 #: A Unix-socket peer has no address: only the total limit applies.
 UNIX_REFUSALS = ("max-connections",)
 #: A PROXY protocol listener also refuses connections for their header (sockd.defences.proxyprotocol).
-PROXY_REFUSALS = ("proxy-malformed", "proxy-timeout")
+PROXY_REFUSALS = ("proxy-malformed", "proxy-timeout", "untrusted-proxy")
 #: Why a datagram may be dropped unanswered (sockd.defences.datagram).
 DROP_REASONS = ("access", "source-port", "rate", "budget")
 RELOAD_RESULTS = ("ok", "failed")

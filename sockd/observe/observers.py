@@ -44,6 +44,7 @@ from twisted.logger import (
 )
 
 from sockd.observe.logstate import STATE
+from sockd.observe.throttle import ACCEPT_WARNINGS
 
 _SCALARS = (str, int, float, bool, type(None))
 _SKIP = {"format", "message", "isError", "system", "time", "printed"}
@@ -71,7 +72,7 @@ def eventAsRecord(event: dict[str, Any]) -> dict[str, Any]:
 
 def leveled(observer: ILogObserver) -> ILogObserver:
     """C{observer} behind C{twisted.logger}'s level filter at sockd's C{--log-level}."""
-    return FilteringLogObserver(observer, [LogLevelFilterPredicate(STATE.level)])
+    return FilteringLogObserver(observer, [LogLevelFilterPredicate(STATE.level), ACCEPT_WARNINGS])
 
 
 def jsonLogger(stream: IO[str] | None = None) -> ILogObserver:

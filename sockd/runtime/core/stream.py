@@ -51,6 +51,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sockd.interfaces import IReadPausingTransport
+from sockd.observe.throttle import ACCEPT_WARNINGS, TWISTED_ACCEPT_FORMATS
 from sockd.protocols.flow import ReadPauser
 
 _DONE = Failure(error.ConnectionDone())
@@ -564,7 +565,7 @@ class StreamPort:
                         _reserved.recover(sock)
                         break
                     if e.errno in _ACCEPT_ERRORS:
-                        log.msg(f"Could not accept new connection ({errno.errorcode[e.errno]})")
+                        ACCEPT_WARNINGS.summary.note(f"could not accept a connection ({errno.errorcode[e.errno]})")
                         break
                     raise
                 accepted += 1
@@ -805,6 +806,10 @@ def _isIPv6(interface: str) -> bool:
     return True
 
 
+#: Said as Twisted's reactors' own recovery is summed up, so the lines are the same under either core.
+_EMFILE_CLOSED = TWISTED_ACCEPT_FORMATS["EMFILE recovery: Closed socket from {address}"]
+
+
 class _Reservation:
     """One descriptor held in reserve: when accept() fails with EMFILE, free it to accept and close the backlog.
 
@@ -828,19 +833,18 @@ class _Reservation:
                     raise
 
     def recover(self, listening: socket.socket) -> None:
-        log.msg("EMFILE encountered; releasing reserved file descriptor.")
+        """Close the waiting connections unanswered; counted, and logged once per interval (not once each)."""
         self.file.close()
         self.file = None
         try:
             for _ in range(10000):
                 try:
-                    client, where = listening.accept()
+                    client, _ = listening.accept()
                 except OSError:
                     break
                 client.close()
-                log.msg(f"EMFILE recovery: Closed socket from {where!r}")
+                ACCEPT_WARNINGS.summary.note(_EMFILE_CLOSED)
         finally:
-            log.msg("Re-reserving EMFILE recovery file descriptor.")
             self.reserve()
 
 
