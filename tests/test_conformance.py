@@ -56,7 +56,7 @@ def stock(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, set[str]]
 
 @pytest.fixture(scope="module")
 def sockd(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, set[str]], dict[str, int], str]:
-    return runSuite("sockd.runtime.core.reactor.SockdReactor", tmp_path_factory.mktemp("sockd"))
+    return runSuite("sockd.core.reactor.SockdReactor", tmp_path_factory.mktemp("sockd"))
 
 
 def test_every_test_passing_on_epoll_passes_on_sockds_reactor_or_is_listed(stock, sockd):

@@ -1,4 +1,4 @@
-"""sockd's I/O core (sockd/runtime/core): the reactor's descriptor set, and the transports' fast paths.
+"""sockd's I/O core (sockd/core): the reactor's descriptor set, and the transports' fast paths.
 
 The fast paths must behave exactly as Twisted's slow paths they replace, and
 the core must touch no private attribute of Twisted.  Transport tests run on
@@ -28,15 +28,15 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sockd.config.settings import Settings
+from sockd.core import reactor as corereactor
+from sockd.core.datagram import UDPPort
+from sockd.core.reactor import SockdReactor
+from sockd.core.stream import TCPConnection, TCPPort, UNIXPort
 from sockd.defences.admission import Admission
 from sockd.defences.stream import ConnectionRegistry, PolicyFactory
 from sockd.interfaces import IReadPausingTransport
 from sockd.protocols.echo import EchoFactory
 from sockd.protocols.flow import ReadPauser, pauseReadingWhileBlocked
-from sockd.runtime.core import reactor as corereactor
-from sockd.runtime.core.datagram import UDPPort
-from sockd.runtime.core.reactor import SockdReactor
-from sockd.runtime.core.stream import TCPConnection, TCPPort, UNIXPort
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -336,19 +336,43 @@ def _socketTransport() -> tuple[TCPConnection, socket.socket]:
     return transport, peer
 
 
-def test_the_read_pauser_waits_for_the_first_queued_write():
+def test_read_pausing_registers_nothing_and_pauses_only_past_the_buffer_size():
     transport, peer = _socketTransport()
+    readers = transport.reactor.readers
     try:
         assert IReadPausingTransport.implementedBy(type(transport))
         pauseReadingWhileBlocked(transport)
-        assert transport.producer is None
+        assert transport.producer is None and transport in readers
         transport.write(b"sent at once")
-        assert transport.producer is None
+        transport.write(b"x" * (transport.bufferSize // 2))  # may queue, but not past the buffer size
+        assert transport.producer is None and transport in readers  # no epoll_ctl for it so far
         transport.write(b"x" * (16 << 20))  # the peer reads nothing: most of it is queued
-        assert isinstance(transport.producer, ReadPauser) and transport.streamingProducer
-        assert transport.producerPaused  # over the buffer size: reading paused, as an eager pauser would
+        assert transport.producer is None  # still nothing registered: no producer holds a close
+        assert transport not in readers  # past the buffer size: reading paused, as an eager pauser would
+        peer.setblocking(False)
+        for _ in range(10000):  # the peer reads it all: the queue drains and reading resumes
+            if transport not in transport.reactor.writers:
+                break
+            try:
+                while peer.recv(1 << 20):
+                    pass
+            except BlockingIOError:
+                pass
+            transport.doWrite()
+        assert transport in readers
         transport.loseConnection()
-        assert transport.producer is None  # it would hold the close
+        assert transport not in readers and transport.disconnecting
+    finally:
+        peer.close()
+
+
+def test_read_pausing_ends_with_unregister_producer():
+    transport, peer = _socketTransport()
+    try:
+        pauseReadingWhileBlocked(transport)
+        transport.unregisterProducer()  # what the policy layer's drain does: read all the peer sent
+        transport.write(b"x" * (16 << 20))
+        assert transport in transport.reactor.readers
     finally:
         peer.close()
 

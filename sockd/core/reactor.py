@@ -18,8 +18,8 @@ sets a private attribute of Twisted.  Three things differ, on purpose:
     poll and select reactors do, instead of waiting forever for an event epoll
     can no longer deliver.
   - C{listenTCP}, C{listenUNIX}, C{listenUDP}, C{adoptStreamPort} and
-    C{adoptDatagramPort} return sockd's own ports (L{sockd.runtime.core.stream},
-    L{sockd.runtime.core.datagram}), whose connections send at once and close at
+    C{adoptDatagramPort} return sockd's own ports (L{sockd.core.stream},
+    L{sockd.core.datagram}), whose connections send at once and close at
     EOF without an extra turn.  Everything else (C{connectTCP}, C{connectUNIX},
     C{listenMulticast}, Unix datagram sockets, C{listenSSL}, C{adoptStreamConnection},
     processes) is Twisted's own implementation on this reactor.
@@ -274,7 +274,7 @@ class SockdReactor(PosixReactorBase):
     def listenTCP(self, port: Any, factory: Any, backlog: int = 50, interface: str = "") -> Any:
         if not isinstance(port, int):  # a tcp.makeBinding() Binding: Twisted's own port understands it
             return super().listenTCP(port, factory, backlog, interface)
-        from sockd.runtime.core.stream import TCPPort
+        from sockd.core.stream import TCPPort
 
         listening = TCPPort(port, factory, backlog, interface, self)
         listening.startListening()
@@ -290,21 +290,21 @@ class SockdReactor(PosixReactorBase):
         return listening
 
     def listenUNIX(self, address: Any, factory: Any, backlog: int = 50, mode: int = 0o666, wantPID: int = 0) -> Any:
-        from sockd.runtime.core.stream import UNIXPort
+        from sockd.core.stream import UNIXPort
 
         listening = UNIXPort(address, factory, backlog, mode, self, wantPID)
         listening.startListening()
         return listening
 
     def listenUDP(self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192) -> Any:
-        from sockd.runtime.core.datagram import UDPPort
+        from sockd.core.datagram import UDPPort
 
         listening = UDPPort(port, protocol, interface, maxPacketSize, self)
         listening.startListening()
         return listening
 
     def adoptStreamPort(self, fileDescriptor: int, addressFamily: Any, factory: Any) -> Any:
-        from sockd.runtime.core.stream import TCPPort, UNIXPort
+        from sockd.core.stream import TCPPort, UNIXPort
 
         if addressFamily == socket.AF_UNIX:
             listening: Any = UNIXPort.fromListeningDescriptor(self, fileDescriptor, factory)
@@ -317,7 +317,7 @@ class SockdReactor(PosixReactorBase):
 
     def adoptDatagramPort(self, fileDescriptor: int, addressFamily: Any, protocol: Any,
                           maxPacketSize: int = 8192) -> Any:
-        from sockd.runtime.core.datagram import UDPPort
+        from sockd.core.datagram import UDPPort
 
         if addressFamily not in (socket.AF_INET, socket.AF_INET6):
             raise error.UnsupportedAddressFamily(addressFamily)
