@@ -55,9 +55,9 @@ class Selectable:
         return self.sock.fileno()
 
     def doRead(self) -> None:
-        from twisted.python import context
+        from twisted.python import context, log
 
-        self.calls.append(("read", context.get("system")))
+        self.calls.append(("read", context.get(log.ILogContext)["system"]))
         self.sock.recv(100)
         if self.fail:
             raise RuntimeError("protocol bug")
@@ -89,15 +89,43 @@ def pair() -> Any:
     right.close()
 
 
-def test_events_are_dispatched_without_the_logging_context_and_errors_disconnect(own, pair, caplog):
+def test_the_logging_context_names_the_dispatched_selectable_and_errors_disconnect(own, pair, caplog):
+    from twisted.python import context, log
+
     left, right = pair
     reader = Selectable(left, fail=True)
     own.addReader(reader)
     right.send(b"x")
     own.doIteration(1.0)
-    # Twisted's reactors push a context per event (system "Selectable"); sockd's core does not.
-    assert reader.calls == [("read", None), ("lost", RuntimeError)]
+    # Twisted's reactors push a context per event; sockd's core pushes nothing, and finds it when asked.
+    assert reader.calls == [("read", "Selectable"), ("lost", RuntimeError)]
     assert reader not in own.getReaders()
+    assert context.get(log.ILogContext)["system"] == "-"  # outside a dispatch, as on Twisted's reactors
+    assert context.get(log.ILogContext).copy() == {"system": "-"}
+
+
+def test_a_legacy_log_message_inside_a_protocol_names_its_connection(own, pair):
+    from twisted.python import log
+
+    class Logging(Selectable):
+        def doRead(self) -> None:
+            self.sock.recv(100)
+            log.msg("inside")
+
+    seen: list[dict[str, Any]] = []
+    log.addObserver(seen.append)
+    try:
+        left, right = pair
+        own.addReader(Logging(left))
+        right.send(b"x")
+        own.doIteration(1.0)
+        own.callLater(0, lambda: log.msg("timed"))
+        own.runUntilCurrent()
+    finally:
+        log.removeObserver(seen.append)
+        own.removeAll()
+    systems = {e["message"][0]: e["system"] for e in seen if e.get("message") in (("inside",), ("timed",))}
+    assert systems == {"inside": "Selectable", "timed": "-"}
 
 
 def test_reader_and_writer_share_one_registration(own, pair):
@@ -160,7 +188,7 @@ def test_a_reused_descriptor_number_belongs_to_its_new_selectable(own, pair):
         own.addReader(new)
         replacementRight.send(b"x")
         own.doIteration(1.0)
-        assert old.calls == [] and new.calls[:1] == [("read", None)]
+        assert old.calls == [] and new.calls[:1] == [("read", "Selectable")]
         assert old not in own.getReaders()
         new.sock.close()
     finally:
