@@ -22,6 +22,8 @@ import time
 from twisted.internet.address import UNIXAddress
 
 from sockd.config.settings import Settings
+from sockd.core.reactor import SockdReactor
+from sockd.core.stream import StreamConnection
 from sockd.defences.admission import Admission
 from sockd.defences.stream import ConnectionRegistry, PolicyFactory
 from sockd.observe.logsink import FdOutput, LineSink
@@ -29,8 +31,6 @@ from sockd.observe.logstate import LogState
 from sockd.observe.messagelog import MessageLog
 from sockd.protocols.ack import AckFactory
 from sockd.protocols.echo import EchoFactory
-from sockd.runtime.core.reactor import SockdReactor
-from sockd.runtime.core.stream import StreamConnection
 
 
 def main() -> None:

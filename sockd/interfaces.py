@@ -57,12 +57,23 @@ class IStopsFirst(Interface):
 
 
 class IReadPausingTransport(Interface):
-    """A transport that can stop reading while its peer is not reading, registering the pauser only when needed.
+    """A transport that can stop reading while its peer is not reading, at no cost until a write queues.
 
-    sockd's own transports (L{sockd.runtime.core.stream}) provide it.  It is asked
-    of the transport's class (C{implementedBy}), not the object: protocol wrappers
-    declare whatever their transport provides while lacking the method.
+    The one way a protocol asks for read pausing (L{sockd.protocols.flow.pauseReadingWhileBlocked}
+    calls it, or registers a read-pausing producer on a transport without it).
+    sockd's own transports (L{sockd.core.stream}) provide it; the wrappers
+    between them and a service (the policy layer, the PROXY reader) pass it on.
+    It is asked of the transport's class (C{implementedBy}), not the object:
+    protocol wrappers declare whatever their transport provides.
     """
 
     def pauseReadingWhileBlocked() -> None:
-        """Pause reading whenever the write queue is full; register nothing until a write first queues."""
+        """Stop reading whenever the write queue is full, resume once it drains.
+
+        Like registering a streaming producer that pauses and resumes the
+        transport's reading (and refused, as that is, while another producer is
+        registered), but lazily: nothing is registered, and reading is stopped
+        only when a write has queued past the buffer size, so a connection whose
+        writes go straight to the kernel costs no C{epoll_ctl} for it.  A
+        producer registered later replaces it; C{unregisterProducer()} ends it.
+        """

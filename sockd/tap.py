@@ -237,7 +237,7 @@ def checkSettings(settings: Settings, runAs: RunAs | None = None) -> None:
 
 def installDefaultReactor() -> bool:
     """Make sockd's own reactor the default: install it unless some reactor is installed already."""
-    from sockd.runtime.core.reactor import installDefault
+    from sockd.core.reactor import installDefault
 
     return installDefault()
 

@@ -11,7 +11,7 @@ from tests.daemon import STOCK_REACTOR, Daemon
 
 def _installSockdReactor() -> None:
     """pytest-twisted's "default" reactor, made sockd's default: its I/O core (unless SOCKD_TEST_REACTOR=epoll)."""
-    from sockd.runtime.core.reactor import SockdReactor, install
+    from sockd.core.reactor import SockdReactor, install
 
     pytest_twisted._install_reactor(reactor_installer=install, reactor_type=SockdReactor)
 

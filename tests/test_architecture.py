@@ -17,6 +17,7 @@ PACKAGE = ROOT / "sockd"
 #: Lowest first.  A module may import its own layer or lower ones; a test below keeps the list complete.
 LAYERS: list[tuple[str, ...]] = [
     ("sockd", "sockd.errors", "sockd.interfaces"),
+    ("sockd.core",),
     ("sockd.config",),
     ("sockd.observe",),
     ("sockd.protocols",),
@@ -104,6 +105,20 @@ def test_no_import_from_a_lower_layer_to_a_higher_one() -> None:
         if layerOf(imported) > layerOf(importer)
     ]
     assert not upward, "\n".join(upward)
+
+
+def test_the_io_core_is_the_ground_floor() -> None:
+    """sockd.core imports nothing of sockd but errors and interfaces: every layer may use it, it uses none."""
+    allowed = {"sockd.errors", "sockd.interfaces"}
+    above = sorted(
+        f"{importer} imports {imported}"
+        for importer, targets in graph().items()
+        if importer == "sockd.core" or importer.startswith("sockd.core.")
+        for imported in targets
+        if imported not in allowed and not (imported == "sockd.core" or imported.startswith("sockd.core."))
+    )
+    assert not above, "\n".join(above)
+    assert any(name.startswith("sockd.core.") for name in modules())  # not vacuous: the core is there
 
 
 def findCycle(edges: dict[str, set[str]]) -> list[str] | None:

@@ -1,4 +1,4 @@
-"""sockd's I/O core (sockd/runtime/core): the reactor's descriptor set, and the transports' fast paths.
+"""sockd's I/O core (sockd/core): the reactor's descriptor set, and the transports' fast paths.
 
 The fast paths must behave exactly as Twisted's slow paths they replace, and
 the core must touch no private attribute of Twisted.  Transport tests run on
@@ -28,15 +28,15 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sockd.config.settings import Settings
+from sockd.core import reactor as corereactor
+from sockd.core.datagram import UDPPort
+from sockd.core.reactor import SockdReactor
+from sockd.core.stream import TCPConnection, TCPPort, UNIXPort
 from sockd.defences.admission import Admission
 from sockd.defences.stream import ConnectionRegistry, PolicyFactory
 from sockd.interfaces import IReadPausingTransport
 from sockd.protocols.echo import EchoFactory
 from sockd.protocols.flow import ReadPauser, pauseReadingWhileBlocked
-from sockd.runtime.core import reactor as corereactor
-from sockd.runtime.core.datagram import UDPPort
-from sockd.runtime.core.reactor import SockdReactor
-from sockd.runtime.core.stream import TCPConnection, TCPPort, UNIXPort
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,9 +55,9 @@ class Selectable:
         return self.sock.fileno()
 
     def doRead(self) -> None:
-        from twisted.python import context
+        from twisted.python import context, log
 
-        self.calls.append(("read", context.get("system")))
+        self.calls.append(("read", context.get(log.ILogContext)["system"]))
         self.sock.recv(100)
         if self.fail:
             raise RuntimeError("protocol bug")
@@ -89,15 +89,43 @@ def pair() -> Any:
     right.close()
 
 
-def test_events_are_dispatched_without_the_logging_context_and_errors_disconnect(own, pair, caplog):
+def test_the_logging_context_names_the_dispatched_selectable_and_errors_disconnect(own, pair, caplog):
+    from twisted.python import context, log
+
     left, right = pair
     reader = Selectable(left, fail=True)
     own.addReader(reader)
     right.send(b"x")
     own.doIteration(1.0)
-    # Twisted's reactors push a context per event (system "Selectable"); sockd's core does not.
-    assert reader.calls == [("read", None), ("lost", RuntimeError)]
+    # Twisted's reactors push a context per event; sockd's core pushes nothing, and finds it when asked.
+    assert reader.calls == [("read", "Selectable"), ("lost", RuntimeError)]
     assert reader not in own.getReaders()
+    assert context.get(log.ILogContext)["system"] == "-"  # outside a dispatch, as on Twisted's reactors
+    assert context.get(log.ILogContext).copy() == {"system": "-"}
+
+
+def test_a_legacy_log_message_inside_a_protocol_names_its_connection(own, pair):
+    from twisted.python import log
+
+    class Logging(Selectable):
+        def doRead(self) -> None:
+            self.sock.recv(100)
+            log.msg("inside")
+
+    seen: list[dict[str, Any]] = []
+    log.addObserver(seen.append)
+    try:
+        left, right = pair
+        own.addReader(Logging(left))
+        right.send(b"x")
+        own.doIteration(1.0)
+        own.callLater(0, lambda: log.msg("timed"))
+        own.runUntilCurrent()
+    finally:
+        log.removeObserver(seen.append)
+        own.removeAll()
+    systems = {e["message"][0]: e["system"] for e in seen if e.get("message") in (("inside",), ("timed",))}
+    assert systems == {"inside": "Selectable", "timed": "-"}
 
 
 def test_reader_and_writer_share_one_registration(own, pair):
@@ -160,7 +188,7 @@ def test_a_reused_descriptor_number_belongs_to_its_new_selectable(own, pair):
         own.addReader(new)
         replacementRight.send(b"x")
         own.doIteration(1.0)
-        assert old.calls == [] and new.calls[:1] == [("read", None)]
+        assert old.calls == [] and new.calls[:1] == [("read", "Selectable")]
         assert old not in own.getReaders()
         new.sock.close()
     finally:
@@ -336,19 +364,43 @@ def _socketTransport() -> tuple[TCPConnection, socket.socket]:
     return transport, peer
 
 
-def test_the_read_pauser_waits_for_the_first_queued_write():
+def test_read_pausing_registers_nothing_and_pauses_only_past_the_buffer_size():
     transport, peer = _socketTransport()
+    readers = transport.reactor.readers
     try:
         assert IReadPausingTransport.implementedBy(type(transport))
         pauseReadingWhileBlocked(transport)
-        assert transport.producer is None
+        assert transport.producer is None and transport in readers
         transport.write(b"sent at once")
-        assert transport.producer is None
+        transport.write(b"x" * (transport.bufferSize // 2))  # may queue, but not past the buffer size
+        assert transport.producer is None and transport in readers  # no epoll_ctl for it so far
         transport.write(b"x" * (16 << 20))  # the peer reads nothing: most of it is queued
-        assert isinstance(transport.producer, ReadPauser) and transport.streamingProducer
-        assert transport.producerPaused  # over the buffer size: reading paused, as an eager pauser would
+        assert transport.producer is None  # still nothing registered: no producer holds a close
+        assert transport not in readers  # past the buffer size: reading paused, as an eager pauser would
+        peer.setblocking(False)
+        for _ in range(10000):  # the peer reads it all: the queue drains and reading resumes
+            if transport not in transport.reactor.writers:
+                break
+            try:
+                while peer.recv(1 << 20):
+                    pass
+            except BlockingIOError:
+                pass
+            transport.doWrite()
+        assert transport in readers
         transport.loseConnection()
-        assert transport.producer is None  # it would hold the close
+        assert transport not in readers and transport.disconnecting
+    finally:
+        peer.close()
+
+
+def test_read_pausing_ends_with_unregister_producer():
+    transport, peer = _socketTransport()
+    try:
+        pauseReadingWhileBlocked(transport)
+        transport.unregisterProducer()  # what the policy layer's drain does: read all the peer sent
+        transport.write(b"x" * (16 << 20))
+        assert transport in transport.reactor.readers
     finally:
         peer.close()
 

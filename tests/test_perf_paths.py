@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sockd.config.settings import Settings
+from sockd.core.stream import TCPPort
 from sockd.defences.admission import Admission
 from sockd.defences.stream import ConnectionRegistry, PolicyFactory, PolicyProtocol
 from sockd.observe.messagelog import MessageLog
@@ -39,7 +40,6 @@ from sockd.observe.observers import ClassicText, textLogger
 from sockd.protocols.ack import AckFactory
 from sockd.protocols.echo import EchoFactory
 from sockd.protocols.flow import ReadPauser
-from sockd.runtime.core.stream import TCPPort
 
 ANSWER = b"I got your message"
 

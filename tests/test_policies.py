@@ -11,10 +11,12 @@ from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport, StringTransportWithDisconnection
 from twisted.logger import capturedLogs, formatEvent
+from zope.interface import implementer
 
 from sockd.config.settings import Settings
 from sockd.defences.admission import Admission
 from sockd.defences.stream import ConnectionRegistry, PolicyFactory, PolicyProtocol
+from sockd.interfaces import IReadPausingTransport
 from sockd.observe.messagelog import MessageLog
 from sockd.observe.metrics import Metrics
 from sockd.protocols.ack import AckFactory, AckProtocol
@@ -259,6 +261,41 @@ def test_flow_control_through_the_wrapper() -> None:
     assert transport.producerState == "paused"
     transport.producer.resumeProducing()
     assert transport.producerState == "producing"
+
+
+@implementer(IReadPausingTransport)
+class ReadPausingTransport(StringTransportWithDisconnection):
+    """Stands for sockd's own transport: records the read-pausing requests and their end."""
+
+    pausing = False
+
+    def pauseReadingWhileBlocked(self) -> None:
+        self.pausing = True
+
+    def unregisterProducer(self) -> None:
+        self.pausing = False
+        self.producer = None
+
+
+def test_read_pausing_is_passed_on_to_a_transport_that_has_it() -> None:
+    s = Setup()
+    transport = ReadPausingTransport(peerAddress=IPv4Address("TCP", "192.0.2.1", 40000))
+    proto, _ = s.connect(transport=transport)
+    assert proto is not None
+    assert transport.pausing and transport.producer is None  # nothing registered: the transport does it lazily
+    proto.dataReceived(b"hi\n")
+    proto.loseConnection()
+    assert transport.pausing  # no producer to drop: the transport's own close ends it
+
+
+def test_drain_ends_the_transports_read_pausing() -> None:
+    s = Setup()
+    transport = ReadPausingTransport(peerAddress=IPv4Address("TCP", "192.0.2.1", 40000))
+    proto, _ = s.connect(transport=transport)
+    s.registry.drain(grace=5.0, quiet=0.05)
+    assert not transport.pausing  # reading everything the peer sent: no RST for unread input at the close
+    s.clock.advance(0.05)
+    assert not transport.connected
 
 
 class TLSLikeTransport(StringTransportWithDisconnection):

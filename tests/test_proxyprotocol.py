@@ -33,6 +33,9 @@ from sockd.defences.proxyprotocol import (
     parseHeader,
 )
 from sockd.defences.stream import ConnectionRegistry, PolicyFactory
+from sockd.interfaces import IReadPausingTransport
+from sockd.protocols.echo import EchoFactory
+from sockd.protocols.flow import ReadPauser
 from sockd.services import BY_NAME, Context
 
 BALANCER = IPv4Address("TCP", "10.9.9.9", 41000)
@@ -595,3 +598,42 @@ def test_a_real_loopback_peer_without_header_stays_exempt() -> None:
         assert admission.admit("127.0.0.1") is None
         assert admission.admit("::ffff:127.0.0.1") is None
     assert admission.admit("127.0.0.1", claimed=True) == "per-source"
+
+
+@implementer(IReadPausingTransport)
+class ReadPausingTransport(StringTransport):
+    """Stands for sockd's own transport: records that read pausing was asked of it."""
+
+    pausing = False
+
+    def pauseReadingWhileBlocked(self) -> None:
+        self.pausing = True
+
+
+def _echoBehindProxy(transport: StringTransport, policies: bool) -> StringTransport:
+    clock = Clock()
+    wrapped: Any = EchoFactory()
+    if policies:  # the stack app.py builds: PROXY reader, then the policy layer, then the service
+        settings = Settings()
+        wrapped = PolicyFactory(wrapped, serviceName="echo", transportName="haproxy",
+                                admission=Admission(settings, clock.seconds), registry=ConnectionRegistry(clock),
+                                clock=clock)
+    protocol = ProxyProtocolFactory(wrapped, clock=clock, trusted=[BALANCER.host]).buildProtocol(BALANCER)
+    protocol.makeConnection(transport)
+    protocol.dataReceived(v1(CLIENT4, SERVER4) + b"hi")
+    assert transport.value() == b"hi"
+    return transport
+
+
+@pytest.mark.parametrize("policies", [False, True], ids=["alone", "with-policies"])
+def test_read_pausing_is_passed_on_through_the_proxy_reader(policies: bool) -> None:
+    transport = _echoBehindProxy(ReadPausingTransport(hostAddress=LISTENER, peerAddress=BALANCER), policies)
+    assert transport.pausing and transport.producer is None
+
+
+@pytest.mark.parametrize("policies", [False, True], ids=["alone", "with-policies"])
+def test_read_pausing_on_a_transport_without_it_registers_a_producer(policies: bool) -> None:
+    transport = _echoBehindProxy(StringTransport(hostAddress=LISTENER, peerAddress=BALANCER), policies)
+    assert isinstance(transport.producer, ReadPauser) and transport.streaming
+    transport.producer.pauseProducing()
+    assert transport.producerState == "paused"

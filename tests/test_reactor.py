@@ -13,7 +13,7 @@ import pytest
 from sockd.runtime.workers import reactorArguments
 from tests.daemon import BIN, REACTOR, STOCK_REACTOR, children, connect, recvExactly, udpExchange, waitFor
 
-SOCKD = "sockd.runtime.core.reactor.SockdReactor"
+SOCKD = "sockd.core.reactor.SockdReactor"
 STOCK = "twisted.internet.epollreactor.EPollReactor"
 #: What runs when the test names no reactor: sockd's, or Twisted's epoll in the suite's stock run.
 DEFAULT = STOCK if STOCK_REACTOR else SOCKD
@@ -51,7 +51,7 @@ def test_reactor_arguments_name_the_running_reactor():
     from twisted.internet.epollreactor import EPollReactor
     from twisted.internet.pollreactor import PollReactor
 
-    from sockd.runtime.core.reactor import SockdReactor
+    from sockd.core.reactor import SockdReactor
 
     made = [SockdReactor(), EPollReactor(), PollReactor()]
     try:

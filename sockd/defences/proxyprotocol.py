@@ -35,8 +35,9 @@ from sockd.config.settings import LOOPBACK
 from sockd.defences.access import Network, contains, parseHost, parseNetworks
 from sockd.defences.ratelimit import LogThrottle
 from sockd.defences.relay import TransportRelay
-from sockd.interfaces import IAdmissionGate
+from sockd.interfaces import IAdmissionGate, IReadPausingTransport
 from sockd.observe.addresses import formatAddress, hostOf
+from sockd.protocols.flow import pauseReadingWhileBlocked
 
 log = Logger(namespace="sockd.proxyprotocol")
 
@@ -162,7 +163,7 @@ def parseHeader(buffer: bytes, maxHeader: int = MAX_HEADER) -> ProxyHeader | Non
     return _parseV1(buffer)
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IReadPausingTransport)
 class ProxyProtocol(TransportRelay, Protocol):
     """Read the PROXY header, then build and start the service with the client's address.
 
@@ -260,6 +261,10 @@ class ProxyProtocol(TransportRelay, Protocol):
     def abortConnection(self) -> None:
         self.disconnecting = 1
         self.transport.abortConnection()
+
+    def pauseReadingWhileBlocked(self) -> None:
+        """L{IReadPausingTransport}, passed on (a read-pausing producer on a transport without it)."""
+        pauseReadingWhileBlocked(self.transport)
 
     def pauseProducing(self) -> None:
         self.transport.pauseProducing()

@@ -25,7 +25,7 @@ from sockd.defences.relay import TransportRelay
 from sockd.interfaces import IAdmissionGate, IPendingInput, IReadPausingTransport
 from sockd.observe.addresses import formatAddress, hostOf
 from sockd.observe.metrics import Metrics
-from sockd.protocols.flow import ReadPauser
+from sockd.protocols.flow import pauseReadingWhileBlocked
 
 log = Logger(namespace="sockd.policies")
 
@@ -148,7 +148,6 @@ class PolicyProtocol(TransportRelay, Protocol):
     _handshakeCall: Any = None
     _drainCall: Any = None
     _producer: Any = None
-    _lazyPausing = False
 
     def __init__(self, factory: PolicyFactory, wrappedProtocol: Any, host: str | None) -> None:
         self.wrappedProtocol = wrappedProtocol
@@ -194,12 +193,8 @@ class PolicyProtocol(TransportRelay, Protocol):
         return prefix
 
     def pauseReadingWhileBlocked(self) -> None:
-        """L{sockd.protocols.flow}: let the transport add the read-pausing producer once it queues, if it can."""
-        if IReadPausingTransport.implementedBy(type(self.transport)):
-            self._lazyPausing = True
-            self.transport.pauseReadingWhileBlocked()
-        else:
-            self.registerProducer(ReadPauser(self.transport), True)
+        """L{IReadPausingTransport}, passed on; on a transport without it, a producer registered through this layer."""
+        pauseReadingWhileBlocked(self.transport, self)
 
     def dataReceived(self, data: bytes) -> None:
         factory = self.factory
@@ -223,13 +218,15 @@ class PolicyProtocol(TransportRelay, Protocol):
         self.transport.registerProducer(producer, streaming)
 
     def unregisterProducer(self) -> None:
-        if self._producer is not None or self._lazyPausing:
+        if self._producer is not None:
             self._producer = None
-            self._lazyPausing = False
             self.transport.unregisterProducer()
 
     def loseConnection(self) -> None:
-        """Close once written; a registered producer would keep some transports (TLS) open, so drop it."""
+        """Close once written; a registered producer would keep some transports (TLS) open, so drop it.
+
+        sockd's transports' read pausing is no producer: it never holds a close.
+        """
         self.unregisterProducer()
         super().loseConnection()
 
@@ -284,6 +281,8 @@ class PolicyProtocol(TransportRelay, Protocol):
         # Read everything the peer already sent, even if flow control had paused reading: closing with
         # unread input makes the kernel reset the connection, destroying answers still on their way.
         self.unregisterProducer()
+        if IReadPausingTransport.implementedBy(type(self.transport)):
+            self.transport.unregisterProducer()  # sockd's transports' read pausing, which is no producer
         resume = getattr(self.transport, "resumeProducing", None)
         if resume is not None and getattr(self.transport, "connected", True):
             resume()

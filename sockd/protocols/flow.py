@@ -7,9 +7,12 @@ pause when its write buffer is full; this producer then pauses the transport's
 reading, and resumes it once the buffer has drained.
 
 Registering it costs a chain of calls per connection, and most connections of
-a request/response service never queue a byte.  A transport that offers
-C{pauseReadingWhileBlocked()} (sockd's policy layer over sockd's TCP and Unix
-transports, L{IReadPausingTransport}) registers it only when it first queues data.
+a request/response service never queue a byte.  So a service asks its
+transport, through L{pauseReadingWhileBlocked}, for the one method
+C{pauseReadingWhileBlocked()} of L{IReadPausingTransport}: sockd's own
+transports pause reading without registering anything, and the wrappers in
+between pass the call on.  Only a transport without it (Twisted's own, under
+C{-r epoll}) gets the producer here, registered at once.
 """
 
 from __future__ import annotations
@@ -39,10 +42,15 @@ class ReadPauser:
         """Nothing to stop: the transport is closing and takes its reading with it."""
 
 
-def pauseReadingWhileBlocked(transport: Any) -> None:
-    """Make C{transport} stop reading whenever its peer stops reading."""
-    # Asked of the class: a wrapper declares what its transport provides, and its __getattr__ finds the method.
+def pauseReadingWhileBlocked(transport: Any, consumer: Any = None) -> None:
+    """Make C{transport} stop reading whenever its peer stops reading.
+
+    Without L{IReadPausingTransport}, a L{ReadPauser} of C{transport} is
+    registered with C{consumer} (default: the transport itself; a wrapper names
+    itself, to know it has a producer to drop at close).
+    """
+    # Asked of the class: a wrapper declares what its transport provides without having the method.
     if IReadPausingTransport.implementedBy(type(transport)):
         transport.pauseReadingWhileBlocked()
     else:
-        transport.registerProducer(ReadPauser(transport), True)
+        (transport if consumer is None else consumer).registerProducer(ReadPauser(transport), True)

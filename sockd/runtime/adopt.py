@@ -7,7 +7,7 @@ stop (systemd.socket(5): a daemon "must not unlink the socket").  And it
 trusts the address family it is told, so C{systemd:domain=INET} on an IPv6
 socket reads every address with the wrong layout.  L{AdoptingReactor} fixes
 all three for any endpoint built on it: an adopted Unix socket is served by
-sockd's own port (L{sockd.runtime.core.stream.UNIXPort}, which leaves a file it
+sockd's own port (L{sockd.core.stream.UNIXPort}, which leaves a file it
 did not create alone) on whichever reactor runs, and the family is checked.
 """
 
@@ -17,8 +17,8 @@ import os
 import socket
 from typing import Any
 
+from sockd.core.stream import UNIXPort
 from sockd.errors import StartupError
-from sockd.runtime.core.stream import UNIXPort
 
 
 def socketFamily(fd: int) -> socket.AddressFamily:

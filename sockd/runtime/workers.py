@@ -71,7 +71,7 @@ def reactorArguments(reactor: Any) -> list[str]:
     """The twistd arguments that make a worker run the parent's reactor (sockd's own, or the one the user named)."""
     from twisted.application.reactors import getReactorTypes
 
-    from sockd.runtime.core.reactor import SockdReactor
+    from sockd.core.reactor import SockdReactor
 
     if isinstance(reactor, SockdReactor):
         return ["-r", "sockd"]

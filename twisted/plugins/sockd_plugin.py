@@ -10,8 +10,8 @@ sockd = ServiceMaker(
     "sockd",
 )
 
-#: twistd -r sockd: sockd's own I/O core (sockd/runtime/core/), also what runs when no reactor is named.
-sockdReactor = Reactor("sockd", "sockd.runtime.core.reactor", "sockd's own epoll I/O core (sockd's default)")
+#: twistd -r sockd: sockd's own I/O core (sockd/core/), also what runs when no reactor is named.
+sockdReactor = Reactor("sockd", "sockd.core.reactor", "sockd's own epoll I/O core (sockd's default)")
 
 #: twistd -r sockd-epoll: the earlier name of the same reactor, kept working.
-sockdEpoll = Reactor("sockd-epoll", "sockd.runtime.core.reactor", "alias of -r sockd (sockd's own I/O core)")
+sockdEpoll = Reactor("sockd-epoll", "sockd.core.reactor", "alias of -r sockd (sockd's own I/O core)")

@@ -18,9 +18,10 @@ C{tcp.Server} / C{unix.Server} (and their conformance tests), less three costs:
 
 They need only the public C{IReactorFDSet} and C{IReactorTime} of their
 reactor, so they work on Twisted's reactors too (adopted Unix sockets use them
-there, to keep the socket file).  They provide L{IReadPausingTransport}: the
-read-pausing producer of L{sockd.protocols.flow} is registered only once a
-write queues.
+there, to keep the socket file).  They provide L{IReadPausingTransport}:
+asked to pause reading while the peer does not read, they register nothing and
+stop reading only when the queue passes the buffer size, so a connection that
+never queues costs no C{epoll_ctl} for it.
 """
 
 from __future__ import annotations
@@ -46,13 +47,12 @@ from twisted.internet.interfaces import (
     IUNIXTransport,
 )
 from twisted.internet.task import deferLater
+from twisted.logger import Logger
 from twisted.python import lockfile, log, reflect
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sockd.interfaces import IReadPausingTransport
-from sockd.observe.throttle import ACCEPT_WARNINGS, TWISTED_ACCEPT_FORMATS
-from sockd.protocols.flow import ReadPauser
 
 _DONE = Failure(error.ConnectionDone())
 _ACCEPT_AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK)
@@ -98,7 +98,8 @@ class StreamConnection:
     _writeClosed = False
     _inHandler = False  # the protocol is handling a read or the peer's half-close
     _closeAfterHandler = False
-    _readPausing: Any = None  # None: not asked; True: asked, not registered yet; a ReadPauser: registered
+    _readPausing = False  # pauseReadingWhileBlocked() asked, and no producer of the protocol's own since
+    _readPaused = False  # reading stopped by that, until the queue drains
     _logstr: str | None = None
     #: Descriptors to pass (Unix sockets), each sent with one byte of the queued data.
     _fds: Any = ()
@@ -220,13 +221,13 @@ class StreamConnection:
     def _enqueue(self, data: bytes) -> None:
         self._queue.append(data)
         self._queued += len(data)
-        if self._readPausing is True and self.producer is None:
-            pauser = self._readPausing = ReadPauser(self)
-            self.producer = pauser
-            self.streamingProducer = True
-        if self.producer is not None and self.streamingProducer and self._queued > self.bufferSize:
-            self.producerPaused = True
-            self.producer.pauseProducing()
+        if self._queued > self.bufferSize:
+            if self.producer is not None and self.streamingProducer:
+                self.producerPaused = True
+                self.producer.pauseProducing()
+            elif self._readPausing and not self._readPaused:
+                self._readPaused = True  # what a registered read-pausing producer would do, without one
+                self.reactor.removeReader(self)
         self.reactor.addWriter(self)
 
     def writeSequence(self, iovec: Any) -> None:
@@ -259,6 +260,9 @@ class StreamConnection:
         self._head = b""
         self._offset = 0
         self.reactor.removeWriter(self)
+        if self._readPaused:
+            self._readPaused = False
+            self.resumeProducing()
         if self.producer is not None and (not self.streamingProducer or self.producerPaused):
             self.producerPaused = False
             self.producer.resumeProducing()
@@ -286,10 +290,7 @@ class StreamConnection:
     # Producers and consumers
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
-        if self._readPausing is not None:
-            if self.producer is self._readPausing:
-                self.producer = None  # a producer of the protocol's own replaces the read pauser
-            self._readPausing = None
+        self._readPausing = False  # a producer of the protocol's own replaces the read pausing
         if self.producer is not None:
             raise RuntimeError(f"Cannot register producer {producer}, because producer {self.producer} "
                                "was never unregistered.")
@@ -302,15 +303,17 @@ class StreamConnection:
             producer.resumeProducing()
 
     def unregisterProducer(self) -> None:
-        self._readPausing = None
+        """Unregister the producer, and stop pausing reading while blocked (as unregistering its producer would)."""
+        self._readPausing = False
         self.producer = None
         if self.connected and self.disconnecting:
             self.reactor.addWriter(self)
 
     def pauseReadingWhileBlocked(self) -> None:
-        """L{IReadPausingTransport}: register the read-pausing producer only when a write first queues."""
+        """L{IReadPausingTransport}: stop reading once the queue passes the buffer size; no producer is registered."""
         if self.producer is not None:
-            self.registerProducer(ReadPauser(self), True)  # raises, as registering it at once would
+            raise RuntimeError(f"Cannot pause reading while blocked, because producer {self.producer} "
+                               "was never unregistered.")  # as registering a read-pausing producer would
         self._readPausing = True
 
     def pauseProducing(self) -> None:
@@ -342,9 +345,6 @@ class StreamConnection:
     # Closing
 
     def loseConnection(self) -> None:
-        if self._readPausing is not None:
-            # It only pauses reading, which closing stops anyway; registered, it would hold the close.
-            self.unregisterProducer()
         if not self.connected or self.disconnecting:
             return
         if self._writeClosed:
@@ -565,7 +565,8 @@ class StreamPort:
                         _reserved.recover(sock)
                         break
                     if e.errno in _ACCEPT_ERRORS:
-                        ACCEPT_WARNINGS.summary.note(f"could not accept a connection ({errno.errorcode[e.errno]})")
+                        _acceptLog.info("Could not accept new connection ({acceptError})",
+                                        acceptError=errno.errorcode[e.errno])
                         break
                     raise
                 accepted += 1
@@ -806,8 +807,9 @@ def _isIPv6(interface: str) -> bool:
     return True
 
 
-#: Said as Twisted's reactors' own recovery is summed up, so the lines are the same under either core.
-_EMFILE_CLOSED = TWISTED_ACCEPT_FORMATS["EMFILE recovery: Closed socket from {address}"]
+#: The accept loop's warnings, in the words (log formats) of Twisted's own ports, so that the log filter
+#: that sums them up per interval treats both cores alike.
+_acceptLog = Logger(namespace="twisted.internet.tcp")
 
 
 class _Reservation:
@@ -833,18 +835,19 @@ class _Reservation:
                     raise
 
     def recover(self, listening: socket.socket) -> None:
-        """Close the waiting connections unanswered; counted, and logged once per interval (not once each)."""
+        _acceptLog.info("EMFILE encountered; releasing reserved file descriptor.")
         self.file.close()
         self.file = None
         try:
             for _ in range(10000):
                 try:
-                    client, _ = listening.accept()
+                    client, where = listening.accept()
                 except OSError:
                     break
                 client.close()
-                ACCEPT_WARNINGS.summary.note(_EMFILE_CLOSED)
+                _acceptLog.info("EMFILE recovery: Closed socket from {address}", address=where)
         finally:
+            _acceptLog.info("Re-reserving EMFILE recovery file descriptor.")
             self.reserve()
 
 

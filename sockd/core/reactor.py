@@ -8,8 +8,9 @@ sets a private attribute of Twisted.  Three things differ, on purpose:
 
   - Events are dispatched directly, not through C{log.callWithLogger}: that
     per-event logging context (for legacy C{log.msg} calls inside protocols)
-    cost about half of sockd's CPU under a request/response load.  sockd logs
-    through C{twisted.logger} with its own namespaces, so it does not need it.
+    cost about half of sockd's CPU under a request/response load.  The context
+    is made when asked for instead (L{DispatchLogContext}): a legacy C{log.msg}
+    from inside a protocol still names its connection, as on Twisted's reactors.
   - The descriptor a selectable was registered with is remembered, so removing
     it never asks a descriptor that was closed behind the reactor's back for its
     number (Twisted's epoll reactor raises C{KeyError} there), and once a second
@@ -18,8 +19,8 @@ sets a private attribute of Twisted.  Three things differ, on purpose:
     poll and select reactors do, instead of waiting forever for an event epoll
     can no longer deliver.
   - C{listenTCP}, C{listenUNIX}, C{listenUDP}, C{adoptStreamPort} and
-    C{adoptDatagramPort} return sockd's own ports (L{sockd.runtime.core.stream},
-    L{sockd.runtime.core.datagram}), whose connections send at once and close at
+    C{adoptDatagramPort} return sockd's own ports (L{sockd.core.stream},
+    L{sockd.core.datagram}), whose connections send at once and close at
     EOF without an extra turn.  Everything else (C{connectTCP}, C{connectUNIX},
     C{listenMulticast}, Unix datagram sockets, C{listenSSL}, C{adoptStreamConnection},
     processes) is Twisted's own implementation on this reactor.
@@ -36,7 +37,7 @@ from typing import Any
 from twisted.internet import error, main
 from twisted.internet.interfaces import IHalfCloseableDescriptor, IReactorFDSet
 from twisted.internet.posixbase import PosixReactorBase
-from twisted.python import log
+from twisted.python import context, log
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -64,6 +65,50 @@ def _reactorOwn(selectable: Any) -> bool:
     return type(selectable).__module__ == "twisted.internet._signals"
 
 
+def _prefixOf(selectable: Any) -> str:
+    """What C{log.callWithLogger} names a selectable: its C{logPrefix()}."""
+    try:
+        return selectable.logPrefix()
+    except Exception:
+        return "(buggy logPrefix method)"
+
+
+class DispatchLogContext(dict):  # type: ignore[type-arg]
+    """The default legacy logging context, C{{"system": ...}}: the selectable being dispatched, found when asked.
+
+    Twisted's reactors push C{{"system": selectable.logPrefix()}} around every
+    event, for the few C{log.msg} calls that read it.  sockd's reactor pushes
+    nothing: this mapping, installed as the default of C{ILogContext} (with
+    C{context.setDefault}), looks up the stack for the reactor's dispatching
+    frame only when something reads it, and names that frame's selectable.
+    Outside a dispatch (a timed call, another thread) it is Twisted's C{"-"}.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(system="-")
+
+    @staticmethod
+    def system() -> str:
+        """The log prefix of the selectable the reactor is dispatching on this thread, or C{"-"}."""
+        frame = sys._getframe(1)
+        while frame is not None:
+            if frame.f_code in _DISPATCHING:
+                selectable = frame.f_locals.get("selectable")
+                return "-" if selectable is None else _prefixOf(selectable)
+            frame = frame.f_back  # type: ignore[assignment]
+        return "-"
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.system() if key == "system" else super().__getitem__(key)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self.system() if key == "system" else super().get(key, default)
+
+    def copy(self) -> dict[str, Any]:
+        """What C{log.msg} and C{log.callWithContext} start from: a plain dict, the system resolved."""
+        return {**self, "system": self.system()}
+
+
 @implementer(IReactorFDSet)
 class SockdReactor(PosixReactorBase):
     """An epoll reactor with sockd's own listening ports and transports; see the module docstring."""
@@ -79,6 +124,7 @@ class SockdReactor(PosixReactorBase):
         self._alwaysReaders: set[Any] = set()
         self._alwaysWriters: set[Any] = set()
         self._nextSweep = time.monotonic() + SWEEP_INTERVAL
+        context.setDefault(log.ILogContext, _LOG_CONTEXT)  # process-wide; other reactors push their own
         super().__init__()
 
     # IReactorFDSet
@@ -269,12 +315,13 @@ class SockdReactor(PosixReactorBase):
 
     doIteration = doPoll
 
+
     # Listening: sockd's own ports
 
     def listenTCP(self, port: Any, factory: Any, backlog: int = 50, interface: str = "") -> Any:
         if not isinstance(port, int):  # a tcp.makeBinding() Binding: Twisted's own port understands it
             return super().listenTCP(port, factory, backlog, interface)
-        from sockd.runtime.core.stream import TCPPort
+        from sockd.core.stream import TCPPort
 
         listening = TCPPort(port, factory, backlog, interface, self)
         listening.startListening()
@@ -290,21 +337,21 @@ class SockdReactor(PosixReactorBase):
         return listening
 
     def listenUNIX(self, address: Any, factory: Any, backlog: int = 50, mode: int = 0o666, wantPID: int = 0) -> Any:
-        from sockd.runtime.core.stream import UNIXPort
+        from sockd.core.stream import UNIXPort
 
         listening = UNIXPort(address, factory, backlog, mode, self, wantPID)
         listening.startListening()
         return listening
 
     def listenUDP(self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192) -> Any:
-        from sockd.runtime.core.datagram import UDPPort
+        from sockd.core.datagram import UDPPort
 
         listening = UDPPort(port, protocol, interface, maxPacketSize, self)
         listening.startListening()
         return listening
 
     def adoptStreamPort(self, fileDescriptor: int, addressFamily: Any, factory: Any) -> Any:
-        from sockd.runtime.core.stream import TCPPort, UNIXPort
+        from sockd.core.stream import TCPPort, UNIXPort
 
         if addressFamily == socket.AF_UNIX:
             listening: Any = UNIXPort.fromListeningDescriptor(self, fileDescriptor, factory)
@@ -317,13 +364,19 @@ class SockdReactor(PosixReactorBase):
 
     def adoptDatagramPort(self, fileDescriptor: int, addressFamily: Any, protocol: Any,
                           maxPacketSize: int = 8192) -> Any:
-        from sockd.runtime.core.datagram import UDPPort
+        from sockd.core.datagram import UDPPort
 
         if addressFamily not in (socket.AF_INET, socket.AF_INET6):
             raise error.UnsupportedAddressFamily(addressFamily)
         listening = UDPPort.fromListeningDescriptor(self, fileDescriptor, addressFamily, protocol, maxPacketSize)
         listening.startListening()
         return listening
+
+
+
+#: The frames whose local C{selectable} is the one being dispatched (or disconnected).
+_DISPATCHING = frozenset(f.__code__ for f in (SockdReactor.doPoll, SockdReactor._dispatch, SockdReactor._sweep))
+_LOG_CONTEXT = DispatchLogContext()
 
 
 def install() -> SockdReactor:
@@ -346,4 +399,4 @@ def installDefault() -> bool:
     return True
 
 
-__all__ = ["SWEEP_INTERVAL", "SockdReactor", "install", "installDefault"]
+__all__ = ["SWEEP_INTERVAL", "DispatchLogContext", "SockdReactor", "install", "installDefault"]
