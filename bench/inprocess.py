@@ -24,9 +24,8 @@ from twisted.internet.address import UNIXAddress
 from sockd.config.settings import Settings
 from sockd.defences.admission import Admission
 from sockd.defences.stream import ConnectionRegistry, PolicyFactory
-from sockd.observe.logsink import FdOutput, LineSink
-from sockd.observe.logstate import LogState
-from sockd.observe.messagelog import MessageLog
+from sockd.observe.log.messages import MessageLog, MessageLogging
+from sockd.observe.log.sink import FdOutput, LineSink
 from sockd.protocols.ack import AckFactory
 from sockd.protocols.echo import EchoFactory
 from sockd.runtime.core.reactor import SockdReactor
@@ -42,12 +41,12 @@ def main() -> None:
     args = parser.parse_args()
 
     reactor = SockdReactor()
-    state = LogState()
+    logging = MessageLogging()
     if args.log:
         # A running reactor's sink would flush at the end of the turn; here it flushes when 2048 lines pile up.
         reactor.running = True
-        state.sink = LineSink(FdOutput(os.open(os.devnull, os.O_WRONLY)), reactor)
-    service = AckFactory(reactor, MessageLog("ack", args.log, state)) if args.mode == "ack" else EchoFactory()
+        logging = MessageLogging(LineSink(FdOutput(os.open(os.devnull, os.O_WRONLY)), reactor))
+    service = AckFactory(reactor, MessageLog("ack", args.log, logging)) if args.mode == "ack" else EchoFactory()
     factory = service if args.bare else PolicyFactory(
         service, serviceName=args.mode, transportName="unix", admission=Admission(Settings(), reactor.seconds),
         registry=ConnectionRegistry(reactor), clock=reactor)

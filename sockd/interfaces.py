@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from zope.interface import Attribute, Interface
 
-__all__ = ["IDatagramListener", "IListener", "IPendingInput", "IReadPausingTransport", "IStopsFirst"]
+__all__ = ["IDatagramListener", "IListener", "IMessageSink", "IPendingInput", "IReadPausingTransport", "IStopsFirst"]
 
 
 class IPendingInput(Interface):
@@ -53,3 +53,21 @@ class IReadPausingTransport(Interface):
 
     def pauseReadingWhileBlocked() -> None:
         """Pause reading whenever the write queue is full; register nothing until a write first queues."""
+
+
+class IMessageSink(Interface):
+    """Where message lines go as finished text, with no log event: the message log's fast path.
+
+    sockd's own log sink (L{sockd.observe.log.sink.LineSink}) provides it when
+    sockd writes twistd's log itself.  The assembly hands it to every message
+    log (L{sockd.observe.log.messages.MessageLogging}) and to the C{--workers}
+    supervisor; without one, messages are C{twisted.logger} events.
+    """
+
+    journal = Attribute("Whether lines carry sd-daemon(3) priorities (the output is the journal).")
+
+    def message(tail: bytes, message: bytes) -> None:
+        """Append one message line: the timestamp, then C{tail}, then the message escaped."""
+
+    def lines(data: bytes) -> None:
+        """Append whole lines another process's sink made (a C{--workers} child's)."""

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import time
 
-from sockd.observe.observers import eventAsRecord
+from sockd.observe.log.observers import eventAsRecord
 from tests.daemon import REACTOR, TWISTD, udpExchange
 
 
@@ -26,7 +26,7 @@ def test_record_is_flat_and_json_safe():
 
 def test_twistd_logs_json_lines_with_fields(tmp_path):
     proc = subprocess.Popen(
-        [TWISTD, *REACTOR, "-n", "--pidfile=", "--logger", "sockd.observe.observers.jsonLogger", "sockd",
+        [TWISTD, *REACTOR, "-n", "--pidfile=", "--logger", "sockd.observe.log.observers.jsonLogger", "sockd",
          "--ack", "udp:0:interface=127.0.0.1"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )

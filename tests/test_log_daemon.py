@@ -80,13 +80,14 @@ CRASH = """
 import sys
 from twisted.internet import reactor
 from twisted.logger import globalLogBeginner
-from sockd.observe.logsetup import makeSinkObserver
-from sockd.observe.messagelog import MessageLog
+from sockd.observe.log.messages import MessageLog, MessageLogging
+from sockd.observe.log.setup import makeSinkObserver
 
-globalLogBeginner.beginLoggingTo([makeSinkObserver(("file", sys.argv[1]), reactor)], redirectStandardIO=False)
+observer = makeSinkObserver(("file", sys.argv[1]), reactor)
+globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 def burst():
-    log = MessageLog("ack")
+    log = MessageLog("ack", logging=MessageLogging(observer.sink))
     for i in range(int(sys.argv[2])):
         log.stream(b"m%d\\n" % i, None)
     reactor.crash()  # the loop ends at once: no shutdown triggers, the turn's flush never runs

@@ -1,6 +1,6 @@
 """The default message log: exact lines, one write per reactor turn, a broken log never stops sockd.
 
-Unit tests of L{sockd.observe.logsink} and L{sockd.observe.logsetup} with an
+Unit tests of L{sockd.observe.log.sink} and L{sockd.observe.log.setup} with an
 injected clock, C{task.Clock} as the reactor and outputs that record or fail;
 the whole daemon is in test_log_daemon.py.
 """
@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from twisted.application.service import Application, IService, MultiService
+from twisted.application.service import Application, IService
 from twisted.internet import task
 from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.logger import (
@@ -31,13 +31,15 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 from twisted.scripts.twistd import ServerOptions
 
-from sockd.observe import logsink, messagelog
+from sockd.observe.log import messages as messagelog
+from sockd.observe.log import sink as logsink
+from sockd.observe.log.level import LogState, configure, parseLevel
+from sockd.observe.log.messages import MessageLog, MessageLogging, messageText, withoutLineEnd
+from sockd.observe.log.observers import jsonLogger, textLogger
+from sockd.observe.log.setup import plan, twistdDestination
+from sockd.observe.log.sink import PRIORITIES, FdOutput, LineSink, SinkObserver, isJournal
 from sockd.observe.logsafe import escape
-from sockd.observe.logsetup import makeSinkObserver, offerObserver, setUp, twistdDestination
-from sockd.observe.logsink import PRIORITIES, FdOutput, LineSink, SinkObserver, isJournal
-from sockd.observe.logstate import LogState, configure, parseLevel
-from sockd.observe.messagelog import MessageLog, messageText, withoutLineEnd
-from sockd.observe.observers import jsonLogger, textLogger
+from sockd.runtime.daemon import SockdService
 
 
 class Recorder:
@@ -84,11 +86,9 @@ def capturedEvents(events: list[dict[str, Any]]) -> Iterator[None]:
         messagelog.log.observer = original
 
 
-def attached(sink: LineSink, level: Any = LogLevel.info) -> LogState:
-    state = LogState()
-    configure(level, state=state)
-    state.sink = sink
-    return state
+def attached(sink: LineSink, level: Any = LogLevel.info) -> MessageLogging:
+    """Message logging through C{sink}, as the assembly hands it to every message log."""
+    return MessageLogging(sink, level)
 
 
 # -- the lines --------------------------------------------------------------------------------------------------
@@ -96,7 +96,7 @@ def attached(sink: LineSink, level: Any = LogLevel.info) -> LogState:
 
 def test_message_lines_are_twistds_own_lines_byte_for_byte():
     sink, output, clock, wall = makeSink()
-    log = MessageLog("ack", state=attached(sink))
+    log = MessageLog("ack", logging=attached(sink))
     log.stream(b"hi there\r\n", None)
     log.stream(b"a\x1b[2J\\ \xff\xe2\x80\xa8\n", None)
     log.datagram(b"dgram\n", ("192.0.2.1", 5))
@@ -112,7 +112,7 @@ def test_message_lines_are_twistds_own_lines_byte_for_byte():
     original = messagelog.log.observer
     messagelog.log.observer = LogPublisher(events.append)
     try:
-        MessageLog("ack", state=LogState()).stream(b"hi there\r\n", IPv4Address("TCP", "192.0.2.1", 5))
+        MessageLog("ack", logging=MessageLogging()).stream(b"hi there\r\n", IPv4Address("TCP", "192.0.2.1", 5))
     finally:
         messagelog.log.observer = original
     events[0]["log_time"] = wall.when
@@ -133,7 +133,7 @@ def test_a_batch_mixing_plain_and_escaped_messages_keeps_order_and_escapes_each(
     messages = [b"plain\n", b"a\nb\n", b"no line end", b"again plain\n", b"back\\slash\n", b"\xff\n", b"\n",
                 b"crlf\r\n", b"last\n"]
     sink, output, clock, _ = makeSink()
-    log = MessageLog("ack", state=attached(sink))
+    log = MessageLog("ack", logging=attached(sink))
     for message in messages:
         log.stream(message, None)
     clock.advance(0)
@@ -151,7 +151,7 @@ def test_timestamp_is_formatted_once_per_second_and_right_across_the_boundary(mo
 
     monkeypatch.setattr(logsink, "formatTime", counting)
     sink, output, clock, wall = makeSink()
-    log = MessageLog("ack", state=attached(sink))
+    log = MessageLog("ack", logging=attached(sink))
     times = [1_700_000_000.0, 1_700_000_000.5, 1_700_000_000.999999, 1_700_000_001.0, 1_700_000_001.7,
              1_699_999_999.9]  # the last one: the wall clock stepped back
     for when in times:
@@ -168,7 +168,7 @@ def test_timestamp_is_formatted_once_per_second_and_right_across_the_boundary(mo
 
 def test_a_quiet_log_is_written_at_the_end_of_the_turn_a_busy_one_every_interval():
     sink, output, clock, _ = makeSink()
-    log = MessageLog("ack", state=attached(sink))
+    log = MessageLog("ack", logging=attached(sink))
     for i in range(3):
         log.stream(b"m%d\n" % i, None)
     assert output.writes == [] and len(clock.getDelayedCalls()) == 1
@@ -195,7 +195,7 @@ def test_a_quiet_log_is_written_at_the_end_of_the_turn_a_busy_one_every_interval
 def test_a_long_turn_writes_every_max_lines():
     sink, output, clock, _ = makeSink()
     sink.maxLines = 10
-    log = MessageLog("ack", state=attached(sink))
+    log = MessageLog("ack", logging=attached(sink))
     for _ in range(25):
         log.stream(b"m\n", None)
     assert [w.count(b"\n") for w in output.writes] == [10, 10]
@@ -214,13 +214,13 @@ def test_lines_outside_the_reactor_run_are_written_at_once():
             raise AssertionError("nobody would run it")
 
     sink, output, _, _ = makeSink(clock=Stopped())
-    MessageLog("ack", state=attached(sink)).stream(b"early\n", None)
+    MessageLog("ack", logging=attached(sink)).stream(b"early\n", None)
     assert output.text().endswith("Here is the message: early\n")
 
 
 def test_events_are_written_at_once_after_the_messages_before_them():
     sink, output, clock, _ = makeSink()
-    MessageLog("ack", state=attached(sink)).stream(b"first\n", None)
+    MessageLog("ack", logging=attached(sink)).stream(b"first\n", None)
     SinkObserver(sink)({"log_level": LogLevel.info, "log_namespace": "n", "log_format": "closing idle",
                         "log_time": 1.0})
     assert len(output.writes) == 1
@@ -231,7 +231,7 @@ def test_events_are_written_at_once_after_the_messages_before_them():
 
 def test_close_writes_what_is_left():
     sink, output, clock, _ = makeSink()
-    MessageLog("ack", state=attached(sink)).stream(b"last words\n", None)
+    MessageLog("ack", logging=attached(sink)).stream(b"last words\n", None)
     sink.close()
     assert output.text().endswith("Here is the message: last words\n")
 
@@ -243,7 +243,7 @@ def test_a_full_disk_drops_lines_reports_once_and_recovers():
     read, write = os.pipe()
     try:
         sink, output, clock, _ = makeSink(errorFd=write)
-        log = MessageLog("ack", state=attached(sink))
+        log = MessageLog("ack", logging=attached(sink))
         output.error = OSError(errno.ENOSPC, "No space left on device")
         for turn in range(3):
             log.stream(b"lost %d\n" % turn, None)
@@ -267,7 +267,7 @@ def test_dev_full_never_raises():
     with open("/dev/full", "wb", buffering=0) as full, open(os.devnull, "wb") as null:
         sink, _, clock, _ = makeSink(errorFd=null.fileno())
         sink.output = FdOutput(full.fileno())
-        log = MessageLog("ack", state=attached(sink))
+        log = MessageLog("ack", logging=attached(sink))
         for _ in range(5):
             log.stream(b"m\n", None)
             clock.advance(sink.interval)
@@ -281,7 +281,7 @@ def test_a_closed_pipe_is_given_up_for_good():
         sink, _, clock, _ = makeSink(errorFd=null.fileno())
         sink.output = FdOutput(write)
         try:
-            log = MessageLog("ack", state=attached(sink))
+            log = MessageLog("ack", logging=attached(sink))
             log.stream(b"m\n", None)
             clock.advance(0)
             assert sink.broken and sink.dropped == 1
@@ -315,12 +315,15 @@ def test_observer_writes_twisteds_text_lines_at_and_above_the_level():
     assert output.text() == "".join(formatEventAsClassicLogText(e) for e in _events()[1:])
 
 
-def test_a_filtered_first_event_still_attaches_the_message_path():
+def test_a_filtered_event_writes_nothing_and_message_lines_need_no_event_first():
     sink, output, clock, _ = makeSink()
-    state = LogState()
-    observer = SinkObserver(sink, LogLevel.warn, onAttach=lambda s: setattr(state, "sink", s))
+    observer = SinkObserver(sink, LogLevel.warn)
     observer(_events()[1])
-    assert state.sink is sink and output.writes == [] and clock.getDelayedCalls() == []
+    assert output.writes == [] and clock.getDelayedCalls() == []
+    # The message path is the sink handed over by the assembly: no event has to reach the observer first.
+    MessageLog("ack", logging=attached(sink)).stream(b"first\n", None)
+    clock.advance(0)
+    assert output.text().endswith("Here is the message: first\n")
 
 
 def test_journal_lines_carry_sd_daemon_priorities():
@@ -328,7 +331,7 @@ def test_journal_lines_carry_sd_daemon_priorities():
     observer = SinkObserver(sink, LogLevel.debug)
     for event in _events():
         observer(event)
-    MessageLog("ack", state=attached(sink)).stream(b"msg\n", None)
+    MessageLog("ack", logging=attached(sink)).stream(b"msg\n", None)
     clock.advance(sink.interval)
     lines = output.text().splitlines()
     assert [line[:3] for line in lines[:2]] == ["<7>", "<6>"]
@@ -361,9 +364,7 @@ def test_log_level_names():
 
 
 def test_above_info_the_message_log_is_off_and_asks_for_no_peer():
-    state = LogState()
-    configure(LogLevel.warn, state=state)
-    log = MessageLog("ack", state=state)
+    log = MessageLog("ack", logging=MessageLogging(level=LogLevel.warn))
 
     class Connection:
         asked = 0
@@ -376,21 +377,20 @@ def test_above_info_the_message_log_is_off_and_asks_for_no_peer():
     with capturedEvents(events):
         log.stream(b"unseen\n", quiet)
     assert not log.enabled and quiet.asked == 0 and events == []
-    configure(LogLevel.info, state=state)
     structured = Connection()
     with capturedEvents(events):
-        MessageLog("ack", state=state).stream(b"seen\n", structured)
+        MessageLog("ack", logging=MessageLogging(level=LogLevel.info)).stream(b"seen\n", structured)
     assert structured.asked == 1
     assert [(e["peer"], e["transport"]) for e in events] == [("/run/peer.sock", "unix")]
-    state.sink, written = makeSink()[:2]
+    sink, written = makeSink()[:2]
     text = Connection()
-    MessageLog("ack", state=state).stream(b"line\n", text)
+    MessageLog("ack", logging=attached(sink)).stream(b"line\n", text)
     assert text.asked == 0  # the text line shows no peer
 
 
 def test_json_and_text_loggers_filter_by_level(monkeypatch):
     state = LogState()
-    monkeypatch.setattr("sockd.observe.observers.STATE", state)
+    monkeypatch.setattr("sockd.observe.log.observers.STATE", state)
     events = _events()[:3]
     for level, expected in ((LogLevel.debug, 3), (LogLevel.info, 2), (LogLevel.warn, 1)):
         configure(level, state=state)
@@ -429,19 +429,28 @@ def test_destination_is_twistds_own():
     assert twistdDestination({"logFile": None, "fileLogObserverFactory": None}) is None  # twist
 
 
+def topService(observer: Any) -> SockdService:
+    """The top service as the assembly builds it, offering C{observer}."""
+    top = SockdService(task.Clock(), None, None, 5.0)
+    top.logObserver = observer
+    return top
+
+
 def test_the_observer_is_offered_as_the_applications_component(tmp_path):
-    made: list[Any] = []
-    service = MultiService()
-    offerObserver(service, lambda: made.append(object()) or made[-1])
+    made: list[Any] = [object(), object()]
+    service = topService(made[0])
     application = Application("sockd")
     service.setServiceParent(application)
     assert application.getComponent(ILogObserver) is made[0]
     assert service in list(IService(application))
     # A component set already (a .tac file's) wins.
-    other = MultiService()
-    offerObserver(other, lambda: made.append(object()) or made[-1])
+    other = topService(made[1])
     other.setServiceParent(application)
-    assert application.getComponent(ILogObserver) is made[0] and len(made) == 1
+    assert application.getComponent(ILogObserver) is made[0] and len(made) == 2
+    # Nothing to offer: nothing set.
+    bare, application = topService(None), Application("sockd")
+    bare.setServiceParent(application)
+    assert application.getComponent(ILogObserver, None) is None
 
 
 def test_sink_observer_writes_twistds_log_file_every_turn_and_after_shutdown(tmp_path, monkeypatch):
@@ -453,13 +462,13 @@ def test_sink_observer_writes_twistds_log_file_every_turn_and_after_shutdown(tmp
 
     reactor = MemoryReactorClock()
     reactor.running = True
-    state = LogState()
     path = tmp_path / "twistd.log"
-    observer = makeSinkObserver(("file", str(path)), reactor, state)
-    assert state.sink is None  # not yet installed by twistd: messages stay events
+    logging = plan(type("Options", (), {"parent": _parent("-n", "--logfile", str(path))})(), reactor,
+                   state=LogState())
+    observer = logging.observer
+    assert isinstance(observer, SinkObserver) and logging.sink is observer.sink  # one sink: events and messages
     observer({"log_level": LogLevel.info, "log_namespace": "n", "log_format": "up", "log_time": 1.0})
-    assert state.sink is observer.sink
-    log = MessageLog("ack", state=state)
+    log = MessageLog("ack", logging=logging)
     assert path.read_text().count("\n") == 1  # an event: written at once
     log.stream(b"one\n", None)
     assert path.read_text().count("\n") == 1
@@ -491,26 +500,26 @@ def test_syslog_gets_twistds_own_observer_behind_the_level_filter(monkeypatch):
     state = LogState()
     configure(LogLevel.warn, state=state)
     options = type("Options", (), {"parent": _parent("-n", "--syslog", "--prefix", "sockd-test")})()
-    service = MultiService()
-    setUp(options, service, task.Clock(), state)
+    logging = plan(options, task.Clock(), state=state)
+    service = topService(logging.observer)
     application = Application("sockd")
     service.setServiceParent(application)
     observer = application.getComponent(ILogObserver)
     for level in (LogLevel.info, LogLevel.warn):
         observer({"log_level": level, "log_namespace": "n", "log_format": level.name, "log_time": 1.0})
     assert [(e["prefix"], e["log_format"]) for e in sent] == [("sockd-test", "warn")]
-    assert state.sink is None  # messages stay structured events
+    assert logging.sink is None  # messages stay structured events
     # A --logger of the user's own: sockd offers nothing, twistd uses the user's choice.
-    other, application = MultiService(), Application("sockd")
+    application = Application("sockd")
     mine = _parent("-n", "--syslog", "--logger", "sockd.logging.textLogger")
-    setUp(type("Options", (), {"parent": mine})(), other, task.Clock(), state)
+    other = topService(plan(type("Options", (), {"parent": mine})(), task.Clock(), state=state).observer)
     other.setServiceParent(application)
     assert application.getComponent(ILogObserver, None) is None
 
 
 def test_lines_from_a_worker_are_written_in_order_with_our_own():
     sink, output, clock, wall = makeSink()
-    log = MessageLog("ack", state=attached(sink))
+    log = MessageLog("ack", logging=attached(sink))
     log.stream(b"ours first\n", None)
     sink.lines(b"a worker's line\nand another\n")
     log.stream(b"ours after\n", None)

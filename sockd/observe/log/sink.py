@@ -16,12 +16,15 @@ a line written at the end of a quiet turn goes out at once, but under load a
 write per reactor turn (one system call per few messages) would cost more than
 the messages themselves, so lines then wait up to 10 ms for the next write.
 
-The message lines of L{sockd.observe.messagelog} skip the event machinery
+The message lines of L{sockd.observe.log.messages} skip the event machinery
 altogether: L{LineSink.message} appends the line twistd would have written,
-with a timestamp formatted once per second.  They do so only once
-L{SinkObserver} is the observer twistd actually installed (its first event
-says so): with C{--logger X}, C{--syslog} or C{twist} nobody calls it, and the
-messages stay ordinary C{twisted.logger} events with their structured fields.
+with a timestamp formatted once per second.  The sink is their one hook
+(L{sockd.interfaces.IMessageSink}): the assembly builds it, with its
+L{SinkObserver}, only where sockd writes twistd's log itself
+(L{sockd.observe.log.setup}), hands the observer to twistd and the sink to
+every message log.  With C{--logger X}, C{--syslog} or C{twist} there is no
+sink, and the messages stay ordinary C{twisted.logger} events with their
+structured fields.
 
 A log that cannot be written (disk full, a closed pipe) drops lines, counts
 them and says so once on standard error; it never raises into the protocol
@@ -45,8 +48,9 @@ from typing import Any, Protocol
 from twisted.logger import FilteringLogObserver, ILogObserver, LogLevel, LogLevelFilterPredicate, formatTime
 from zope.interface import implementer
 
-from sockd.observe.messagetext import PLAIN, messageText
-from sockd.observe.observers import ClassicText
+from sockd.interfaces import IMessageSink
+from sockd.observe.log.observers import ClassicText
+from sockd.observe.log.text import PLAIN, messageText
 
 #: sd-daemon(3) priorities of Twisted's levels.
 PRIORITIES: dict[Any, int] = {
@@ -97,6 +101,7 @@ class FdOutput:
             view = view[written:]
 
 
+@implementer(IMessageSink)
 class LineSink:
     """Log lines buffered in memory and written once per reactor turn, never raising.
 
@@ -253,24 +258,15 @@ class SinkObserver:
     """twistd's text lines (C{textFileLogObserver}'s format) into a L{LineSink}, filtered by level.
 
     Each event is written at once (after the message lines buffered before it).
-
-    Its first event means twistd installed it: from then on the message lines
-    go to the sink directly (L{attached}).
+    The message lines reach the same sink without it (L{LineSink.message}).
     """
 
-    def __init__(self, sink: LineSink, level: Any = LogLevel.info,
-                 onAttach: Callable[[LineSink], None] | None = None) -> None:
+    def __init__(self, sink: LineSink, level: Any = LogLevel.info) -> None:
         self.sink = sink
-        self.attached = False
-        self.onAttach = onAttach
         self._format = ClassicText()
         self._filtered = FilteringLogObserver(self._write, [LogLevelFilterPredicate(level)])
 
     def __call__(self, event: dict[str, Any]) -> None:
-        if not self.attached:
-            self.attached = True
-            if self.onAttach is not None:
-                self.onAttach(self.sink)
         self._filtered(event)
 
     def _write(self, event: dict[str, Any]) -> None:

@@ -5,12 +5,17 @@ with, in order: the C{--logger} factory, an C{ILogObserver} component of the
 application, or its own observer for C{--logfile} / C{--syslog} / standard
 output (C{twisted.application.app.AppLogger.start}).  When the user chose
 none of the destinations twistd handles itself (no C{--logger}, no
-C{--syslog}), sockd offers a L{SinkObserver} as that component, writing where
-twistd would have written: the same C{LogFile} twistd would have opened
-(1 MB rotation, C{SIGUSR1}), or standard output under C{-n}.  Otherwise
+C{--syslog}), sockd builds a L{SinkObserver} for that component, writing where
+twistd would have written: the same file (rotated by size and on C{SIGUSR1},
+L{sockd.observe.log.files}), or standard output under C{-n}.  Otherwise
 (C{--logger}, C{--syslog}, C{twist}, a C{.tac} file) the message log stays a
 stream of C{twisted.logger} events; with C{--syslog} sockd offers twistd's own
 syslog observer behind the level filter.
+
+L{plan} decides once, before the services are built, and returns the
+L{MessageLogging} the assembly hands to every message log: the sink (the
+fast path) and the observer the top service offers twistd when it joins the
+application (L{sockd.runtime.daemon.SockdService.setServiceParent}).
 
 C{--log-level} is applied by every observer sockd makes (this one, and
 C{sockd.logging.jsonLogger}/C{textLogger}), with C{twisted.logger}'s
@@ -21,15 +26,14 @@ from __future__ import annotations
 
 import atexit
 import signal
-from collections.abc import Callable
 from typing import Any
 
-from twisted.logger import FilteringLogObserver, ILogObserver, LegacyLogObserverWrapper, LogLevelFilterPredicate
-from twisted.python.components import Componentized
+from twisted.logger import FilteringLogObserver, LegacyLogObserverWrapper, LogLevelFilterPredicate
 from twisted.python.logfile import LogFile
 
-from sockd.observe.logsink import FdOutput, LineSink, Output, SinkObserver, isJournal, standardOutput
-from sockd.observe.logstate import STATE, LogState
+from sockd.observe.log.level import STATE, LogState
+from sockd.observe.log.messages import MessageLogging
+from sockd.observe.log.sink import FdOutput, LineSink, Output, SinkObserver, isJournal, standardOutput
 
 
 def twistdDestination(parent: Any) -> tuple[str, str] | None:
@@ -53,7 +57,7 @@ def twistdDestination(parent: Any) -> tuple[str, str] | None:
     return ("file", logfile or "twistd.log")
 
 
-def _rotateOnSIGUSR1(reactor: Any, sink: LineSink, logFile: LogFile) -> None:
+def _rotateOnSIGUSR1(reactor: Any, sink: LineSink, logFile: Any) -> None:
     """As twistd does for its own LogFile: SIGUSR1 rotates, unless someone handles SIGUSR1 already."""
     if signal.getsignal(signal.SIGUSR1):
         return
@@ -81,38 +85,16 @@ def makeSinkObserver(destination: tuple[str, str], reactor: Any, state: LogState
         _rotateOnSIGUSR1(reactor, sink, logFile)
     reactor.addSystemEventTrigger("after", "shutdown", sink.flush)
     atexit.register(sink.close)
-
-    def attach(attached: LineSink) -> None:
-        state.sink = attached
-
-    return SinkObserver(sink, state.level, onAttach=attach)
+    return SinkObserver(sink, state.level)
 
 
-def workerMessageSink(fd: int, journal: bool, reactor: Any, state: LogState = STATE) -> LineSink:
+def workerMessageSink(fd: int, journal: bool, reactor: Any) -> LineSink:
     """A C{--workers} child's message lines, formatted here and written to descriptor C{fd}, which its parent
     copies into its own log as they come (L{LineSink.lines}): no event per message on either side."""
     sink = LineSink(FdOutput(fd), reactor, journal=journal)
     reactor.addSystemEventTrigger("after", "shutdown", sink.flush)
     atexit.register(sink.close)
-    state.sink = sink
     return sink
-
-
-def offerObserver(service: Any, makeObserver: Callable[[], SinkObserver]) -> None:
-    """Offer twistd an C{ILogObserver} component when C{service} joins the application.
-
-    The plugin's C{makeService} never sees the application; twistd passes it
-    to the returned service's C{setServiceParent} (C{createOrGetApplication}),
-    before it starts logging.  A component already set (a C{.tac} file's) wins.
-    """
-    original = service.setServiceParent
-
-    def setServiceParent(parent: Any) -> Any:
-        if isinstance(parent, Componentized) and parent.getComponent(ILogObserver, None) is None:
-            parent.setComponent(ILogObserver, makeObserver())
-        return original(parent)
-
-    service.setServiceParent = setServiceParent
 
 
 def makeSyslogObserver(prefix: str, state: LogState = STATE) -> Any:
@@ -123,20 +105,25 @@ def makeSyslogObserver(prefix: str, state: LogState = STATE) -> Any:
                                 [LogLevelFilterPredicate(state.level)])
 
 
-def setUp(options: Any, service: Any, reactor: Any, state: LogState = STATE) -> None:
-    """sockd's logging for one C{twistd sockd}: the level, and the fast observer where twistd allows it.
+def plan(options: Any, reactor: Any, worker: dict[str, Any] | None = None, state: LogState = STATE) -> MessageLogging:
+    """sockd's logging for one C{twistd sockd}: the fast sink and its observer where twistd allows it.
 
-    With C{--syslog}, the observer offered is twistd's own syslog observer
-    behind the level filter (twistd would not apply C{--log-level}); the
-    messages stay events.
+    A C{--workers} child (C{worker}) whose parent writes its own log gets a
+    sink writing finished lines to the pipe its parent reads.  With
+    C{--syslog}, the observer is twistd's own syslog observer behind the level
+    filter (twistd would not apply C{--log-level}); the messages stay events.
     """
+    messages = worker.get("messages") if worker is not None else None
+    if messages is not None:
+        return MessageLogging(workerMessageSink(messages["fd"], messages["journal"], reactor), state.level)
     parent = getattr(options, "parent", None)
     destination = twistdDestination(parent)
     if destination is not None:
-        offerObserver(service, lambda: makeSinkObserver(destination, reactor, state))
-    elif parent is not None and "nodaemon" in parent and parent.get("syslog") and not parent.get("logger"):
-        offerObserver(service, lambda: makeSyslogObserver(parent.get("prefix") or "twisted", state))
+        observer = makeSinkObserver(destination, reactor, state)
+        return MessageLogging(observer.sink, state.level, observer)
+    if parent is not None and "nodaemon" in parent and parent.get("syslog") and not parent.get("logger"):
+        return MessageLogging(None, state.level, makeSyslogObserver(parent.get("prefix") or "twisted", state))
+    return MessageLogging(None, state.level)
 
 
-__all__ = ["makeSinkObserver", "makeSyslogObserver", "offerObserver", "setUp", "twistdDestination",
-           "workerMessageSink"]
+__all__ = ["makeSinkObserver", "makeSyslogObserver", "plan", "twistdDestination", "workerMessageSink"]

@@ -19,9 +19,9 @@ C{str.format_map}; any other event goes through Twisted's own formatter.
     twistd -n --pidfile= --logger sockd.logging.textLogger sockd
 
 Both pass on only events at or above sockd's C{--log-level}
-(L{sockd.observe.logstate}), with C{twisted.logger}'s own level filter.
+(L{sockd.observe.log.level}), with C{twisted.logger}'s own level filter.
 sockd's default observer (no C{--logger}) is cheaper still, see
-L{sockd.observe.logsink}.
+L{sockd.observe.log.sink}.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from twisted.logger import (
     timeFormatRFC3339,
 )
 
-from sockd.observe.logstate import STATE
+from sockd.observe.log.level import STATE
 
 _SCALARS = (str, int, float, bool, type(None))
 _SKIP = {"format", "message", "isError", "system", "time", "printed"}
