@@ -85,7 +85,8 @@ class Assembly:
         #: This daemon's counts and their registry, handed to everything that counts.
         self.metrics = Metrics()
         #: How messages are logged (the sink of the fast path, or events), handed to every message log.
-        self.logging = plan(options, reactor, self.worker)
+        self.logging = plan(options, reactor, self.worker, settings=settings)
+        self.metrics.logging = self.logging
         self.context = Context(settings, reactor, QuotePicker(_quotes(settings)), logging=self.logging)
         #: The daemon's admission and datagram rules: those of every service without a table of its own.
         self.admission = Admission(settings, reactor.seconds)
@@ -233,6 +234,8 @@ class Assembly:
         self.context.quotes.quotes = quotes
         self.admission.reconfigure(settings)
         self.datagramPolicy.reconfigure(settings)
+        if self.logging.limiter is not None:
+            self.logging.limiter.reconfigure(settings.log_rate, settings.log_burst)
         self._configureServices(serviceSettings)
         self.top.grace = settings.grace
         wanted = list(dict.fromkeys(active))

@@ -65,6 +65,7 @@ class IMessageSink(Interface):
     """
 
     journal = Attribute("Whether lines carry sd-daemon(3) priorities (the output is the journal).")
+    dropped = Attribute("Lines that could not be written (disk full, closed pipe) and are gone.")
 
     def message(tail: bytes, message: bytes) -> None:
         """Append one message line: the timestamp, then C{tail}, then the message escaped."""

@@ -47,6 +47,7 @@ VALUES: dict[str, tuple[str, tuple[str, ...]] | None] = {
     "deny": ("cidr", ()),
     "exempt": ("words", ("none", "127.0.0.0/8", "::1/128")),
     "log-level": ("words", ("debug", "info", "warn", "error", "critical")),
+    "log-max-size": ("words", ("1M", "10M", "100M")),
     "worker": None,
 }
 

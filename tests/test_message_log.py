@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from twisted.application.service import Application, IService
 from twisted.internet import task
-from twisted.internet.address import IPv4Address, UNIXAddress
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.logger import (
     ILogObserver,
     LogLevel,
@@ -31,9 +31,13 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 from twisted.scripts.twistd import ServerOptions
 
+from sockd.config.settings import byteSize
+from sockd.observe.log import limit
 from sockd.observe.log import messages as messagelog
 from sockd.observe.log import sink as logsink
+from sockd.observe.log.files import CappedLogFile
 from sockd.observe.log.level import LogState, configure, parseLevel
+from sockd.observe.log.limit import OTHERS, UNIX, MessageLimiter, sourceOf
 from sockd.observe.log.messages import MessageLog, MessageLogging, messageText, withoutLineEnd
 from sockd.observe.log.observers import jsonLogger, textLogger
 from sockd.observe.log.setup import plan, twistdDestination
@@ -527,3 +531,225 @@ def test_lines_from_a_worker_are_written_in_order_with_our_own():
     lines = output.text().splitlines()
     assert [line.split(": ", 1)[-1] for line in lines] == ["ours first", "a worker's line", "and another",
                                                             "ours after"]
+
+
+# -- the ceiling: per-source rate, capped files, short writes ------------------------------------------------------
+
+
+class Peer:
+    """A connection as the message log sees it: C{getPeer()} gives its address."""
+
+    def __init__(self, host: str) -> None:
+        self.address = IPv4Address("TCP", host, 5000)
+
+    def getPeer(self) -> IPv4Address:
+        return self.address
+
+
+def test_each_source_logs_its_burst_then_its_rate_and_the_rest_is_summarised():
+    clock = task.Clock()
+    limiter = MessageLimiter(rate=10, burst=50, clock=clock)
+    sink, output, sinkClock, _ = makeSink()
+    log = MessageLog("ack", logging=MessageLogging(sink, limiter=limiter))
+    flooder, other = Peer("192.0.2.1"), Peer("192.0.2.2")
+    for i in range(200):
+        log.stream(b"f%d\n" % i, flooder)
+    log.stream(b"other\n", other)  # another source has its own bucket
+    log.datagram(b"dgram\n", ("192.0.2.1", 7))  # the flooder's datagrams share its bucket
+    clock.advance(1.0)  # one second: ten more
+    for i in range(200, 230):
+        log.stream(b"f%d\n" % i, flooder)
+    sinkClock.advance(1)
+    texts = [line.split(": ", 1)[1] for line in output.text().splitlines()]
+    assert texts == [f"f{i}" for i in range(50)] + ["other"] + [f"f{i}" for i in range(200, 210)]
+    assert limiter.suppressed == 150 + 1 + 20 and MessageLogging(sink, limiter=limiter).suppressed == 171
+    events: list[dict[str, Any]] = []
+    with capturedEvents(events), capturedLimiterEvents(events):
+        clock.advance(limiter.interval - 1)  # the interval began with the first line held back
+    assert [formatEvent(e) for e in events] == ["suppressed 171 messages from 192.0.2.1 in the last 10 s"]
+    assert (events[0]["source"], events[0]["count"]) == ("192.0.2.1", 171)
+    assert clock.getDelayedCalls() == []  # no timer while nothing is held back
+    clock.advance(100)
+    log.stream(b"again\n", flooder)  # the bucket filled up again meanwhile
+    sinkClock.advance(1)
+    assert output.text().endswith("Here is the message: again\n")
+
+
+def test_summaries_use_thousands_separators_and_report_at_shutdown():
+    clock = task.Clock()
+    limiter = MessageLimiter(rate=100, burst=1000, clock=clock)
+    for _ in range(49_211 + 1000):
+        limiter.allowPeer(Peer("127.0.0.1"))
+    events: list[dict[str, Any]] = []
+    clock.advance(3)
+    with capturedLimiterEvents(events):
+        limiter.report()  # what the shutdown trigger calls
+    assert [formatEvent(e) for e in events] == ["suppressed 49,211 messages from 127.0.0.1 in the last 3 s"]
+    assert clock.getDelayedCalls() == []
+
+
+def test_the_source_table_is_bounded_and_newcomers_share_one_bucket():
+    clock = task.Clock()
+    limiter = MessageLimiter(rate=1, burst=2, clock=clock)
+    limiter.maxSources = 4
+    allowed = [limiter.allow(f"10.0.0.{i}") for i in range(4)]
+    # 100 more addresses, 3 lines each: together they get one burst, not 100.
+    allowed += [limiter.allow(f"10.0.1.{i}") for i in range(100) for _ in range(3)]
+    assert allowed.count(True) == 4 + 2 and len(limiter._due) <= limiter.maxSources + 1
+    events: list[dict[str, Any]] = []
+    with capturedLimiterEvents(events):
+        clock.advance(limiter.interval)  # every bucket is full again by the summary, which prunes the table
+    assert [e["source"] for e in events] == [OTHERS] and limiter._due == {}
+    assert limiter.allow("10.0.2.1")
+
+
+def test_sources_of_peers():
+    assert sourceOf(Peer("192.0.2.9")) == "192.0.2.9"
+    assert sourceOf(IPv6Address("TCP", "::1", 5)) == "::1"
+    assert sourceOf(("198.51.100.1", 7)) == "198.51.100.1"
+    assert sourceOf(UNIXAddress(b"/run/x.sock")) == UNIX == sourceOf(None)
+
+
+def test_a_reload_to_rate_zero_lifts_the_limit():
+    limiter = MessageLimiter(rate=1, burst=1, clock=task.Clock())
+    assert [limiter.allow("a") for _ in range(3)] == [True, False, False]
+    limiter.reconfigure(0, 1)
+    assert all(limiter.allow("a") for _ in range(10_000))
+
+
+@contextlib.contextmanager
+def capturedLimiterEvents(events: list[dict[str, Any]]) -> Iterator[None]:
+    """The limiter's summaries go to C{events} meanwhile."""
+    original = limit.log.observer
+    limit.log.observer = LogPublisher(events.append)
+    try:
+        yield
+    finally:
+        limit.log.observer = original
+
+
+def lines(path: Any) -> list[str]:
+    return path.read_text().splitlines()
+
+
+def test_log_files_rotate_by_size_keep_a_bounded_number_and_never_split_a_line(tmp_path):
+    path = tmp_path / "sockd.log"
+    logFile = CappedLogFile(str(path), maxSize=1000, maxFiles=3)
+    written = [b"line %05d %s\n" % (i, b"x" * (i % 40)) for i in range(2000)]
+    for start in range(0, len(written), 37):
+        logFile.write(b"".join(written[start:start + 37]))
+    files = sorted(tmp_path.iterdir(), key=lambda p: int(p.suffix[1:]) if p.suffix[1:].isdigit() else 1 << 30)
+    assert [p.name for p in files][-1] == "sockd.log" and len(files) == 3
+    assert all(p.stat().st_size <= 1000 for p in files)
+    kept = b"".join(p.read_bytes() for p in files)
+    assert kept.endswith(b"".join(written[-10:])) and b"".join(written).endswith(kept)  # whole lines, in order
+
+
+def test_a_rotation_is_one_rename_and_at_most_one_unlink_however_many_are_kept(tmp_path, monkeypatch):
+    path = tmp_path / "sockd.log"
+    logFile = CappedLogFile(str(path), maxSize=0, maxFiles=50)
+    calls: list[str] = []
+    rename, unlink = os.rename, os.unlink
+    monkeypatch.setattr(os, "rename", lambda a, b: calls.append("rename") or rename(a, b))
+    monkeypatch.setattr(os, "unlink", lambda a: calls.append("unlink") or unlink(a))
+    for i in range(120):
+        logFile.write(b"rotation %d\n" % i)
+        calls.clear()
+        logFile.rotate()
+        assert calls == (["rename"] if i < 49 else ["rename", "unlink"])
+    assert len(list(tmp_path.iterdir())) == 50  # 49 rotated and the current one
+    assert (tmp_path / "sockd.log.120").read_text() == "rotation 119\n"
+    logFile.rotate()  # an empty current file: nothing to rotate
+    assert not (tmp_path / "sockd.log.121").exists()
+
+
+def test_files_left_by_an_earlier_run_count_towards_the_limit(tmp_path):
+    for number in range(1, 8):
+        (tmp_path / f"sockd.log.{number}").write_text(f"old {number}\n")
+    (tmp_path / "sockd.log.notes").write_text("not ours\n")
+    logFile = CappedLogFile(str(tmp_path / "sockd.log"), maxSize=100, maxFiles=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sockd.log", "sockd.log.6", "sockd.log.7", "sockd.log.notes"]
+    logFile.write(b"new\n")
+    logFile.rotate()
+    assert (tmp_path / "sockd.log.8").read_text() == "new\n" and not (tmp_path / "sockd.log.6").exists()
+
+
+class ShortWrites:
+    """An C{os.write} that writes at most C{most} bytes a call, and fails with C{error} after C{budget} bytes."""
+
+    def __init__(self, most: int, budget: int | None = None, error: int = errno.ENOSPC) -> None:
+        self.most = most
+        self.budget = budget
+        self.error = error
+
+    def __call__(self, fd: int, data: Any) -> int:
+        size = min(len(data), self.most)
+        if self.budget is not None:
+            if self.budget == 0:
+                raise OSError(self.error, os.strerror(self.error))
+            size = min(size, self.budget)
+            self.budget -= size
+        return os.write(fd, bytes(data[:size]))
+
+
+def test_short_writes_are_finished(tmp_path):
+    path = tmp_path / "sockd.log"
+    sink, _, clock, _ = makeSink()
+    sink.output = CappedLogFile(str(path), 0, 0, write=ShortWrites(7))
+    log = MessageLog("ack", logging=attached(sink))
+    for i in range(100):
+        log.stream(b"message %d\n" % i, None)
+    clock.advance(0)
+    assert [line.split(": ", 1)[1] for line in lines(path)] == [f"message {i}" for i in range(100)]
+    assert sink.dropped == 0
+
+
+def test_a_write_failing_part_way_counts_what_is_lost_and_splices_no_line(tmp_path):
+    path = tmp_path / "sockd.log"
+    with open(os.devnull, "wb") as null:
+        sink, _, clock, _ = makeSink(errorFd=null.fileno())
+        full = ShortWrites(1000, budget=150)  # the disk fills up in the middle of the third line
+        sink.output = CappedLogFile(str(path), 0, 0, write=full)
+        log = MessageLog("ack", logging=attached(sink))
+        for i in range(10):
+            log.stream(b"first batch %d\n" % i, None)
+        clock.advance(0)
+        kept = lines(path)
+        assert path.read_bytes().endswith(b"\n") and all(line.endswith(f"first batch {i}")
+                                                         for i, line in enumerate(kept))
+        assert len(kept) + sink.dropped == 10 and sink.dropped >= 8
+        full.budget = None  # space again
+        log.stream(b"after\n", None)
+        clock.advance(sink.interval)
+        assert lines(path)[:-1] == kept and lines(path)[-1].endswith("Here is the message: after")
+
+
+def test_a_pipe_that_fails_part_way_gets_the_half_line_ended(tmp_path):
+    read, write = os.pipe()
+    try:
+        with open(os.devnull, "wb") as null:
+            sink, _, clock, _ = makeSink(errorFd=null.fileno())
+            failing = ShortWrites(1000, budget=60, error=errno.EAGAIN)
+            sink.output = FdOutput(write, write=failing)
+            log = MessageLog("ack", logging=attached(sink))
+            for i in range(4):
+                log.stream(b"piped %d\n" % i, None)
+            clock.advance(0)
+            failing.budget = None
+            log.stream(b"next\n", None)
+            clock.advance(sink.interval)
+        text = os.read(read, 65536).decode()
+    finally:
+        os.close(read)
+        os.close(write)
+    half, rest = text.split("\n", 1)
+    assert len(half) == 60 and rest.endswith("Here is the message: next\n") and rest.count("\n") == 1
+    assert sink.dropped == 4
+
+
+def test_sizes_take_suffixes():
+    assert [byteSize(t) for t in ("65536", "512K", "10M", "1g", "10MiB", "0")] == [
+        65536, 512 << 10, 10 << 20, 1 << 30, 10 << 20, 0]
+    for bad in ("", "M", "-1", "1.5M", "ten"):
+        with pytest.raises(ValueError):
+            byteSize(bad)

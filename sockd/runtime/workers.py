@@ -62,6 +62,8 @@ def shareLimits(settings: Settings, workers: int) -> Settings:
         udp_rate=rate(settings.udp_rate),
         udp_burst=max(1, math.ceil(settings.udp_burst / workers)),
         udp_budget=rate(settings.udp_budget),
+        log_rate=rate(settings.log_rate),
+        log_burst=max(1, math.ceil(settings.log_burst / workers)),
     )
 
 

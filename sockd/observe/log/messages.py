@@ -10,13 +10,16 @@ and handed to every message log by the assembly in a L{MessageLogging}:
 
  - sockd writes twistd's log itself (twistd's default destinations): the
    line is appended to its sink as text, with no event at all
-   (L{sockd.interfaces.IMessageSink}, L{sockd.observe.log.sink.LineSink.message}),
-   the peer not even asked for;
+   (L{sockd.interfaces.IMessageSink}, L{sockd.observe.log.sink.LineSink.message});
  - any other observer (C{--logger sockd.logging.jsonLogger}, C{--syslog},
    C{twist}, tests): a structured C{twisted.logger} event with the service,
    transport, peer and size.  It is built here and handed straight to the
    logger's observer (the global publisher): the dictionary C{Logger.emit}
    would build, less the work C{emit} repeats for every event.
+
+Either way, each source's lines pass a token bucket first
+(L{sockd.observe.log.limit}, C{--log-rate}/C{--log-burst}): the lines over it
+are counted and summarised, not written.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from twisted.logger import Logger, LogLevel
 
 from sockd.interfaces import IMessageSink
 from sockd.observe.addresses import formatAddress, transportOf
+from sockd.observe.log.limit import MessageLimiter, sourceOf
 from sockd.observe.log.text import messageText, withoutLineEnd
 
 NAMESPACE = "sockd.messages"
@@ -50,12 +54,25 @@ class MessageLogging:
     @ivar level: the process's least logged level; above info, no message is logged.
     @ivar observer: the log observer that writes into C{sink}, for twistd to
         install (offered by the top service when it joins the application).
+    @ivar limiter: the per-source ceiling on message lines, or L{None} (no limit).
     """
 
-    def __init__(self, sink: IMessageSink | None = None, level: Any = LogLevel.info, observer: Any = None) -> None:
+    def __init__(self, sink: IMessageSink | None = None, level: Any = LogLevel.info, observer: Any = None,
+                 limiter: MessageLimiter | None = None) -> None:
         self.sink = sink
         self.level = level
         self.observer = observer
+        self.limiter = limiter
+
+    @property
+    def suppressed(self) -> int:
+        """Message lines held back by the limiter since start."""
+        return self.limiter.suppressed if self.limiter is not None else 0
+
+    @property
+    def dropped(self) -> int:
+        """Log lines the sink could not write since start (disk full, closed pipe)."""
+        return self.sink.dropped if self.sink is not None else 0
 
     @property
     def messagesWanted(self) -> bool:
@@ -78,6 +95,7 @@ class MessageLog:
         self.service = service
         self.enabled = enabled and logging.messagesWanted
         self._sink = logging.sink
+        self._limiter = logging.limiter
 
     def _emit(self, format: str, message: bytes, transport: str, peer: object) -> None:
         """What C{log.info(format, message=..., service=..., transport=..., peer=..., bytes=...)} emits."""
@@ -109,6 +127,9 @@ class MessageLog:
         address, or its text.  C{transport} goes only into the structured event.
         """
         if self.enabled:
+            limiter = self._limiter
+            if limiter is not None and not limiter.allowPeer(peer):
+                return
             sink = self._sink
             if sink is not None:
                 sink.message(STREAM_TAIL, message)
@@ -118,6 +139,9 @@ class MessageLog:
     def datagram(self, message: bytes, peer: object) -> None:
         """Log one datagram as the tutorial's datagram server prints it."""
         if self.enabled:
+            limiter = self._limiter
+            if limiter is not None and not limiter.allow(peer[0] if type(peer) is tuple else sourceOf(peer)):
+                return
             sink = self._sink
             if sink is not None:
                 sink.message(DATAGRAM_TAIL, message)

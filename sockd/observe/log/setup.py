@@ -6,8 +6,9 @@ application, or its own observer for C{--logfile} / C{--syslog} / standard
 output (C{twisted.application.app.AppLogger.start}).  When the user chose
 none of the destinations twistd handles itself (no C{--logger}, no
 C{--syslog}), sockd builds a L{SinkObserver} for that component, writing where
-twistd would have written: the same file (rotated by size and on C{SIGUSR1},
-L{sockd.observe.log.files}), or standard output under C{-n}.  Otherwise
+twistd would have written: the same file (but rotated by size and on
+C{SIGUSR1}, a bounded number kept: L{sockd.observe.log.files}), or standard
+output under C{-n}.  Otherwise
 (C{--logger}, C{--syslog}, C{twist}, a C{.tac} file) the message log stays a
 stream of C{twisted.logger} events; with C{--syslog} sockd offers twistd's own
 syslog observer behind the level filter.
@@ -29,9 +30,11 @@ import signal
 from typing import Any
 
 from twisted.logger import FilteringLogObserver, LegacyLogObserverWrapper, LogLevelFilterPredicate
-from twisted.python.logfile import LogFile
 
+from sockd.config.settings import Settings
+from sockd.observe.log.files import CappedLogFile
 from sockd.observe.log.level import STATE, LogState
+from sockd.observe.log.limit import MessageLimiter
 from sockd.observe.log.messages import MessageLogging
 from sockd.observe.log.sink import FdOutput, LineSink, Output, SinkObserver, isJournal, standardOutput
 
@@ -57,27 +60,34 @@ def twistdDestination(parent: Any) -> tuple[str, str] | None:
     return ("file", logfile or "twistd.log")
 
 
-def _rotateOnSIGUSR1(reactor: Any, sink: LineSink, logFile: Any) -> None:
+def _rotateOnSIGUSR1(reactor: Any, sink: LineSink, logFile: CappedLogFile) -> None:
     """As twistd does for its own LogFile: SIGUSR1 rotates, unless someone handles SIGUSR1 already."""
     if signal.getsignal(signal.SIGUSR1):
         return
 
     def rotate() -> None:
         sink.flush()
-        logFile.rotate()
+        try:
+            logFile.rotate()
+        except OSError as e:  # lines go on into the current file
+            sink.write(f"sockd: cannot rotate the log: {e}\n")
 
     signal.signal(signal.SIGUSR1, lambda signum, frame: reactor.callFromThread(rotate))
 
 
-def makeSinkObserver(destination: tuple[str, str], reactor: Any, state: LogState = STATE) -> SinkObserver:
-    """The observer (and its sink) for twistd's destination, flushed at shutdown and at exit."""
+def makeSinkObserver(destination: tuple[str, str], reactor: Any, state: LogState = STATE,
+                     maxSize: int = 10 << 20, maxFiles: int = 10) -> SinkObserver:
+    """The observer (and its sink) for twistd's destination, flushed at shutdown and at exit.
+
+    A file is rotated at C{maxSize} bytes and on C{SIGUSR1}, C{maxFiles} kept (L{CappedLogFile}).
+    """
     kind, path = destination
     output: Output
     if kind == "stdout":
         output = standardOutput()
         journal = isJournal(1)
     else:
-        logFile = LogFile.fromFullPath(path)
+        logFile = CappedLogFile(path, maxSize, maxFiles)
         output = logFile
         journal = False
     sink = LineSink(output, reactor, journal=journal)
@@ -105,25 +115,43 @@ def makeSyslogObserver(prefix: str, state: LogState = STATE) -> Any:
                                 [LogLevelFilterPredicate(state.level)])
 
 
-def plan(options: Any, reactor: Any, worker: dict[str, Any] | None = None, state: LogState = STATE) -> MessageLogging:
+def makeLimiter(settings: Any, reactor: Any) -> MessageLimiter:
+    """The per-source ceiling on message lines (C{--log-rate 0}: none, until a reload sets one).
+
+    Its last summary is written at shutdown.
+    """
+    limiter = MessageLimiter(settings.log_rate, settings.log_burst, reactor)
+    if hasattr(reactor, "addSystemEventTrigger"):
+        reactor.addSystemEventTrigger("before", "shutdown", limiter.report)
+    return limiter
+
+
+def plan(options: Any, reactor: Any, worker: dict[str, Any] | None = None, state: LogState = STATE,
+         settings: Settings | None = None) -> MessageLogging:
     """sockd's logging for one C{twistd sockd}: the fast sink and its observer where twistd allows it.
 
     A C{--workers} child (C{worker}) whose parent writes its own log gets a
     sink writing finished lines to the pipe its parent reads.  With
     C{--syslog}, the observer is twistd's own syslog observer behind the level
     filter (twistd would not apply C{--log-level}); the messages stay events.
+    Whatever the destination, message lines pass the per-source limit of
+    C{settings} (C{--log-rate}, C{--log-burst}; default: sockd's defaults).
     """
+    settings = settings if settings is not None else Settings()
+    limiter = makeLimiter(settings, reactor)
     messages = worker.get("messages") if worker is not None else None
     if messages is not None:
-        return MessageLogging(workerMessageSink(messages["fd"], messages["journal"], reactor), state.level)
+        sink = workerMessageSink(messages["fd"], messages["journal"], reactor)
+        return MessageLogging(sink, state.level, limiter=limiter)
     parent = getattr(options, "parent", None)
     destination = twistdDestination(parent)
     if destination is not None:
-        observer = makeSinkObserver(destination, reactor, state)
-        return MessageLogging(observer.sink, state.level, observer)
+        observer = makeSinkObserver(destination, reactor, state, settings.log_max_size, settings.log_max_files)
+        return MessageLogging(observer.sink, state.level, observer, limiter)
     if parent is not None and "nodaemon" in parent and parent.get("syslog") and not parent.get("logger"):
-        return MessageLogging(None, state.level, makeSyslogObserver(parent.get("prefix") or "twisted", state))
-    return MessageLogging(None, state.level)
+        syslog = makeSyslogObserver(parent.get("prefix") or "twisted", state)
+        return MessageLogging(None, state.level, syslog, limiter)
+    return MessageLogging(None, state.level, limiter=limiter)
 
 
-__all__ = ["makeSinkObserver", "makeSyslogObserver", "plan", "twistdDestination", "workerMessageSink"]
+__all__ = ["makeLimiter", "makeSinkObserver", "makeSyslogObserver", "plan", "twistdDestination", "workerMessageSink"]
