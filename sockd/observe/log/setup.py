@@ -36,6 +36,7 @@ from sockd.observe.log.files import CappedLogFile
 from sockd.observe.log.level import STATE, LogState
 from sockd.observe.log.limit import MessageLimiter
 from sockd.observe.log.messages import MessageLogging
+from sockd.observe.log.observers import jsonLines
 from sockd.observe.log.sink import FdOutput, LineSink, Output, SinkObserver, isJournal, standardOutput
 
 
@@ -126,6 +127,24 @@ def makeLimiter(settings: Any, reactor: Any) -> MessageLimiter:
     return limiter
 
 
+def twistJsonLines(parent: Any) -> bool:
+    """Under C{twist} (and the C{sockd} command) with C{--log-format json}: write sockd's JSON lines.
+
+    twist's json format is Twisted's event serialisation (C{\\x1e}-separated,
+    C{log_logger}, C{__class_uuid__} ...), not one object per line; twist
+    reads its options' C{fileLogObserverFactory} only after the plugin's
+    options are parsed, so putting L{jsonLines} there gives every twist
+    destination (standard output, C{--log-file}) the records that C{twistd
+    --logger sockd.logging.jsonLogger} writes.  Whether it did so.
+    """
+    if parent is None or not hasattr(parent, "get") or "fileLogObserverFactory" not in parent:
+        return False
+    if parent.get("logFormat") != "json":
+        return False
+    parent["fileLogObserverFactory"] = jsonLines
+    return True
+
+
 def plan(options: Any, reactor: Any, worker: dict[str, Any] | None = None, state: LogState = STATE,
          settings: Settings | None = None) -> MessageLogging:
     """sockd's logging for one C{twistd sockd}: the fast sink and its observer where twistd allows it.
@@ -144,6 +163,7 @@ def plan(options: Any, reactor: Any, worker: dict[str, Any] | None = None, state
         sink = workerMessageSink(messages["fd"], messages["journal"], reactor)
         return MessageLogging(sink, state.level, limiter=limiter)
     parent = getattr(options, "parent", None)
+    twistJsonLines(parent)
     destination = twistdDestination(parent)
     if destination is not None:
         observer = makeSinkObserver(destination, reactor, state, settings.log_max_size, settings.log_max_files)
@@ -154,4 +174,5 @@ def plan(options: Any, reactor: Any, worker: dict[str, Any] | None = None, state
     return MessageLogging(None, state.level, limiter=limiter)
 
 
-__all__ = ["makeLimiter", "makeSinkObserver", "makeSyslogObserver", "plan", "twistdDestination", "workerMessageSink"]
+__all__ = ["makeLimiter", "makeSinkObserver", "makeSyslogObserver", "plan", "twistJsonLines", "twistdDestination",
+           "workerMessageSink"]
