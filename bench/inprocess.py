@@ -9,7 +9,9 @@ path (recv, policy, protocol, message log, send-at-once), the client reads the
 answer.  The same loop with the bare socket calls (recv then send on the
 server end) gives the kernel's part; the difference is sockd's Python.
 C{--log} logs every message into a sink writing to /dev/null, flushed every
-2048 lines.  C{--bare} leaves the policy layer out.  Best of 5 runs.
+2048 lines, through the per-source limiter as the daemon does (C{--log-rate},
+default 0: the bucket is checked and every line passes, so the figure is that
+of a logged message).  C{--bare} leaves the policy layer out.  Best of 5 runs.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ from sockd.core.reactor import SockdReactor
 from sockd.core.stream import StreamConnection
 from sockd.defences.admission import Admission
 from sockd.defences.stream import ConnectionRegistry, PolicyFactory
-from sockd.observe.logsink import FdOutput, LineSink
-from sockd.observe.logstate import LogState
-from sockd.observe.messagelog import MessageLog
+from sockd.observe.log.limit import MessageLimiter
+from sockd.observe.log.messages import MessageLog, MessageLogging
+from sockd.observe.log.sink import FdOutput, LineSink
 from sockd.protocols.ack import AckFactory
 from sockd.protocols.echo import EchoFactory
 
@@ -38,16 +40,18 @@ def main() -> None:
     parser.add_argument("--mode", choices=("ack", "echo"), default="ack")
     parser.add_argument("--log", action="store_true", help="log every message (ack)")
     parser.add_argument("--bare", action="store_true", help="without the policy layer")
+    parser.add_argument("--log-rate", type=float, default=0.0, help="the limiter's rate (0: checked, never limits)")
     parser.add_argument("--requests", type=int, default=100_000)
     args = parser.parse_args()
 
     reactor = SockdReactor()
-    state = LogState()
+    logging = MessageLogging()
     if args.log:
         # A running reactor's sink would flush at the end of the turn; here it flushes when 2048 lines pile up.
         reactor.running = True
-        state.sink = LineSink(FdOutput(os.open(os.devnull, os.O_WRONLY)), reactor)
-    service = AckFactory(reactor, MessageLog("ack", args.log, state)) if args.mode == "ack" else EchoFactory()
+        logging = MessageLogging(LineSink(FdOutput(os.open(os.devnull, os.O_WRONLY)), reactor),
+                                 limiter=MessageLimiter(args.log_rate, 1000, reactor))
+    service = AckFactory(reactor, MessageLog("ack", args.log, logging)) if args.mode == "ack" else EchoFactory()
     factory = service if args.bare else PolicyFactory(
         service, serviceName=args.mode, transportName="unix", admission=Admission(Settings(), reactor.seconds),
         registry=ConnectionRegistry(reactor), clock=reactor)

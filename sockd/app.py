@@ -30,7 +30,7 @@ from sockd.defences.datagram import DatagramPolicy, GuardedDatagramProtocol
 from sockd.defences.proxyprotocol import ProxyProtocolFactory
 from sockd.defences.stream import ConnectionRegistry, PolicyFactory
 from sockd.errors import StartupError
-from sockd.observe.logsetup import workerMessageSink
+from sockd.observe.log.setup import plan
 from sockd.observe.metrics import Metrics
 from sockd.observe.throttle import ACCEPT_WARNINGS
 from sockd.protocols.qotd import QuotePicker, builtinQuotes, loadQuotes
@@ -86,7 +86,10 @@ class Assembly:
         self.settings = settings
         #: This daemon's counts and their registry, handed to everything that counts.
         self.metrics = Metrics()
-        self.context = Context(settings, reactor, QuotePicker(_quotes(settings, options.runAs)))
+        #: How messages are logged (the sink of the fast path, or events), handed to every message log.
+        self.logging = plan(options, reactor, self.worker, settings=settings)
+        self.metrics.logging = self.logging
+        self.context = Context(settings, reactor, QuotePicker(_quotes(settings, options.runAs)), logging=self.logging)
         #: The daemon's admission and datagram rules: those of every service without a table of its own.
         self.admission = Admission(settings, reactor.seconds)
         ACCEPT_WARNINGS.summary.interval = settings.refusal_log_interval  # EMFILE and its kin, like refusals
@@ -103,15 +106,13 @@ class Assembly:
         self.context.quotes.quotes = _quotes(self.settingsFor("qotd"), options.runAs)  # [qotd] quotes = ... is qotd's
         self.top = SockdService(reactor, self.registry, self.datagramPolicy, settings.grace)
         self.top.reload = self.reload
+        self.top.logObserver = self.logging.observer
         #: One record per running listener, by its parsed description.
         self.running: dict[ListenSpec, Running] = {}
         #: Who owns the Unix socket files made here unless their description says (twistd's --uid/--gid).
         self.socketOwner = daemonIds(options)
         self.supervisor: Any = None
         if self.worker is not None:
-            messages = self.worker.get("messages")
-            if messages is not None:  # the parent logs through its own sink: hand it finished lines
-                workerMessageSink(messages["fd"], messages["journal"], reactor)
             for name, description, fd in self.worker["listeners"]:
                 self._add(ListenSpec.parse(name, description), inheritedFd=fd)
             self._addWorkerMetrics(self.worker["metrics"])
@@ -119,7 +120,8 @@ class Assembly:
         for spec in options.active:
             self._add(spec)
         if settings.workers > 1:
-            self.supervisor = Supervisor(reactor, settings.workers, self._workerSockets, options.rawArgs)
+            self.supervisor = Supervisor(reactor, settings.workers, self._workerSockets, options.rawArgs,
+                                         messageSink=self.logging.sink)
             self.supervisor.grace = settings.grace
             self.supervisor.setServiceParent(self.top)
         if settings.metrics:
@@ -129,7 +131,7 @@ class Assembly:
         """Give each service with a table of its own its settings, context and rules (kept across reloads)."""
         self.serviceSettings = {name: self._share(own) for name, own in serviceSettings.items()}
         for name, own in self.serviceSettings.items():
-            self.contexts[name] = Context(own, self.reactor, self.context.quotes)
+            self.contexts[name] = Context(own, self.reactor, self.context.quotes, logging=self.logging)
             if name in self.admissions:
                 self.admissions[name].reconfigure(own)
                 self.datagramPolicies[name].reconfigure(own)
@@ -244,6 +246,8 @@ class Assembly:
         ACCEPT_WARNINGS.summary.interval = settings.refusal_log_interval
         self.metricsAdmission.reconfigure(metricsRules(settings))
         self.datagramPolicy.reconfigure(settings)
+        if self.logging.limiter is not None:
+            self.logging.limiter.reconfigure(settings.log_rate, settings.log_burst)
         self._configureServices(serviceSettings)
         self.top.grace = settings.grace
         wanted = list(dict.fromkeys(active))

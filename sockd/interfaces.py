@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from zope.interface import Attribute, Interface
 
-__all__ = ["IAdmissionGate", "IDatagramListener", "IListener", "IPendingInput", "IReadPausingTransport", "IStopsFirst"]
+__all__ = ["IAdmissionGate", "IDatagramListener", "IListener", "IMessageSink", "IPendingInput", "IReadPausingTransport",
+           "IStopsFirst"]
 
 
 class IAdmissionGate(Interface):
@@ -77,3 +78,22 @@ class IReadPausingTransport(Interface):
         writes go straight to the kernel costs no C{epoll_ctl} for it.  A
         producer registered later replaces it; C{unregisterProducer()} ends it.
         """
+
+
+class IMessageSink(Interface):
+    """Where message lines go as finished text, with no log event: the message log's fast path.
+
+    sockd's own log sink (L{sockd.observe.log.sink.LineSink}) provides it when
+    sockd writes twistd's log itself.  The assembly hands it to every message
+    log (L{sockd.observe.log.messages.MessageLogging}) and to the C{--workers}
+    supervisor; without one, messages are C{twisted.logger} events.
+    """
+
+    journal = Attribute("Whether lines carry sd-daemon(3) priorities (the output is the journal).")
+    dropped = Attribute("Lines that could not be written (disk full, closed pipe) and are gone.")
+
+    def message(tail: bytes, message: bytes) -> None:
+        """Append one message line: the timestamp, then C{tail}, then the message escaped."""
+
+    def lines(data: bytes) -> None:
+        """Append whole lines another process's sink made (a C{--workers} child's)."""

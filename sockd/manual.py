@@ -49,6 +49,7 @@ VALUES: dict[str, tuple[str, tuple[str, ...]] | None] = {
     "trusted-proxy": ("cidr", ()),
     "metrics-allow": ("cidr", ()),
     "log-level": ("words", ("debug", "info", "warn", "error", "critical")),
+    "log-max-size": ("words", ("1M", "10M", "100M")),
     "worker": None,
 }
 

@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IProtocolFactory, IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 
 from sockd.config.settings import Settings
-from sockd.observe.messagelog import MessageLog
+from sockd.observe.log.messages import EVENTS, MessageLog, MessageLogging
 from sockd.protocols.ack import AckDatagramProtocol, AckFactory
 from sockd.protocols.chargen import ChargenDatagramProtocol, ChargenFactory
 from sockd.protocols.discard import DiscardDatagramProtocol, DiscardFactory
@@ -27,16 +27,17 @@ from sockd.protocols.timeservices import clockAnswer, daytimeLine, timeBytes
 
 @dataclass
 class Context:
-    """What the builders need: the settings, a clock and the shared quote list."""
+    """What the builders need: the settings, a clock, the shared quote list and how messages are logged."""
 
     settings: Settings
     clock: IReactorTime
     quotes: QuotePicker = field(default_factory=lambda: QuotePicker(builtinQuotes()))
     now: Callable[[], float] = time.time
+    logging: MessageLogging = EVENTS
 
     def messageLog(self, service: str) -> MessageLog:
         """The per-message log of one service, on or off as the settings say."""
-        return MessageLog(service, self.settings.log_messages)
+        return MessageLog(service, self.settings.log_messages, self.logging)
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,7 @@ from sockd.config.settings import FIELDS, Settings, optionName
 from sockd.config.strict import RunAs, checkFile, checkListenFiles, readingAs
 from sockd.defences.access import AccessError, AccessList, parseNetworks
 from sockd.errors import EX_USAGE, ConfigurationError, StartupError, exitWithError, installExceptHook
-from sockd.observe.logsetup import setUp
-from sockd.observe.logstate import LEVEL_NAMES, configure, parseLevel
+from sockd.observe.log.level import LEVEL_NAMES, configure, parseLevel
 from sockd.protocols.qotd import QuoteError, loadQuotes
 from sockd.services import BY_NAME, SERVICES
 
@@ -252,9 +251,7 @@ def makeService(options: Options) -> Any:
     # twistd says "reactor class: ..." but `twist` does not: say which I/O core serves, under either.
     kind = type(reactor)
     Logger(namespace="sockd.daemon").info("I/O core: {reactor}", reactor=f"{kind.__module__}.{kind.__qualname__}")
-    top = Assembly(options, reactor).top
-    setUp(options, top, reactor)
-    return top
+    return Assembly(options, reactor).top
 
 
 for _service in SERVICES:

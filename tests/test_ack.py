@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import FakeDatagramTransport, StringTransport
 from twisted.logger import capturedLogs, formatEvent, formatEventAsClassicLogText
 
-from sockd.observe.messagelog import MessageLog
+from sockd.observe.log.messages import MessageLog
 from sockd.protocols.ack import DATAGRAM_ANSWER, STREAM_ANSWER, AckDatagramProtocol, AckFactory, AckProtocol
 
 ANSWER = b"I got your message"

@@ -20,6 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("sockd.core",),
     ("sockd.config",),
     ("sockd.observe",),
+    ("sockd.observe.log",),  # the log room: sink, message log, setup, level, observers (on addresses, logsafe)
     ("sockd.protocols",),
     ("sockd.defences",),
     ("sockd.runtime",),

@@ -123,14 +123,16 @@ def test_command_serves_tcp_udp_and_unix_then_stops_on_sigterm(command, tmp_path
 
 
 def test_runner_options_anywhere_json_log(command) -> None:
-    """--log-format after sockd's own options still reaches the runner: one JSON event per line."""
+    """--log-format after sockd's own options still reaches the runner: one JSON object per line (sockd's records,
+    see test_json_logging.py)."""
     c_ = command("--ack", "tcp:0:interface=127.0.0.1", "--log-format", "json", "--log-level", "info", expect=0)
     deadline = time.monotonic() + TIMEOUT
     events: list[dict] = []
-    while time.monotonic() < deadline and not any(e.get("log_namespace") == "sockd.listeners" for e in events):
-        events = [json.loads(line.strip("\x1e")) for line in c_.log().splitlines() if line.strip("\x1e").strip()]
+    while time.monotonic() < deadline and not any(e.get("namespace") == "sockd.listeners" for e in events):
+        log = c_.log()
+        events = [json.loads(line) for line in log[:log.rfind("\n") + 1].splitlines()]
         time.sleep(0.05)
-    listening = [e for e in events if e.get("log_namespace") == "sockd.listeners"]
+    listening = [e for e in events if e.get("namespace") == "sockd.listeners"]
     assert listening and listening[0]["service"] == "ack", events
     assert c_.stop() in CLEAN
 

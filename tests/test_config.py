@@ -181,3 +181,15 @@ def test_every_shipped_configuration_parses_cleanly():
     for name, text in texts.items():
         config = parseConfig(text, name, SERVICES)
         assert config.listeners, name
+
+
+def test_log_sizes_take_a_number_or_a_size_with_a_unit(tmp_path):
+    from sockd.config.file import ConfigError, loadConfig
+
+    for text, size in (('log_max_size = "512K"', 512 << 10), ("log_max_size = 65536", 65536)):
+        path = tmp_path / "sizes.toml"
+        path.write_text(text + "\n")
+        assert loadConfig(str(path), {"ack"}).values["log_max_size"] == size
+    path.write_text('log_max_size = "lots"\n')
+    with pytest.raises(ConfigError, match=r"sizes.toml:1: log_max_size = 'lots'"):
+        loadConfig(str(path), {"ack"})

@@ -13,7 +13,7 @@ from sockd.defences.access import AccessError, AccessList, parseHost, parseNetwo
 from sockd.defences.admission import Admission, sourceKey
 from sockd.defences.datagram import DatagramPolicy, GuardedDatagramProtocol
 from sockd.defences.ratelimit import GlobalBucket, KeyedBuckets, LogThrottle, TokenBucket
-from sockd.observe.messagelog import MessageLog
+from sockd.observe.log.messages import MessageLog
 from sockd.observe.metrics import Metrics
 from sockd.protocols.ack import AckDatagramProtocol
 from sockd.protocols.echo import EchoDatagramProtocol

@@ -54,7 +54,8 @@ def stopAndWait(proc: subprocess.Popen, timeout: float = 20.0) -> int:
 
 
 def test_sigterm_right_after_thousands_of_messages_loses_no_line(daemon):
-    d = daemon("--ack", "tcp:0:interface=127.0.0.1")
+    # 5000 messages at once is a flood by --log-burst's measure: lift the limit, this is about the flush.
+    d = daemon("--ack", "tcp:0:interface=127.0.0.1", "--log-rate", "0")
     count = 5000
     exchange(d.address("ack")[1], count)
     assert d.stop() in (0, -signal.SIGTERM)
@@ -80,13 +81,14 @@ CRASH = """
 import sys
 from twisted.internet import reactor
 from twisted.logger import globalLogBeginner
-from sockd.observe.logsetup import makeSinkObserver
-from sockd.observe.messagelog import MessageLog
+from sockd.observe.log.messages import MessageLog, MessageLogging
+from sockd.observe.log.setup import makeSinkObserver
 
-globalLogBeginner.beginLoggingTo([makeSinkObserver(("file", sys.argv[1]), reactor)], redirectStandardIO=False)
+observer = makeSinkObserver(("file", sys.argv[1]), reactor)
+globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 def burst():
-    log = MessageLog("ack")
+    log = MessageLog("ack", logging=MessageLogging(observer.sink))
     for i in range(int(sys.argv[2])):
         log.stream(b"m%d\\n" % i, None)
     reactor.crash()  # the loop ends at once: no shutdown triggers, the turn's flush never runs
@@ -251,3 +253,38 @@ def test_workers_messages_reach_the_parents_log(daemon):
         exchange(port, 1, prefix=b"w%d-" % i)
     waitFor(lambda: all(f"Here is the message: w{i}-0" in d.log() for i in range(20)), "messages in the parent's log")
     assert re.search(r"\[sockd\.messages#info\] Here is the message: w0-0$", d.log(), re.M)
+
+
+def test_a_flood_keeps_the_log_files_under_their_ceiling_and_counts_what_it_held_back(daemon):
+    """One client sending as fast as it can for a few seconds: its lines over --log-rate are summarised and
+    counted, the log rotates at --log-max-size, and at most --log-max-files files of at most that size remain."""
+    import urllib.request
+
+    maxSize, maxFiles = 64 << 10, 3
+    d = daemon("--ack", "tcp:0:interface=127.0.0.1", "--metrics", "tcp:0:interface=127.0.0.1",
+               "--log-max-size", "64K", "--log-max-files", str(maxFiles), "--log-rate", "2000", "--log-burst", "2000",
+               expect=2)
+    port = d.address("ack")[1]
+    metrics = d.address("metrics")
+    deadline = time.monotonic() + 4.0
+    sent = 0
+    while time.monotonic() < deadline and sent < 5_000_000:  # bounded in time and in count
+        exchange(port, 2000)
+        sent += 2000
+    with urllib.request.urlopen(f"http://{metrics[0]}:{metrics[1]}/metrics", timeout=5) as response:
+        exposition = response.read().decode()
+    suppressed = float(re.search(r"^sockd_log_suppressed_total (\S+)$", exposition, re.M).group(1))
+    assert d.stop() in (0, -signal.SIGTERM)
+    files = sorted(d.logPath.parent.glob(d.logPath.name + "*"))
+    sizes = {p.name: p.stat().st_size for p in files}
+    assert len(files) <= maxFiles and all(size <= maxSize for size in sizes.values()), sizes
+    assert sum(sizes.values()) <= maxFiles * maxSize  # the worst case: log_max_files x log_max_size
+    assert len(files) == maxFiles, sizes  # it did rotate, and deleted the oldest
+    logged = sum(len(MESSAGE_LINE.findall(p.read_text())) for p in files)
+    assert 0 < logged < sent and suppressed > 0
+    summaries = re.findall(r"suppressed ([\d,]+) messages from 127\.0\.0\.1 in the last \d+ s$", d.log(), re.M)
+    assert summaries, d.log()[-2000:]
+    for path in files:  # whole lines only, every one in twistd's format
+        text = path.read_text()
+        assert text.endswith("\n") and all(re.match(r"\d{4}-\d\d-\d\dT", line) or line.startswith("\t")
+                                           for line in text.splitlines()), path

@@ -259,3 +259,24 @@ def test_idle_metrics_connections_cannot_starve_the_services(tmp_path):
         for s in idle:
             s.close()
         d.stop()
+
+
+def test_log_ceiling_counts_are_exported():
+    from twisted.internet import task
+
+    from sockd.observe.log.limit import MessageLimiter
+    from sockd.observe.log.messages import MessageLogging
+
+    class Sink:
+        journal = False
+        dropped = 7
+
+    limiter = MessageLimiter(rate=1, burst=1, clock=task.Clock())
+    for _ in range(5):
+        limiter.allow("192.0.2.1")
+    metrics = Metrics(process=False)
+    assert b"sockd_log_" not in generate_latest(metrics.registry)  # no message logging: no such series
+    metrics.logging = MessageLogging(Sink(), limiter=limiter)  # type: ignore[arg-type]
+    samples = {s.name: s.value for f in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+               for s in f.samples}
+    assert samples["sockd_log_suppressed_total"] == 4 and samples["sockd_log_dropped_total"] == 7

@@ -2,7 +2,7 @@
 
 A half-close through the policy layer on sockd's transport (the transports' own fast paths are in
 test_core.py), the cached interface declaration and log prefix (policies.py), the admission
-verdict cache (admission.py), the lazy peer (ack.py), the lean message event (messagelog.py) and
+verdict cache (admission.py), the lazy peer (ack.py), the lean message event (observe/log/messages.py) and
 the classic text observer (logging.py).
 """
 
@@ -35,8 +35,8 @@ from sockd.config.settings import Settings
 from sockd.core.stream import TCPPort
 from sockd.defences.admission import Admission
 from sockd.defences.stream import ConnectionRegistry, PolicyFactory, PolicyProtocol
-from sockd.observe.messagelog import MessageLog
-from sockd.observe.observers import ClassicText, textLogger
+from sockd.observe.log.messages import MessageLog
+from sockd.observe.log.observers import ClassicText, textLogger
 from sockd.protocols.ack import AckFactory
 from sockd.protocols.echo import EchoFactory
 from sockd.protocols.flow import ReadPauser

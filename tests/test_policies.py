@@ -17,7 +17,7 @@ from sockd.config.settings import Settings
 from sockd.defences.admission import Admission
 from sockd.defences.stream import ConnectionRegistry, PolicyFactory, PolicyProtocol
 from sockd.interfaces import IReadPausingTransport
-from sockd.observe.messagelog import MessageLog
+from sockd.observe.log.messages import MessageLog
 from sockd.observe.metrics import Metrics
 from sockd.protocols.ack import AckFactory, AckProtocol
 from sockd.protocols.chargen import CHUNK, ChargenFactory

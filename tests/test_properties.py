@@ -24,7 +24,7 @@ from sockd.defences.admission import Admission
 from sockd.defences.datagram import DatagramPolicy, GuardedDatagramProtocol
 from sockd.defences.ratelimit import TokenBucket
 from sockd.defences.stream import ConnectionRegistry, PolicyFactory
-from sockd.observe.messagelog import MessageLog
+from sockd.observe.log.messages import MessageLog
 from sockd.protocols.ack import AckDatagramProtocol, AckFactory
 from sockd.protocols.chargen import PRINTABLE, ChargenDatagramProtocol, ChargenFactory
 from sockd.protocols.discard import DiscardDatagramProtocol, DiscardFactory
@@ -445,8 +445,8 @@ _MESSAGE_BYTES = st.sampled_from([b"a", b" ", b"\n", b"\r", b"\x00", b"\\", b"\x
 def test_message_log_batches_write_each_message_escaped_in_order(entries: list[tuple[bool, bytes, int]]):
     from twisted.logger import formatTime
 
-    from sockd.observe.logsink import LineSink
-    from sockd.observe.messagetext import messageText
+    from sockd.observe.log.sink import LineSink
+    from sockd.observe.log.text import messageText
 
     class Output:
         def __init__(self) -> None:

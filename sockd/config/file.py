@@ -101,6 +101,8 @@ def _checkType(name: str, value: Any, where: str) -> None:
         expected, ok = 'a whole number or "auto"', isinstance(value, (int, str)) and not isinstance(value, bool)
     elif name.endswith("mode"):
         expected, ok = "a mode such as 660", isinstance(value, (int, str)) and not isinstance(value, bool)
+    elif name.endswith("size"):
+        expected, ok = 'a size such as 65536 or "10M"', isinstance(value, (int, str)) and not isinstance(value, bool)
     elif kind == "int":
         expected, ok = "a whole number", isinstance(value, int) and not isinstance(value, bool)
     elif kind == "float":

@@ -52,6 +52,19 @@ def nonNegativeFloat(text: str) -> float:
     return value
 
 
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def byteSize(text: str) -> int:
+    """Coerce a size in bytes, with an optional K, M or G suffix (powers of 1024): C{10M}, C{65536}."""
+    cleaned = text.strip().lower().removesuffix("b").removesuffix("i")
+    unit = cleaned[-1:] if cleaned[-1:] in ("k", "m", "g") else ""
+    number = cleaned[:-1] if unit else cleaned
+    if not number.isdigit():
+        raise ValueError(f"{text!r} is not a size such as 65536, 512K or 10M")
+    return int(number) * _UNITS[unit]
+
+
 def octalMode(text: str) -> int:
     """Coerce an option written in octal, as chmod takes it, to a file mode."""
     value = int(text, 8)
@@ -103,6 +116,12 @@ class Settings:
     udp_rate: float = _setting(20.0, "datagram answers per second to one address (token bucket); 0 is unlimited", nonNegativeFloat)
     udp_burst: int = _setting(40, "datagram answers one address may get in a burst above --udp-rate", positiveInt)
     udp_budget: float = _setting(5000.0, "datagram answers per second over all addresses; 0 is unlimited", nonNegativeFloat, daemon=True)
+
+    # The log's ceiling (a flooding client must not fill the disk or the log).
+    log_rate: float = _setting(100.0, "message lines logged per second from one address (token bucket); the rest are counted and summarised; 0 is unlimited", nonNegativeFloat, daemon=True)
+    log_burst: int = _setting(1000, "message lines one address may log in a burst above --log-rate", positiveInt, daemon=True)
+    log_max_size: int = _setting(10 << 20, "rotate the log file (twistd --logfile) when it would grow past this size (K, M, G suffixes); 0 is unlimited", byteSize, daemon=True)
+    log_max_files: int = _setting(10, "log files kept, the current one included: the oldest rotated file is deleted; 0 keeps every file", nonNegativeInt, daemon=True)
 
     # Observability.
     metrics: str | None = _setting(None, "serve Prometheus metrics at /metrics on this endpoint, e.g. tcp:9101:interface=127.0.0.1", daemon=True)

@@ -1,9 +1,9 @@
-"""How sockd is watched: metrics, the message log, log safety and log observers.
+"""How sockd is watched: metrics, readable addresses, log-safe text, and the log room (L{log}).
 
 Imports only L{sockd.config} and Twisted's logger; protocols, defences and
-the runtime report into it, never the other way round.
+the runtime report into it, never the other way round.  The log room sits
+on the rest of this package (addresses, log-safe text); metrics read its
+counts without importing it.
 """
 
-__all__ = [
-    "addresses", "logsafe", "logsetup", "logsink", "logstate", "messagelog", "messagetext", "metrics", "observers",
-]
+__all__ = ["addresses", "log", "logsafe", "metrics"]

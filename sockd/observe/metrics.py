@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -102,6 +103,9 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.collector = SockdCollector(self)
         self.registry.register(self.collector)
+        #: The message logging whose log counts are shown (L{sockd.observe.log.messages.MessageLogging}: its
+        #: C{suppressed} and C{dropped}), or None; set by the assembly.
+        self.logging: Any = None
         if process:
             # The client library's own: process_cpu_seconds_total, process_resident_memory_bytes, python_info...
             ProcessCollector(registry=self.registry)
@@ -147,6 +151,12 @@ class SockdCollector:
                 else:
                     family.add_metric([stats.service, stats.transport], value)
             yield family
+        logging = self.metrics.logging
+        if logging is not None and self.listeners:  # a --workers parent shows its workers' sums instead
+            yield CounterMetricFamily("sockd_log_suppressed", "Message lines not logged: over --log-rate/--log-burst "
+                                      "for their source (summarised in the log)", value=logging.suppressed)
+            yield CounterMetricFamily("sockd_log_dropped", "Log lines lost: the log could not be written "
+                                      "(disk full, closed pipe)", value=logging.dropped)
         reloads = CounterMetricFamily("sockd_reloads", "Configuration reloads, by result", labels=["result"])
         for result, count in sorted(self.metrics.reloads.items()):
             reloads.add_metric([result], count)

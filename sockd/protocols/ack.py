@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sockd.interfaces import IPendingInput
-from sockd.observe.messagelog import MessageLog
+from sockd.observe.log.messages import MessageLog
 from sockd.protocols.flow import pauseReadingWhileBlocked
 
 STREAM_ANSWER = b"I got your message"

@@ -9,7 +9,8 @@ from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
+from twisted.python.components import Componentized
 
 from sockd.defences.datagram import DatagramPolicy
 from sockd.defences.stream import ConnectionRegistry
@@ -51,6 +52,21 @@ class SockdService(MultiService):
         self.bound = False
         #: Stopped only after the connections drained: the health endpoint, which says 503 meanwhile.
         self.stopLast: list[Any] = []
+        #: The log observer sockd offers twistd (L{sockd.observe.log.setup.plan}), or None (set by the wiring).
+        self.logObserver: Any = None
+
+    def setServiceParent(self, parent: Any) -> Any:
+        """Join C{parent}; offer it L{logObserver} as its C{ILogObserver} component, unless it has one.
+
+        The plugin's C{makeService} never sees the application: twistd creates
+        it and passes it here (C{createOrGetApplication}) before it starts
+        logging, and then logs with that component.  A component already set
+        (a C{.tac} file's) wins.
+        """
+        if (self.logObserver is not None and isinstance(parent, Componentized)
+                and parent.getComponent(ILogObserver, None) is None):
+            parent.setComponent(ILogObserver, self.logObserver)
+        return super().setServiceParent(parent)
 
     def privilegedStartService(self) -> None:
         if self.reload is not None:

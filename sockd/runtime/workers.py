@@ -34,9 +34,7 @@ from twisted.web import resource, server
 from zope.interface import implementer
 
 from sockd.config.settings import Settings
-from sockd.interfaces import IStopsFirst
-from sockd.observe.logsink import LineSink
-from sockd.observe.logstate import STATE
+from sockd.interfaces import IMessageSink, IStopsFirst
 
 log = Logger(namespace="sockd.workers")
 
@@ -64,6 +62,8 @@ def shareLimits(settings: Settings, workers: int) -> Settings:
         udp_rate=rate(settings.udp_rate),
         udp_burst=max(1, math.ceil(settings.udp_burst / workers)),
         udp_budget=rate(settings.udp_budget),
+        log_rate=rate(settings.log_rate),
+        log_burst=max(1, math.ceil(settings.log_burst / workers)),
     )
 
 
@@ -86,7 +86,7 @@ class WorkerProcess(protocol.ProcessProtocol):
     """One worker: relays its JSON log lines into the parent's log, and tells the supervisor when it ends."""
 
     def __init__(self, supervisor: Supervisor, index: int, messagesFd: int | None = None,
-                 messageSink: LineSink | None = None) -> None:
+                 messageSink: IMessageSink | None = None) -> None:
         self.supervisor = supervisor
         self.index = index
         self._partial = b""
@@ -175,11 +175,14 @@ class Supervisor(Service):
     while the sockets they serve still exist.
     """
 
-    def __init__(self, reactor: Any, count: int, listeners: Callable[[], list[Any]], argv: list[str]) -> None:
+    def __init__(self, reactor: Any, count: int, listeners: Callable[[], list[Any]], argv: list[str],
+                 messageSink: IMessageSink | None = None) -> None:
         self.reactor = reactor
         self.count = count
         self.listeners = listeners
         self.argv = argv
+        #: Our own log's message sink, if we write our log ourselves: the workers' message lines join it.
+        self.messageSink = messageSink
         self.workers: dict[int, WorkerProcess] = {}
         self.transports: dict[int, Any] = {}
         self.stopping = False
@@ -210,9 +213,9 @@ class Supervisor(Service):
             childFDs[fd] = fd
         description: dict[str, Any] = {"index": index, "count": self.count, "listeners": listeners,
                                        "metrics": self.metricsPath(index)}
-        sink = STATE.sink
+        sink = self.messageSink
         messagesFd = None
-        if isinstance(sink, LineSink):
+        if sink is not None:
             # Our messages go to our own sink: the worker's come as finished lines on a pipe of their own.
             messagesFd = max(childFDs) + 1
             childFDs[messagesFd] = "r"
@@ -220,7 +223,7 @@ class Supervisor(Service):
         spec = json.dumps(description)
         args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
                 *reactorArguments(self.reactor), "-n", "--pidfile=",
-                "--logger", "sockd.observe.observers.jsonLogger", "sockd", *self.argv, "--worker", spec]
+                "--logger", "sockd.logging.jsonLogger", "sockd", *self.argv, "--worker", spec]
         worker = WorkerProcess(self, index, messagesFd, sink if messagesFd is not None else None)
         self.workers[index] = worker
         # Only the main process talks to systemd (NotifyAccess=main); a worker's READY=1 comes to us.

@@ -1,37 +1,28 @@
-"""The process's log level, and the sink message lines go to: state shared by sockd's observers.
+"""C{--log-level}: its names, and the process's level that every observer sockd makes filters at.
 
-Kept apart from L{sockd.observe.logsetup} so that the observers and the
-message log can read it without importing the machinery that sets it up.
+The level is one per process, as the global log publisher is: C{twistd
+--logger sockd.logging.jsonLogger} calls a zero-argument factory, so the
+observers read it here.  It is set once, explicitly, by C{makeService}
+(L{configure}), before any observer or message log is built.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 from twisted.logger import LogLevel
-
-
-class MessageSink(Protocol):
-    """What the message log writes into (L{sockd.observe.logsink.LineSink})."""
-
-    def message(self, tail: bytes, message: bytes) -> None:
-        """Append one message line: the timestamp, then C{tail}, then the message escaped."""
 
 LEVEL_NAMES = ("debug", "info", "warn", "error", "critical")
 
 
 class LogState:
-    """The process's logging choices: one per process, as the global log publisher is.
+    """The process's least logged level (C{--log-level}).
 
-    @ivar level: the least level logged (C{--log-level}).
-    @ivar sink: the sink of the installed L{SinkObserver}, once twistd has
-        installed it; L{sockd.observe.messagelog.MessageLog} writes straight
-        into it.  L{None}: messages are C{twisted.logger} events.
+    @ivar level: the least level logged.
     """
 
     def __init__(self) -> None:
         self.level: Any = LogLevel.info
-        self.sink: MessageSink | None = None
 
     @property
     def messagesWanted(self) -> bool:
@@ -61,4 +52,4 @@ def configure(level: Any, state: LogState = STATE) -> None:
     state.level = level
 
 
-__all__ = ["LEVEL_NAMES", "STATE", "LogState", "MessageSink", "configure", "parseLevel"]
+__all__ = ["LEVEL_NAMES", "STATE", "LogState", "configure", "parseLevel"]

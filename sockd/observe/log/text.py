@@ -1,7 +1,8 @@
 """A received message as it appears in a log line: without its line end, escaped (L{escape}).
 
-Apart from L{sockd.observe.messagelog} so that the log sink's hot path can
-use it without importing the message log.
+Both writers of message lines use it: the sink's batches
+(L{sockd.observe.log.sink}) and the structured events
+(L{sockd.observe.log.messages}).
 """
 
 from __future__ import annotations

@@ -5,27 +5,34 @@ default: C{Here is the message: ...} / C{Received a datagram: ...}, escaped so
 a client cannot forge log lines.  C{--no-log-messages} turns them off, and so
 does a C{--log-level} above info; then nothing is escaped or built.
 
-Two paths, chosen per message by where the log goes (L{sockd.observe.logsetup}):
+Two paths, chosen once by where the log goes (L{sockd.observe.log.setup}),
+and handed to every message log by the assembly in a L{MessageLogging}:
 
- - sockd's own observer is installed (twistd's default destinations): the
+ - sockd writes twistd's log itself (twistd's default destinations): the
    line is appended to its sink as text, with no event at all
-   (L{sockd.observe.logsink.LineSink.message}), the peer not even asked for;
+   (L{sockd.interfaces.IMessageSink}, L{sockd.observe.log.sink.LineSink.message});
  - any other observer (C{--logger sockd.logging.jsonLogger}, C{--syslog},
    C{twist}, tests): a structured C{twisted.logger} event with the service,
    transport, peer and size.  It is built here and handed straight to the
    logger's observer (the global publisher): the dictionary C{Logger.emit}
    would build, less the work C{emit} repeats for every event.
+
+Either way, each source's lines pass a token bucket first
+(L{sockd.observe.log.limit}, C{--log-rate}/C{--log-burst}): the lines over it
+are counted and summarised, not written.
 """
 
 from __future__ import annotations
 
 from time import time
+from typing import Any
 
 from twisted.logger import Logger, LogLevel
 
+from sockd.interfaces import IMessageSink
 from sockd.observe.addresses import formatAddress, transportOf
-from sockd.observe.logstate import STATE, LogState
-from sockd.observe.messagetext import messageText, withoutLineEnd
+from sockd.observe.log.limit import MessageLimiter, sourceOf
+from sockd.observe.log.text import messageText, withoutLineEnd
 
 NAMESPACE = "sockd.messages"
 log = Logger(namespace=NAMESPACE)
@@ -39,6 +46,44 @@ STREAM_TAIL = (f" [{NAMESPACE}#info] " + STREAM_FORMAT.replace("{message}", ""))
 DATAGRAM_TAIL = (f" [{NAMESPACE}#info] " + DATAGRAM_FORMAT.replace("{message}", "")).encode()
 
 
+class MessageLogging:
+    """How this process logs messages: the one object the assembly hands to every L{MessageLog}.
+
+    @ivar sink: where message lines go as text (L{IMessageSink}), or L{None}:
+        messages are C{twisted.logger} events.
+    @ivar level: the process's least logged level; above info, no message is logged.
+    @ivar observer: the log observer that writes into C{sink}, for twistd to
+        install (offered by the top service when it joins the application).
+    @ivar limiter: the per-source ceiling on message lines, or L{None} (no limit).
+    """
+
+    def __init__(self, sink: IMessageSink | None = None, level: Any = LogLevel.info, observer: Any = None,
+                 limiter: MessageLimiter | None = None) -> None:
+        self.sink = sink
+        self.level = level
+        self.observer = observer
+        self.limiter = limiter
+
+    @property
+    def suppressed(self) -> int:
+        """Message lines held back by the limiter since start."""
+        return self.limiter.suppressed if self.limiter is not None else 0
+
+    @property
+    def dropped(self) -> int:
+        """Log lines the sink could not write since start (disk full, closed pipe)."""
+        return self.sink.dropped if self.sink is not None else 0
+
+    @property
+    def messagesWanted(self) -> bool:
+        """Whether info lines (the message log's) are logged at all."""
+        return bool(self.level <= LogLevel.info)
+
+
+#: Messages as events, at info: what a message log gets when nobody says otherwise (tests, tools).
+EVENTS = MessageLogging()
+
+
 class MessageLog:
     """Logs received messages for one service, or does nothing when disabled.
 
@@ -46,10 +91,11 @@ class MessageLog:
         C{--log-level} above info: not).
     """
 
-    def __init__(self, service: str, enabled: bool = True, state: LogState = STATE) -> None:
+    def __init__(self, service: str, enabled: bool = True, logging: MessageLogging = EVENTS) -> None:
         self.service = service
-        self.enabled = enabled and state.messagesWanted
-        self._state = state
+        self.enabled = enabled and logging.messagesWanted
+        self._sink = logging.sink
+        self._limiter = logging.limiter
 
     def _emit(self, format: str, message: bytes, transport: str, peer: object) -> None:
         """What C{log.info(format, message=..., service=..., transport=..., peer=..., bytes=...)} emits."""
@@ -81,7 +127,10 @@ class MessageLog:
         address, or its text.  C{transport} goes only into the structured event.
         """
         if self.enabled:
-            sink = self._state.sink
+            limiter = self._limiter
+            if limiter is not None and not limiter.allowPeer(peer):
+                return
+            sink = self._sink
             if sink is not None:
                 sink.message(STREAM_TAIL, message)
             else:
@@ -90,12 +139,15 @@ class MessageLog:
     def datagram(self, message: bytes, peer: object) -> None:
         """Log one datagram as the tutorial's datagram server prints it."""
         if self.enabled:
-            sink = self._state.sink
+            limiter = self._limiter
+            if limiter is not None and not limiter.allow(peer[0] if type(peer) is tuple else sourceOf(peer)):
+                return
+            sink = self._sink
             if sink is not None:
                 sink.message(DATAGRAM_TAIL, message)
             else:
                 self._emit(DATAGRAM_FORMAT, message, "udp", peer)
 
 
-#: withoutLineEnd and messageText stay importable from here, where they were.
-__all__ = ["DATAGRAM_FORMAT", "NAMESPACE", "STREAM_FORMAT", "MessageLog", "messageText", "withoutLineEnd"]
+__all__ = ["DATAGRAM_FORMAT", "EVENTS", "NAMESPACE", "STREAM_FORMAT", "MessageLog", "MessageLogging", "messageText",
+           "withoutLineEnd"]

@@ -1,7 +1,10 @@
 """Log observers for C{twistd --logger}: structured JSON for log shippers, and fast classic text.
 
 C{twistd} has no JSON option (twisted#7178), but C{--logger} takes a
-zero-argument factory.  Each event becomes one flat JSON object per line:
+zero-argument factory.  C{twist}'s own C{--log-format json} (its default when
+the log is not a terminal, and so the C{sockd} command's) writes Twisted's
+event serialisation instead; L{sockd.observe.log.setup.plan} makes it write
+these records too (L{jsonLines}).  Each event becomes one flat JSON object per line:
 C{time} (ISO 8601, UTC), C{level}, C{namespace}, the formatted C{text}, and
 every structured field sockd attached (service, transport, peer, bytes,
 reason ...), so C{jq}, journald or a log shipper get them intact.
@@ -19,9 +22,9 @@ C{str.format_map}; any other event goes through Twisted's own formatter.
     twistd -n --pidfile= --logger sockd.logging.textLogger sockd
 
 Both pass on only events at or above sockd's C{--log-level}
-(L{sockd.observe.logstate}), with C{twisted.logger}'s own level filter.
+(L{sockd.observe.log.level}), with C{twisted.logger}'s own level filter.
 sockd's default observer (no C{--logger}) is cheaper still, see
-L{sockd.observe.logsink}.
+L{sockd.observe.log.sink}.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from twisted.logger import (
     timeFormatRFC3339,
 )
 
-from sockd.observe.logstate import STATE
+from sockd.observe.log.level import STATE
 from sockd.observe.throttle import ACCEPT_WARNINGS
 
 _SCALARS = (str, int, float, bool, type(None))
@@ -75,9 +78,14 @@ def leveled(observer: ILogObserver) -> ILogObserver:
     return FilteringLogObserver(observer, [LogLevelFilterPredicate(STATE.level), ACCEPT_WARNINGS])
 
 
+def jsonLines(stream: IO[str]) -> ILogObserver:
+    """One flat JSON object per event and line on C{stream} (L{eventAsRecord}), unfiltered."""
+    return FileLogObserver(stream, lambda event: json.dumps(eventAsRecord(event)) + "\n")
+
+
 def jsonLogger(stream: IO[str] | None = None) -> ILogObserver:
     """JSON lines on standard output (or C{stream}): one event per line."""
-    return leveled(FileLogObserver(stream or sys.stdout, lambda event: json.dumps(eventAsRecord(event)) + "\n"))
+    return leveled(jsonLines(stream or sys.stdout))
 
 
 class ClassicText:

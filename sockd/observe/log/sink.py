@@ -16,16 +16,23 @@ a line written at the end of a quiet turn goes out at once, but under load a
 write per reactor turn (one system call per few messages) would cost more than
 the messages themselves, so lines then wait up to 10 ms for the next write.
 
-The message lines of L{sockd.observe.messagelog} skip the event machinery
+The message lines of L{sockd.observe.log.messages} skip the event machinery
 altogether: L{LineSink.message} appends the line twistd would have written,
-with a timestamp formatted once per second.  They do so only once
-L{SinkObserver} is the observer twistd actually installed (its first event
-says so): with C{--logger X}, C{--syslog} or C{twist} nobody calls it, and the
-messages stay ordinary C{twisted.logger} events with their structured fields.
+with a timestamp formatted once per second.  The sink is their one hook
+(L{sockd.interfaces.IMessageSink}): the assembly builds it, with its
+L{SinkObserver}, only where sockd writes twistd's log itself
+(L{sockd.observe.log.setup}), hands the observer to twistd and the sink to
+every message log.  With C{--logger X}, C{--syslog} or C{twist} there is no
+sink, and the messages stay ordinary C{twisted.logger} events with their
+structured fields.
 
 A log that cannot be written (disk full, a closed pipe) drops lines, counts
 them and says so once on standard error; it never raises into the protocol
-that logged.  Nothing is lost at a clean stop or a crash of the reactor loop:
+that logged.  A short write is continued; when a write fails part-way, the
+lines that did not get out are counted as dropped, and a half-written line is
+taken back off a log file (L{sockd.observe.log.files.CappedLogFile.cut}) or,
+where that cannot be done (a pipe), ended before the next line: no line is
+ever spliced onto another.  Nothing is lost at a clean stop or a crash of the reactor loop:
 the sink is flushed after the reactor's shutdown and at interpreter exit.
 
 When the output is the journal (C{JOURNAL_STREAM} names the descriptor's
@@ -45,8 +52,10 @@ from typing import Any, Protocol
 from twisted.logger import FilteringLogObserver, ILogObserver, LogLevel, LogLevelFilterPredicate, formatTime
 from zope.interface import implementer
 
-from sockd.observe.messagetext import PLAIN, messageText
-from sockd.observe.observers import ClassicText
+from sockd.interfaces import IMessageSink
+from sockd.observe.log.files import PartialWrite, writeAll
+from sockd.observe.log.observers import ClassicText
+from sockd.observe.log.text import PLAIN, messageText
 from sockd.observe.throttle import ACCEPT_WARNINGS
 
 #: sd-daemon(3) priorities of Twisted's levels.
@@ -76,9 +85,16 @@ _LINE_PLAIN = PLAIN + b"\n"
 
 
 class Output(Protocol):
-    """Where a sink's bytes go: C{twisted.python.logfile.LogFile} (which rotates) or L{FdOutput}."""
+    """Where a sink's bytes go: L{sockd.observe.log.files.CappedLogFile} (which rotates) or L{FdOutput}.
+
+    C{write} raises C{OSError}, or L{PartialWrite} when some of the bytes got
+    out; C{cut} is asked to take a half-written line back (only after a
+    L{PartialWrite}).
+    """
 
     def write(self, data: bytes) -> Any: ...
+
+    def cut(self, length: int) -> bool: ...
 
 
 class FdOutput:
@@ -88,16 +104,20 @@ class FdOutput:
     unwritable data around and fail again at interpreter exit (exit status 120).
     """
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, write: Callable[[int, memoryview], int] = os.write) -> None:
         self.fd = fd
+        self._write = write
 
     def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            written = os.write(self.fd, view)
-            view = view[written:]
+        """Write all of C{data}, continuing short writes (L{PartialWrite} if it fails part-way)."""
+        writeAll(self.fd, data, self._write)
+
+    def cut(self, length: int) -> bool:
+        """A pipe or terminal cannot take bytes back: the sink ends the half line instead."""
+        return False
 
 
+@implementer(IMessageSink)
 class LineSink:
     """Log lines buffered in memory and written once per reactor turn, never raising.
 
@@ -127,6 +147,8 @@ class LineSink:
         #: The output failed for good (a pipe whose reader is gone): drop without trying.
         self.broken = False
         self._failing = False
+        #: The output ends in a half-written line that could not be taken back: end it before the next one.
+        self._midLine = False
         #: Raw message lines, three parts each, not checked yet.
         self._raw: list[bytes] = []
         #: Lines ready to write (checked raw lines, escaped lines), before the raw ones.
@@ -222,19 +244,35 @@ class LineSink:
         if self.broken:
             self.dropped += count
             return
+        data = b"".join(ready)
+        skip = 0
+        if self._midLine:
+            data, skip = b"\n" + data, 1
         try:
-            self.output.write(b"".join(ready))
+            self.output.write(data)
         except (OSError, ValueError) as e:  # ValueError: the file was closed under us
-            self.dropped += count
+            self._lost(data, e.written if isinstance(e, PartialWrite) else 0, skip)
             if isinstance(e, OSError) and e.errno == errno.EPIPE:
                 self.broken = True
             if not self._failing:
                 self._failing = True
                 self._complain(f"sockd: cannot write the log ({e}); dropping log lines, serving on\n")
         else:
+            self._midLine = False
             if self._failing:
                 self._failing = False
                 self._complain(f"sockd: the log is writable again; {self.dropped} lines were dropped\n")
+
+    def _lost(self, data: bytes, written: int, skip: int) -> None:
+        """A write of C{data} failed after C{written} bytes: count the lines lost, leave no half line behind."""
+        self.dropped += data.count(b"\n", max(written, skip))
+        if written == 0:
+            return
+        lineStart = data.rfind(b"\n", 0, written) + 1
+        if lineStart == written:
+            self._midLine = False  # it stopped between two lines
+        else:
+            self._midLine = not self.output.cut(written - lineStart)
 
     def _complain(self, text: str) -> None:
         try:
@@ -254,24 +292,15 @@ class SinkObserver:
     """twistd's text lines (C{textFileLogObserver}'s format) into a L{LineSink}, filtered by level.
 
     Each event is written at once (after the message lines buffered before it).
-
-    Its first event means twistd installed it: from then on the message lines
-    go to the sink directly (L{attached}).
+    The message lines reach the same sink without it (L{LineSink.message}).
     """
 
-    def __init__(self, sink: LineSink, level: Any = LogLevel.info,
-                 onAttach: Callable[[LineSink], None] | None = None) -> None:
+    def __init__(self, sink: LineSink, level: Any = LogLevel.info) -> None:
         self.sink = sink
-        self.attached = False
-        self.onAttach = onAttach
         self._format = ClassicText()
         self._filtered = FilteringLogObserver(self._write, [LogLevelFilterPredicate(level), ACCEPT_WARNINGS])
 
     def __call__(self, event: dict[str, Any]) -> None:
-        if not self.attached:
-            self.attached = True
-            if self.onAttach is not None:
-                self.onAttach(self.sink)
         self._filtered(event)
 
     def _write(self, event: dict[str, Any]) -> None:
