@@ -88,7 +88,7 @@ def sockdOptions() -> tuple[type[usage.Options], list[Option]]:
             kind = VALUES[name]
             value, words = kind if kind is not None else ("internal", ())
             found.append(Option(name, shorts.get(name), doc, value, words, repeatable=name in repeated))
-        elif any(tap.optionName(f.name) == name and f.metadata["coerce"] is not None for f in tap.FIELDS):
+        elif any(tap.optionName(f.name) == name and f.metadata["kind"] is not None for f in tap.FIELDS):
             found.append(Option(name, shorts.get(name), doc, "number"))
         else:
             raise ValueError(f"--{name} takes a value: say in sockd.manual.VALUES what it is")
@@ -132,9 +132,12 @@ def _manOption(option: Option) -> list[str]:
 def manPage() -> str:
     """sockd(8), in the man(7) macros."""
     Options, options = sockdOptions()
+    from sockd.tap import HIDDEN
+
+    options = [o for o in options if o.name not in HIDDEN]
     listen = [o for o in options if o.value == "listen"]
-    general = [o for o in options if o.value != "listen" and o.name not in ("help", "version", "worker")]
-    last = [o for o in options if o.name in ("help", "version", "worker")]
+    general = [o for o in options if o.value != "listen" and o.name not in ("help", "version")]
+    last = [o for o in options if o.name in ("help", "version")]
     lines = [
         ".\\\" Generated from sockd.tap.Options by python -m sockd.manual; do not edit.",
         f'.TH SOCKD 8 "" "sockd {__version__}" "System Administration"',
