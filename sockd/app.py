@@ -80,10 +80,13 @@ class Assembly:
             return
         for name, description in options.active:
             self._add(name, description)
+        self.metrics.ready = self.ready
         if settings.workers > 1:
             self.supervisor = Supervisor(reactor, settings.workers, self._workerSockets, options.rawArgs)
             self.supervisor.grace = settings.grace
             self.supervisor.setServiceParent(self.top)
+            supervisor = self.supervisor
+            self.metrics.workerRestarts = lambda: supervisor.restarts
         if settings.metrics:
             self._addMetrics(settings.metrics)
 

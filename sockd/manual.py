@@ -186,11 +186,14 @@ def manPage() -> str:
         "or removed from its [listen] table are opened or closed, established connections are kept. A file that "
         "does not parse leaves the running configuration in place.",
         ".SH EXIT STATUS",
-        ".TP", "0", "Stopped on request.",
+        ".TP", "0", "Stopped on request: SIGTERM or SIGINT, and the drain done (what was still open after "
+        "\\fB\\-\\-grace\\fR seconds aborted).",
         ".TP", "1", "A runtime failure, such as a listener that cannot be bound.",
         ".TP", "2", "A command line that cannot be parsed.",
         ".TP", "78", "A bad configuration file or listen description (EX_CONFIG). The systemd units do not "
         "restart sockd on 2 or 78 (\\fBRestartPreventExitStatus=\\fR).",
+        ".TP", "killed by SIGTERM or SIGINT (143 or 130 in a shell)",
+        "The signal came again while draining and cut the drain short: open connections were aborted.",
         ".SH ENVIRONMENT",
         ".TP", "\\fBNOTIFY_SOCKET\\fR",
         "sockd sends READY=1 once every listener is bound, and STOPPING=1 at shutdown (systemd \\fBType=notify\\fR).",

@@ -15,12 +15,13 @@ clock, so tests build their own.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from sockd import __version__
+from sockd.observe.logstate import STATE
 
 #: Why a stream connection may be refused, by what its listener can see of the peer.
 ADDRESS_REFUSALS = ("access", "per-source", "rate", "max-connections")
@@ -101,6 +102,10 @@ class Metrics:
     def __init__(self, process: bool = True) -> None:
         self.stats: dict[tuple[str, str], ListenerStats] = {}
         self.reloads: defaultdict[str, int] = defaultdict(int, {result: 0 for result in RELOAD_RESULTS})
+        #: Whether the daemon serves (what /readyz says), set by the wiring: C{sockd_ready}.
+        self.ready: Callable[[], bool] | None = None
+        #: Worker processes that ended unexpectedly and were started again, set by a --workers parent.
+        self.workerRestarts: Callable[[], int] | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.collector = SockdCollector(self)
         self.registry.register(self.collector)
@@ -153,3 +158,14 @@ class SockdCollector:
         for result, count in sorted(self.metrics.reloads.items()):
             reloads.add_metric([result], count)
         yield reloads
+        # What an operator pages on beyond the listeners' counts (contrib/prometheus): is it serving, do its
+        # workers keep dying, does its log lose lines.
+        if self.metrics.ready is not None:
+            yield GaugeMetricFamily("sockd_ready", "1 while sockd serves (as /readyz says 200), 0 otherwise",
+                                    value=1 if self.metrics.ready() else 0)
+        if self.metrics.workerRestarts is not None:
+            yield CounterMetricFamily("sockd_worker_restarts", "Worker processes that ended unexpectedly and "
+                                      "were started again", value=self.metrics.workerRestarts())
+        sink = STATE.sink
+        yield CounterMetricFamily("sockd_log_dropped_lines", "Log lines that could not be written and are lost",
+                                  value=getattr(sink, "dropped", 0))
