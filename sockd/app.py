@@ -119,11 +119,14 @@ class Assembly:
             return
         for spec in options.active:
             self._add(spec)
+        self.metrics.ready = self.ready
         if settings.workers > 1:
             self.supervisor = Supervisor(reactor, settings.workers, self._workerSockets, options.rawArgs,
                                          messageSink=self.logging.sink)
             self.supervisor.grace = settings.grace
             self.supervisor.setServiceParent(self.top)
+            supervisor = self.supervisor
+            self.metrics.workerRestarts = lambda: supervisor.restarts
         if settings.metrics:
             self._addMetrics(settings.metrics)
 

@@ -14,6 +14,7 @@ nothing under plain C{twist}).
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any, NoReturn
@@ -35,28 +36,33 @@ def _twist() -> tuple[Any, Any]:
 
 
 def _sockdOptionsClass() -> type[usage.Options]:
-    from sockd.tap import Options
+    from sockd.tap import HIDDEN, Options
 
     class CommandOptions(Options):  # type: ignore[misc,valid-type]
         """sockd's options, with help that names this command and its runner options."""
+
+        command = "sockd"
+        # Here --log-level is the runner's (listed with the runner options): one entry, not two.
+        hidden = (*HIDDEN, "log-level")
 
         def getSynopsis(self) -> str:
             return f"Usage: sockd [runner options] {self.synopsis}"
 
         def getUsage(self, width: int | None = None) -> str:
-            return super().getUsage(width) + "\n" + runnerUsage()
+            return super().getUsage(width) + "\n" + runnerUsage(width)
 
     return CommandOptions
 
 
-def runnerUsage() -> str:
+def runnerUsage(width: int | None = None) -> str:
     """The runner options' help (the man page's words for them)."""
     from sockd.manual import RUNNER
 
-    lines = ["Runner options (Twisted's twist; anywhere on the command line):"]
-    for name in RUNNER_OPTIONS:
-        lines.append(f"      --{name + '=':<28}{RUNNER[name][2]}")
-    return "\n".join(lines) + "\n"
+    options = [{"long": name, "short": None, "doc": RUNNER[name][2], "optType": "parameter", "default": None}
+               for name in RUNNER_OPTIONS]
+    width = width or int(os.environ.get("COLUMNS", "80"))
+    return "Runner options (Twisted's twist; anywhere on the command line):\n" + "".join(
+        usage.docMakeChunks(options, width))
 
 
 def _takesValue(options: usage.Options) -> tuple[set[str], set[str]]:

@@ -91,7 +91,7 @@ def sockdOptions() -> tuple[type[usage.Options], list[Option]]:
             kind = VALUES[name]
             value, words = kind if kind is not None else ("internal", ())
             found.append(Option(name, shorts.get(name), doc, value, words, repeatable=name in repeated))
-        elif any(tap.optionName(f.name) == name and f.metadata["coerce"] is not None for f in tap.FIELDS):
+        elif any(tap.optionName(f.name) == name and f.metadata["kind"] is not None for f in tap.FIELDS):
             found.append(Option(name, shorts.get(name), doc, "number"))
         else:
             raise ValueError(f"--{name} takes a value: say in sockd.manual.VALUES what it is")
@@ -135,9 +135,12 @@ def _manOption(option: Option) -> list[str]:
 def manPage() -> str:
     """sockd(8), in the man(7) macros."""
     Options, options = sockdOptions()
+    from sockd.tap import HIDDEN
+
+    options = [o for o in options if o.name not in HIDDEN]
     listen = [o for o in options if o.value == "listen"]
-    general = [o for o in options if o.value != "listen" and o.name not in ("help", "version", "worker")]
-    last = [o for o in options if o.name in ("help", "version", "worker")]
+    general = [o for o in options if o.value != "listen" and o.name not in ("help", "version")]
+    last = [o for o in options if o.name in ("help", "version")]
     lines = [
         ".\\\" Generated from sockd.tap.Options by python -m sockd.manual; do not edit.",
         f'.TH SOCKD 8 "" "sockd {__version__}" "System Administration"',
@@ -189,11 +192,14 @@ def manPage() -> str:
         "or removed from its [listen] table are opened or closed, established connections are kept. A file that "
         "does not parse leaves the running configuration in place.",
         ".SH EXIT STATUS",
-        ".TP", "0", "Stopped on request.",
+        ".TP", "0", "Stopped on request: SIGTERM or SIGINT, and the drain done (what was still open after "
+        "\\fB\\-\\-grace\\fR seconds aborted).",
         ".TP", "1", "A runtime failure, such as a listener that cannot be bound.",
         ".TP", "2", "A command line that cannot be parsed.",
         ".TP", "78", "A bad configuration file or listen description (EX_CONFIG). The systemd units do not "
         "restart sockd on 2 or 78 (\\fBRestartPreventExitStatus=\\fR).",
+        ".TP", "killed by SIGTERM or SIGINT (143 or 130 in a shell)",
+        "The signal came again while draining and cut the drain short: open connections were aborted.",
         ".SH ENVIRONMENT",
         ".TP", "\\fBNOTIFY_SOCKET\\fR",
         "sockd sends READY=1 once every listener is bound, and STOPPING=1 at shutdown (systemd \\fBType=notify\\fR).",

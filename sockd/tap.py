@@ -17,7 +17,7 @@ from sockd import __version__
 from sockd.app import Assembly
 from sockd.config.descriptions import DescriptionError, ListenSpec
 from sockd.config.file import loadConfig
-from sockd.config.settings import FIELDS, Settings, optionName
+from sockd.config.settings import FIELDS, MODE, BadValue, Settings, optionName
 from sockd.config.strict import RunAs, checkFile, checkListenFiles, readingAs
 from sockd.defences.access import AccessError, AccessList, parseNetworks
 from sockd.errors import EX_USAGE, ConfigurationError, StartupError, exitWithError, installExceptHook
@@ -40,15 +40,27 @@ def _serviceOption(name: str) -> Any:
 
 
 def _listOption(fieldName: str) -> Any:
+    kind = next(f.metadata["kind"] for f in FIELDS if f.name == fieldName)
+
     def opt(self: Options, value: str) -> None:
-        self.given.setdefault(fieldName, []).append(value)
+        try:
+            self.given.setdefault(fieldName, []).append(kind.fromText(value))
+        except BadValue as e:
+            raise usage.UsageError(f"--{optionName(fieldName)} {value}: must be {e}") from None
 
     opt.__doc__ = next(f.metadata["help"] for f in FIELDS if f.name == fieldName)
     return opt
 
 
 def _shownDefault(f: Any) -> str:
-    return f"{f.default:o}" if f.name.endswith("mode") else str(f.default)
+    """The help's C{[default: ...]}, or nothing for a setting that is off (or built in) unless given."""
+    if f.default is None:
+        return ""
+    return f" [default: {f.default:o}]" if f.metadata["kind"] is MODE else f" [default: {f.default}]"
+
+
+#: Options that sockd gives itself (a --workers parent starting its workers), never a person: not in the help.
+HIDDEN = ("worker",)
 
 
 class Options(usage.Options):
@@ -71,10 +83,10 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "read settings and listeners from this TOML file (re-read on SIGHUP)"],
         ["worker", None, None, "(internal) run as a worker of a --workers parent: a JSON description"],
-        ["log-level", None, "info",
-         f"log only events at this level or above: {', '.join(LEVEL_NAMES)} [default: info]"],
+        # No parser default: usage.Options would add its own "[default: info]" after this one.
+        ["log-level", None, None, f"log only events at this level or above: {', '.join(LEVEL_NAMES)} [default: info]"],
     ] + [
-        [optionName(f.name), None, None, f"{f.metadata['help']} [default: {_shownDefault(f)}]"]
+        [optionName(f.name), None, None, f"{f.metadata['help']}{_shownDefault(f)}"]
         for f in FIELDS
         if not f.metadata["flag"] and not f.metadata["repeat"]
     ]
@@ -86,9 +98,25 @@ class Options(usage.Options):
         self.given: dict[str, Any] = {}
         self.settings = Settings()
 
+    #: How the help and errors name this command (the C{sockd} command says C{sockd}).
+    command = "twistd sockd"
+    #: Options left out of the help.
+    hidden: tuple[str, ...] = HIDDEN
+
     def opt_version(self) -> None:
         print(f"sockd {__version__}")
         sys.exit(0)
+
+    opt_h = usage.Options.opt_help
+
+    def getUsage(self, width: int | None = None) -> str:
+        """The help, less the L{hidden} options."""
+        every = self.longOpt
+        self.longOpt = [o for o in every if o.rstrip("=") not in self.hidden]
+        try:
+            return super().getUsage(width)
+        finally:
+            self.longOpt = every
 
     def parseOptions(self, options: Any = None) -> None:
         #: The arguments as given, for workers started with the same command line.
@@ -96,7 +124,7 @@ class Options(usage.Options):
         try:
             super().parseOptions(options)
         except usage.UsageError as e:
-            exitWithError(f"{e} (see twistd sockd --help)", EX_USAGE)
+            exitWithError(f"{e} (see {self.command} --help)", EX_USAGE)
         except StartupError as e:  # a bad description, setting or configuration file: EX_CONFIG
             exitWithError(str(e), e.exitStatus)
 
@@ -108,13 +136,12 @@ class Options(usage.Options):
             raw = self[optionName(f.name)]
             if raw is None:
                 continue
-            coerce = meta["coerce"] or str
             try:
-                self.given[f.name] = coerce(raw)
-            except ValueError as e:
-                raise usage.UsageError(f"--{optionName(f.name)} {raw}: {e}") from None
+                self.given[f.name] = meta["kind"].fromText(raw)
+            except BadValue as e:
+                raise usage.UsageError(f"--{optionName(f.name)} {raw}: must be {e}") from None
         try:
-            self.logLevel = parseLevel(self["log-level"])
+            self.logLevel = parseLevel(self["log-level"] or "info")
         except ValueError as e:
             raise usage.UsageError(f"--log-level: {e}") from None
         if self["ack-once"]:

@@ -79,7 +79,9 @@ CASES: dict[str, Case] = {
     "quotes-file-missing": Case(lambda d, p: ["--qotd", "tcp:0:interface=127.0.0.1", "--quotes", f"{d}/none.txt"],
                                 lambda d, p: [f"{d}/none.txt"]),
     "bad-allow-cidr": Case(lambda d, p: ["--allow", "10.0.0.0/33"], lambda d, p: ["10.0.0.0/33"]),
-    "bad-number": Case(lambda d, p: ["--max-message", "abc"], lambda d, p: ["max-message", "abc"]),
+    "bad-number": Case(lambda d, p: ["--max-message", "abc"],
+                       lambda d, p: ["--max-message abc", "a whole number of at least 1"]),
+    "bad-unix-mode": Case(lambda d, p: ["--unix-mode", "999"], lambda d, p: ["--unix-mode 999", "octal"]),
     "unix-unknown-group": Case(lambda d, p: ["--ack", f"unix:{d}/ack.sock:group=no-such-group-here"],
                                lambda d, p: ["--ack", f"{d}/ack.sock", "group 'no-such-group-here'"]),
     "ssl-certificate-missing": Case(
@@ -198,6 +200,7 @@ def test_failed_start_releases_the_tcp_port_already_bound(tmp_path: Path, busyPo
 EXIT_STATUSES = {
     "unknown-option": 2,
     "bad-number": 2,
+    "bad-unix-mode": 2,
     "description-without-kind": 78,
     "unknown-endpoint-type": 78,
     "bad-endpoint-argument": 78,

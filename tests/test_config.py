@@ -38,10 +38,11 @@ def test_listen_table():
     "text, expected",
     [
         ("a = 1\nbogus_setting = 3\n", "x.toml:2: unknown setting 'bogus_setting'"),
-        ("\n\nmax_connections = -1\n", "x.toml:3: max_connections = -1"),
+        ("\n\nmax_connections = -1\n",
+         "x.toml:3: max_connections must be a whole number of at least 0 (0: unlimited), not -1"),
         ("[listen]\nfinger = ['tcp:79']\n", "x.toml:2: unknown service 'finger'"),
         ("ack_once = 1\n", "x.toml:1: ack_once must be true or false"),
-        ("allow = 7\n", "x.toml:1: allow must be a list of strings"),
+        ("allow = 7\n", "x.toml:1: allow must be a list of addresses or CIDR blocks"),
         ("max_connections = \n", "x.toml:1: Invalid value"),
         # Unknown tables and keys, with a suggestion.
         ("[limts]\nmax_connections = 1\n", "x.toml:1: unknown table [limts] (did you mean 'limits'?)"),
@@ -54,9 +55,10 @@ def test_listen_table():
         ("[limits]\ngrace = 1\n[limits]\ngrace = 2\n", "x.toml:3: Cannot declare ('limits',) twice"),
         # Wrong types, on the line of the key in its own table (not the first key of that name).
         ("[limits]\nmax_per_source = 3\n[echo]\nmax_per_source = '3'\n",
-         "x.toml:4: max_per_source must be a whole number, not '3'"),
-        ("idle_timeout = 'soon'\n", "x.toml:1: idle_timeout must be a number, not 'soon'"),
-        ("metrics = 9101\n", "x.toml:1: metrics must be a string, not 9101"),
+         "x.toml:4: max_per_source must be a whole number of at least 0 (0: unlimited), not '3'"),
+        ("idle_timeout = 'soon'\n", "x.toml:1: idle_timeout must be a number of at least 0, not 'soon'"),
+        ("metrics = 9101\n",
+         "x.toml:1: metrics must be an endpoint description such as tcp:9101:interface=127.0.0.1, not 9101"),
         # A daemon-wide setting in a service's table means nothing there: refused.
         ("[ack]\nworkers = 2\n", "x.toml:2: workers is the whole daemon's, not one service's"),
     ],
@@ -91,7 +93,7 @@ def test_bad_file_is_one_line_and_nonzero(daemon, tmp_path: Path):
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 78  # EX_CONFIG
     assert result.stderr.strip().splitlines() == [
-        f"sockd: error: {path}:2: max_connections must be a whole number, not 'many'"
+        f"sockd: error: {path}:2: max_connections must be a whole number of at least 0 (0: unlimited), not 'many'"
     ]
 
 
@@ -191,5 +193,5 @@ def test_log_sizes_take_a_number_or_a_size_with_a_unit(tmp_path):
         path.write_text(text + "\n")
         assert loadConfig(str(path), {"ack"}).values["log_max_size"] == size
     path.write_text('log_max_size = "lots"\n')
-    with pytest.raises(ConfigError, match=r"sizes.toml:1: log_max_size = 'lots'"):
+    with pytest.raises(ConfigError, match=r"sizes.toml:1: log_max_size must be a size in bytes .*, not 'lots'"):
         loadConfig(str(path), {"ack"})

@@ -40,7 +40,11 @@ def test_committed_files_are_what_the_generator_writes() -> None:
 
 def test_man_page_lists_every_option() -> None:
     text = MAN.read_text()
+    for name in tap.HIDDEN:
+        assert f"\\-\\-{name}\\fR" not in text, f"the internal --{name} is in the man page"
     for name in everyOption():
+        if name in tap.HIDDEN:
+            continue
         assert f"\\fB\\-\\-{name.replace('-', chr(92) + '-')}\\fR" in text, name
     for short in Options().shortOpt.replace(":", ""):
         assert f"\\fB\\-{short}\\fR, " in text, short

@@ -31,7 +31,7 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 from twisted.scripts.twistd import ServerOptions
 
-from sockd.config.settings import byteSize
+from sockd.config.settings import SIZE, BadValue
 from sockd.observe.log import limit
 from sockd.observe.log import messages as messagelog
 from sockd.observe.log import sink as logsink
@@ -748,8 +748,8 @@ def test_a_pipe_that_fails_part_way_gets_the_half_line_ended(tmp_path):
 
 
 def test_sizes_take_suffixes():
-    assert [byteSize(t) for t in ("65536", "512K", "10M", "1g", "10MiB", "0")] == [
+    assert [SIZE.fromText(t) for t in ("65536", "512K", "10M", "1g", "10MiB", "0")] == [
         65536, 512 << 10, 10 << 20, 1 << 30, 10 << 20, 0]
     for bad in ("", "M", "-1", "1.5M", "ten"):
-        with pytest.raises(ValueError):
-            byteSize(bad)
+        with pytest.raises(BadValue):
+            SIZE.fromText(bad)

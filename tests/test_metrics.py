@@ -113,6 +113,21 @@ def test_series_that_can_occur_start_at_zero_and_no_others_exist():
     assert labelled("sockd_datagrams_received", "transport") == {"udp"}
 
 
+def test_daemon_figures_an_operator_pages_on():
+    """sockd_ready and sockd_worker_restarts_total (contrib/prometheus alerts on them; the log's counts: below)."""
+    metrics = Metrics(process=False)
+    ready = [True]
+    restarts = [0]
+    assert metrics.registry.get_sample_value("sockd_ready") is None  # no wiring, no figure
+    metrics.ready = lambda: ready[0]
+    metrics.workerRestarts = lambda: restarts[0]
+    assert metrics.registry.get_sample_value("sockd_ready") == 1
+    assert metrics.registry.get_sample_value("sockd_worker_restarts_total") == 0
+    ready[0], restarts[0] = False, 3
+    assert metrics.registry.get_sample_value("sockd_ready") == 0
+    assert metrics.registry.get_sample_value("sockd_worker_restarts_total") == 3
+
+
 def get(address: tuple[str, int], path: str) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(f"http://{address[0]}:{address[1]}{path}", timeout=5) as response:
@@ -130,7 +145,7 @@ def test_health_and_readiness_probes_and_quiet_scrapes(daemon):
     metricsAddress = d.address("metrics", "tcp")
     assert get(metricsAddress, "/healthz") == (200, "ok\n")
     assert get(metricsAddress, "/readyz") == (200, "ready\n")
-    scrape(metricsAddress)
+    assert value(scrape(metricsAddress), "sockd_ready") == 1
     # Probes and scrapes are not logged at info (twisted.web's access log would be, once per scrape).
     assert [line for line in d.log().splitlines()
             if ("/metrics" in line or "/readyz" in line) and "#debug]" not in line] == []
@@ -142,9 +157,12 @@ def test_health_and_readiness_probes_and_quiet_scrapes(daemon):
         time.sleep(0.5)
         assert d.process.poll() is None, "stopped before the grace period"
         assert get(metricsAddress, "/readyz")[0] == 503
+        assert value(scrape(metricsAddress), "sockd_ready") == 0
         assert get(metricsAddress, "/healthz") == (200, "ok\n")
         assert stuck.fileno() >= 0
-    assert d.stop() == -signal.SIGTERM
+    # The grace ran out: the drain is done (the stuck connection aborted), a clean stop.  (d.stop() would send a
+    # second SIGTERM, which cuts a drain short and ends sockd by that signal.)
+    assert d.process.wait(15) == 0
 
 
 # ---------------------------------------------------------------------------------------------------------------

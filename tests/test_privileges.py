@@ -76,6 +76,16 @@ def test_unix_mode_option_sets_the_default(daemon, tmp_path: Path) -> None:
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
 
 
+@pytest.mark.parametrize("written", ["0o640", "640", '"640"'])
+def test_unix_mode_in_the_file_is_the_mode_however_written(daemon, tmp_path: Path, written: str) -> None:
+    """TOML reads 0o640 as the integer 416: it is that mode, not 416 read again as octal (0o640 != 0o416)."""
+    path = tmp_path / "ack.sock"
+    config = tmp_path / "sockd.toml"
+    config.write_text(f"unix_mode = {written}\n")
+    daemon("--config", str(config), "--ack", f"unix:{path}")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
+
+
 def test_stale_socket_file_is_replaced(daemon, tmp_path: Path) -> None:
     path = tmp_path / "stale.sock"
     leftover = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

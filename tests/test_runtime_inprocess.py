@@ -168,6 +168,7 @@ def test_a_crash_loop_backs_off_exponentially_up_to_thirty_seconds(supervisor):
         delays.append(waited)
     assert delays[:6] == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0]
     assert delays[6:] == [30.0, 30.0]
+    assert sup.restarts == 8  # sockd_worker_restarts_total, what SockdWorkersRestartLoop pages on
 
 
 def test_stopping_terms_the_workers_then_kills_them_after_the_grace(supervisor):
@@ -182,6 +183,7 @@ def test_stopping_terms_the_workers_then_kills_them_after_the_grace(supervisor):
         spawned["protocol"].processEnded(died(-9))
     assert d.called
     assert len(reactor.spawned) == 2  # no restart while stopping
+    assert sup.restarts == 0
 
 
 def test_a_new_generation_gets_fresh_notify_sockets_while_the_old_one_stops(supervisor):

@@ -15,8 +15,8 @@ service inherits; settings in a service's table ([ack], [echo]...) apply to
 that service only, as xinetd allows per service (daemon-wide settings such
 as C{workers} or C{grace} cannot go there).  C{[listen]} maps service names to
 lists of listen descriptions.  An unknown table or key (with a "did you
-mean"), a duplicate key or a value of the wrong type is an error naming the
-file and the line: at start, and at reload (which then keeps the running
+mean"), a duplicate key or a value the setting does not take is an error
+naming the file, the line and what the setting takes: at start, and at reload (which then keeps the running
 configuration).
 """
 
@@ -28,7 +28,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from sockd.config.settings import FIELDS
+from sockd.config.settings import FIELDS, BadValue
 from sockd.errors import ConfigurationError
 
 #: Tables that only group daemon-wide settings and defaults: their settings apply to every service.
@@ -63,6 +63,8 @@ class _Lines:
         self.path = path
         self.tables: dict[str, int] = {}
         self.keys: dict[tuple[str, str], int] = {}
+        #: The text after each key's C{=}: how a number was written (0o660 and 432 are one TOML integer).
+        self.literals: dict[tuple[str, str], str] = {}
         table = ""
         for number, line in enumerate(text.splitlines(), 1):
             header = _HEADER.match(line)
@@ -73,6 +75,7 @@ class _Lines:
             key = _KEY.match(line)
             if key:
                 self.keys.setdefault((table, key.group(2)), number)
+                self.literals.setdefault((table, key.group(2)), line[key.end():])
 
     def key(self, table: str, key: str) -> str:
         line = self.keys.get((table, key))
@@ -88,52 +91,13 @@ def _didYouMean(word: str, choices: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _checkType(name: str, value: Any, where: str) -> None:
-    """The TOML type a setting takes: a number is not a string, a string is not a list."""
-    f = _BY_NAME[name]
-    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-    if f.metadata["flag"]:
-        expected, ok = "true or false", isinstance(value, bool)
-    elif f.metadata["repeat"]:
-        expected = "a list of strings"
-        ok = isinstance(value, str) or isinstance(value, list) and all(isinstance(v, str) for v in value)
-    elif name == "workers":
-        expected, ok = 'a whole number or "auto"', isinstance(value, (int, str)) and not isinstance(value, bool)
-    elif name.endswith("mode"):
-        expected, ok = "a mode such as 660", isinstance(value, (int, str)) and not isinstance(value, bool)
-    elif name.endswith("size"):
-        expected, ok = 'a size such as 65536 or "10M"', isinstance(value, (int, str)) and not isinstance(value, bool)
-    elif kind == "int":
-        expected, ok = "a whole number", isinstance(value, int) and not isinstance(value, bool)
-    elif kind == "float":
-        expected, ok = "a number", isinstance(value, (int, float)) and not isinstance(value, bool)
-    else:
-        expected, ok = "a string", isinstance(value, str)
-    if not ok:
-        raise ConfigError(f"{where}: {name} must be {expected}, not {value!r}")
-
-
-def _coerce(name: str, value: Any, where: str) -> Any:
-    f = _BY_NAME[name]
-    meta = f.metadata
-    if meta["repeat"]:
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{where}: {name} must be a list of strings")
-        return list(value)
-    if meta["flag"]:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: {name} must be true or false")
-        return value
-    if isinstance(value, bool):
-        raise ConfigError(f"{where}: {name} must not be true/false")
-    coerce = meta["coerce"] or str
-    # A mode is written as chmod takes it: unix_mode = 660 (or "660") means 0o660.
+def _coerce(name: str, value: Any, where: str, literal: str | None) -> Any:
+    """A file's value through its setting's L{Kind}: the same rules, and the same words, as the command line."""
+    kind = _BY_NAME[name].metadata["kind"]
     try:
-        return coerce(str(value))
-    except ValueError as e:
-        raise ConfigError(f"{where}: {name} = {value!r}: {e}") from None
+        return kind.fromToml(value, literal)
+    except BadValue as e:
+        raise ConfigError(f"{where}: {name} must be {e}, not {value!r}") from None
 
 
 def parseConfig(text: str, path: str, services: set[str]) -> ConfigFile:
@@ -162,8 +126,7 @@ def parseConfig(text: str, path: str, services: set[str]) -> ConfigFile:
         if service is not None and _BY_NAME[name].metadata["daemon"]:
             raise ConfigError(f"{where}: {name} is the whole daemon's, not one service's: put it at the top level"
                               f" or in [{DEFAULT_TABLES[0]}], not in [{service}]")
-        _checkType(name, value, where)
-        into[name] = _coerce(name, value, where)
+        into[name] = _coerce(name, value, where, lines.literals.get((table, key)))
 
     tables = ["listen", *DEFAULT_TABLES, *sorted(services)]
     for key, value in data.items():

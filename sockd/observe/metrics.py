@@ -15,7 +15,7 @@ clock, so tests build their own.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
@@ -100,6 +100,10 @@ class Metrics:
     def __init__(self, process: bool = True) -> None:
         self.stats: dict[tuple[str, str], ListenerStats] = {}
         self.reloads: defaultdict[str, int] = defaultdict(int, {result: 0 for result in RELOAD_RESULTS})
+        #: Whether the daemon serves (what /readyz says), set by the wiring: C{sockd_ready}.
+        self.ready: Callable[[], bool] | None = None
+        #: Worker processes that ended unexpectedly and were started again, set by a --workers parent.
+        self.workerRestarts: Callable[[], int] | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.collector = SockdCollector(self)
         self.registry.register(self.collector)
@@ -161,3 +165,11 @@ class SockdCollector:
         for result, count in sorted(self.metrics.reloads.items()):
             reloads.add_metric([result], count)
         yield reloads
+        # What an operator pages on beyond the listeners' counts (contrib/prometheus): is it serving, do its
+        # workers keep dying, (the log's own counts are above).
+        if self.metrics.ready is not None:
+            yield GaugeMetricFamily("sockd_ready", "1 while sockd serves (as /readyz says 200), 0 otherwise",
+                                    value=1 if self.metrics.ready() else 0)
+        if self.metrics.workerRestarts is not None:
+            yield CounterMetricFamily("sockd_worker_restarts", "Worker processes that ended unexpectedly and "
+                                      "were started again", value=self.metrics.workerRestarts())

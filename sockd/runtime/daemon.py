@@ -52,6 +52,13 @@ class SockdService(MultiService):
         self.bound = False
         #: Stopped only after the connections drained: the health endpoint, which says 503 meanwhile.
         self.stopLast: list[Any] = []
+        #: The SIGTERM or SIGINT that asked for the stop, and the one (if any) that then cut the drain short.
+        self.stopSignal: int | None = None
+        #: Set once stopService has begun, asked for by a signal or not.
+        self.stopping = False
+        self.abortSignal: int | None = None
+        #: Handlers replaced while stopping without having taken the signals at start (see L{stopService}).
+        self._replaced: dict[int, Any] = {}
         #: The log observer sockd offers twistd (L{sockd.observe.log.setup.plan}), or None (set by the wiring).
         self.logObserver: Any = None
 
@@ -73,6 +80,12 @@ class SockdService(MultiService):
             # Before the listeners announce themselves: from then on a SIGHUP must reload, not kill.
             # (A reload asked for now runs once the reactor does.)
             signal.signal(signal.SIGHUP, self._onHangup)
+            if not getattr(self.reactor, "running", False):
+                # A process that is starting (twistd, twist, sockd): a stop asked for from the first
+                # "listening on" line is a graceful one, even before the reactor runs (the reactor then puts
+                # its own handlers in, and _takeStopSignals ours back).
+                for signum in (signal.SIGTERM, signal.SIGINT):
+                    signal.signal(signum, self._onStopSignal)
         raiseFileLimit()
         bound = []
         try:
@@ -94,6 +107,8 @@ class SockdService(MultiService):
             # as StreamServerEndpointService does.  (No privilege drop happens in between then.)
             self.privilegedStartService()
         super().startService()
+        # Before READY=1 goes out: from then on a SIGTERM is a graceful stop that exits 0.
+        self.reactor.callWhenRunning(self._takeStopSignals)
         # Every listener was bound in privilegedStartService: a Type=notify unit (contrib/systemd) may
         # count sockd as up, and a --workers parent (whose notify socket a worker has) may send SIGHUP.
         # Not before the reactor runs: twistd calls startService before reactor.run() installs the
@@ -105,8 +120,65 @@ class SockdService(MultiService):
         assert self.reload is not None
         self.reactor.callFromThread(self.reload)
 
+    def _reactorHandlers(self) -> dict[int, Any]:
+        """The reactor's own stop-signal handlers (its public C{sigTerm}/C{sigInt}), where it has them."""
+        handlers = {signal.SIGTERM: getattr(self.reactor, "sigTerm", None),
+                    signal.SIGINT: getattr(self.reactor, "sigInt", None)}
+        return {signum: handler for signum, handler in handlers.items() if handler is not None}
+
+    def _takeStopSignals(self) -> None:
+        """Handle SIGTERM and SIGINT in place of the reactor, where it installed its handlers (twistd, twist, sockd).
+
+        The reactor's handler remembers the signal, and twistd and twist then
+        end the process by that signal once the reactor stopped: status 143
+        after a graceful stop, which Kubernetes reports as an Error and which
+        is not the 0 that gunicorn, uvicorn and sockd(8) give.  Here the first
+        signal stops the reactor without that note, so a finished drain exits
+        0; a second one aborts the drain and the process ends by that signal
+        after all (L{_exitBySignal}).
+        """
+        for signum, handler in self._reactorHandlers().items():
+            if signal.getsignal(signum) == handler:  # installed by the reactor: so this is the main thread
+                signal.signal(signum, self._onStopSignal)
+        self.reactor.addSystemEventTrigger("after", "shutdown", self._exitBySignal)
+
+    def _onStopSignal(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.stopSignal is None and not self.stopping:
+            self.stopSignal = signum
+            self.reactor.callFromThread(self._stopOnSignal, name)
+        else:  # again while stopping: end the drain now
+            self.abortSignal = signum
+            self.reactor.callFromThread(self.hurry, name)
+
+    def _stopOnSignal(self, name: str) -> None:
+        log.info("{signal}: stopping", signal=name)
+        if self.stopping:  # stopped meanwhile by other means: the signal only hurries it
+            self.hurry(name)
+        elif self.reactor.running:
+            self.reactor.stop()
+
+    def _exitBySignal(self) -> None:
+        """After a drain cut short by a second signal, end as the reactor would have: killed by that signal.
+
+        A drain that finished is a clean stop (0); one aborted on request
+        dropped connections and must not look clean to a supervisor, nor like
+        a failure to retry (1, which C{Restart=on-failure} would restart):
+        death by SIGTERM or SIGINT is what it was.  The reactor's public
+        handler records the signal for twistd and twist, which re-raise it once
+        the runner has cleaned up (the stop it also queues never runs: the
+        reactor's loop has ended).
+        """
+        if self.abortSignal is not None:
+            log.info("the drain was cut short by {signal}: exiting by that signal",
+                     signal=signal.Signals(self.abortSignal).name)
+            handler = self._reactorHandlers().get(self.abortSignal)
+            if handler is not None:
+                handler(self.abortSignal, None)
+
     def stopService(self) -> defer.Deferred[None]:
         restore: dict[int, Any] = {}
+        self.stopping = True
         if self.running:
             notify("STOPPING=1")
             log.info("stopping: closing listeners, then finishing open connections (grace {grace:g}s)",
@@ -129,16 +201,20 @@ class SockdService(MultiService):
     def _hurryOnStopSignals(self) -> dict[int, Any]:
         """While draining, SIGTERM or SIGINT again ends the drain at once, and says so.
 
-        The reactor's own handler would call C{reactor.stop()} a second time,
-        which raises C{ReactorNotRunning} into the log and changes nothing.
-        Returns the handlers replaced, put back once stopped.
+        Where the signals were taken at start (L{_takeStopSignals}) that is so
+        already.  Otherwise (a stop not asked by a signal, with the reactor
+        running) the handlers are replaced until the stop is done: the
+        reactor's own would call C{reactor.stop()} a second time, which raises
+        C{ReactorNotRunning} into the log and changes nothing.  Returns the
+        handlers replaced, put back once stopped.
         """
         replaced: dict[int, Any] = {}
         if not getattr(self.reactor, "running", False):
             return replaced  # stopped without a running reactor (a test, a failed start): no signal to expect
         for signum in (signal.SIGTERM, signal.SIGINT):
             try:
-                replaced[signum] = signal.signal(signum, self._onStopSignalAgain)
+                if signal.getsignal(signum) != self._onStopSignal:
+                    replaced[signum] = signal.signal(signum, self._onStopSignal)
             except ValueError:  # not the main thread: nobody can signal this process's loop anyway
                 break
         return replaced
@@ -146,9 +222,6 @@ class SockdService(MultiService):
     def _restoreSignals(self, replaced: dict[int, Any]) -> None:
         for signum, handler in replaced.items():
             signal.signal(signum, handler)
-
-    def _onStopSignalAgain(self, signum: int, frame: Any) -> None:
-        self.reactor.callFromThread(self.hurry, signal.Signals(signum).name)
 
     def hurry(self, why: str = "stop asked again") -> None:
         """Stop now: every worker too, and every open connection aborted instead of drained."""

@@ -187,6 +187,8 @@ class Supervisor(Service):
         self.transports: dict[int, Any] = {}
         self.stopping = False
         self.quickDeaths = 0
+        #: Workers that ended unexpectedly and were started again, for the life of the parent (a metric).
+        self.restarts = 0
         self.metricsDir = ""
         self.grace = 5.0
         #: Counts spawns, so a new generation's notify socket never reuses a path the old one still has.
@@ -244,6 +246,7 @@ class Supervisor(Service):
         self.transports.pop(worker.index, None)
         if self.stopping:
             return
+        self.restarts += 1
         quick = self.reactor.seconds() - worker.started < QUICK_DEATH
         self.quickDeaths = self.quickDeaths + 1 if quick else 0
         delay = min(30.0, 0.5 * 2 ** min(self.quickDeaths, 6)) if quick else 0.5
@@ -315,9 +318,11 @@ class Supervisor(Service):
 #: Seconds a scrape of one worker may take, connect to close: a stuck worker must not hang /metrics.
 SCRAPE_TIMEOUT = 5.0
 
-#: Worker families the parent does not add up: its own reloads and build, the platform (the same for all),
+#: Worker families the parent does not add up: its own reloads, build, readiness and log (the workers' messages
+#: are written by the parent), the platform (the same for all),
 #: and process figures that are no sum of anything (a start time, a limit).
-_NOT_SUMMED = {"sockd_reloads", "sockd_build_info", "python_info", "process_start_time_seconds", "process_max_fds",
+_NOT_SUMMED = {"sockd_reloads", "sockd_build_info", "sockd_ready", "python_info",
+               "process_start_time_seconds", "process_max_fds",
                "process_virtual_memory_max_bytes"}
 
 
