@@ -1,8 +1,10 @@
 """contrib/container/Containerfile, built and run for real with podman.
 
-The image is built from this tree's wheel on a bookworm base made from the
-Debian archive (tests/podman.py says why and how it is cached); each test runs
-its own container on loopback-published ports and removes it, even on failure.
+The image is built by docs/containers.md's build block on the base its base
+block makes from the Debian archive (tests/podman.py says what the tests change
+in the blocks, and how the base is cached); the run blocks are run as written
+too.  Each test runs its own container on loopback-published ports and removes
+it, even on failure.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +23,7 @@ import pytest
 from sockd import tap
 from tests import podman as pm
 from tests.daemon import recvExactly, udpExchange
+from tests.test_systemd import freePort
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(pm.PODMAN is None, reason="podman is not installed")]
 
@@ -168,26 +172,57 @@ def test_sigterm_as_pid_1_drains_then_exits_0(container) -> None:
     assert took < 15, f"stop took {took:.1f}s: SIGTERM was not handled (podman waited to SIGKILL)"
 
 
-def test_config_volume_and_sighup_reload(container, tmp_path: Path) -> None:
-    """--config from a volume; SIGHUP to PID 1 (podman kill) re-reads it and opens the new listener."""
+def operatorTree(tmp_path: Path) -> Path:
+    """A directory like the top of the source tree after scripts/run: its .venv is the test's (sockd-client)."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / ".venv").symlink_to(sys.prefix)
+    return tree
+
+
+def docBlock(name: str, image: str, container: str, ports: dict[int, int]) -> str:
+    """The doc's block with this run's image tag, container name and host ports."""
+    return pm.publish(pm.containerName(pm.docBlocks()[name], container), ports).replace(pm.docImage(), image)
+
+
+def test_the_run_block_serves_then_stops(sockdImage: str, tmp_path: Path) -> None:
+    """docs/containers.md's run block: run, wait for the health check, an ack from the host, stop, remove."""
+    name = pm.uniqueName()
+    ports = {51717: freePort("127.0.0.1"), 50007: freePort("127.0.0.1")}
+    try:
+        result = pm.shell(docBlock("run", sockdImage, name, ports), operatorTree(tmp_path), timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert ACK.decode() in result.stdout
+        assert pm.podman("container", "exists", name, check=False).returncode == 1, "podman rm left it"
+    finally:
+        pm.podman("rm", "--force", "--time", "0", name, check=False)
+
+
+def test_config_volume_and_sighup_reload(sockdImage: str, tmp_path: Path) -> None:
+    """The run-config block: --config from a volume; its SIGHUP (podman kill) re-reads it, opening the new listener."""
     config = tmp_path / "etc"
     config.mkdir()
     toml = config / "sockd.toml"
     toml.write_text('[listen]\nack = ["tcp:51717"]\n')
-    c = container("--config", "/etc/sockd/sockd.toml", publish=["51717/tcp", "50007/tcp"],
-                  volumes=[f"{config}:/etc/sockd:ro"])
-    pm.waitFor(lambda: answers(c.port("51717/tcp")), "ack to answer")
-    echo = c.port("50007/tcp")
-    toml.write_text('[listen]\nack = ["tcp:51717"]\necho = ["tcp:50007"]\n')
-    pm.podman("kill", "--signal", "HUP", c.name)
+    name = pm.uniqueName()
+    ports = {51717: freePort("127.0.0.1"), 50007: freePort("127.0.0.1")}
+    start, reload = pm.commands(docBlock("run-config", sockdImage, name, ports).replace("/etc/sockd:/", f"{config}:/"))
+    tree = operatorTree(tmp_path)
+    try:
+        pm.run(start, tree)
+        pm.waitFor(lambda: answers(("127.0.0.1", ports[51717])), "ack to answer")
+        toml.write_text('[listen]\nack = ["tcp:51717"]\necho = ["tcp:50007"]\n')
+        pm.run(reload, tree)
 
-    def echoes() -> bool:
-        try:
-            with socket.create_connection(echo, timeout=3) as s:
-                s.sendall(b"reloaded\n")
-                return recvExactly(s, 9) == b"reloaded\n"
-        except OSError:
-            return False
+        def echoes() -> bool:
+            try:
+                with socket.create_connection(("127.0.0.1", ports[50007]), timeout=3) as s:
+                    s.sendall(b"reloaded\n")
+                    return recvExactly(s, 9) == b"reloaded\n"
+            except OSError:
+                return False
 
-    pm.waitFor(echoes, "echo, added by the reload, to answer")
-    assert answers(c.port("51717/tcp"))
+        pm.waitFor(echoes, "echo, added by the reload, to answer")
+        assert answers(("127.0.0.1", ports[51717]))
+    finally:
+        pm.podman("rm", "--force", "--time", "0", name, check=False)

@@ -3,15 +3,17 @@
 No cluster here: C{kubectl create --dry-run=client} still downloads the
 server's OpenAPI document and fails without one, so the manifests are
 validated with kubernetes-validate (PyPI; the Kubernetes JSON schemas ship in
-the package, strict mode rejects unknown fields).  C{podman kube play} runs the
-ConfigMap and the Deployment (one replica; it publishes every containerPort on
-the host, so the test's copy binds each to a free loopback port).
+the package, strict mode rejects unknown fields).  docs/containers.md's kube play
+block runs the ConfigMap and the Deployment as written, on copies of the two
+files whose names are this run's and whose ports are bound to free loopback
+ports (podman 4 publishes every containerPort on the host): tests/podman.py.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -26,6 +28,7 @@ from typing import Any
 import pytest
 import yaml
 
+import sockd
 from tests import podman as pm
 from tests.daemon import recvExactly, udpExchange
 from tests.test_systemd import freePort
@@ -131,23 +134,49 @@ def test_service_and_container_expose_every_tcp_and_udp_listener() -> None:
     assert service["selector"] == load("deployment.yaml")["spec"]["selector"]["matchLabels"]
 
 
+def test_replicas_share_the_service_not_host_ports() -> None:
+    """Two replicas, no hostPort (a second pod on a node could not bind it): the Service spreads the traffic."""
+    deployment = load("deployment.yaml")
+    assert deployment["spec"]["replicas"] == 2
+    assert "hostPort" not in json.dumps(deployment) and "hostIP" not in json.dumps(deployment)
+    assert load("service.yaml")["spec"]["type"] == "ClusterIP"
+
+
+def test_the_docs_build_the_image_the_deployment_runs() -> None:
+    """One tag everywhere: the build block's, the Deployment's image, sockd's version, every mention in the page."""
+    image = pm.docImage()
+    assert image == f"localhost/sockd:{sockd.__version__}"
+    assert podSpec()["containers"][0]["image"] == image
+    assert set(re.findall(r"localhost/sockd:[\w.]+", pm.DOC.read_text())) == {image}
+    assert f"BASE={pm.docBase()} " in pm.docBlocks()["build"]
+
+
+def test_every_shell_block_of_the_docs_is_run_by_a_test() -> None:
+    """No shell block of docs/containers.md escapes the tests: each is named, and the names are the ones run."""
+    text = pm.DOC.read_text()
+    blocks = pm.docBlocks()
+    assert text.count("```sh") == len(blocks)
+    assert set(blocks) == {"podman-conf", "base", "build", "run", "run-config", "kube-play", "cluster-reload"}
+    # The kube play block plays the Deployment with one replica: its sed must match deployment.yaml's line.
+    assert "\n  replicas: 2\n" in (KUBE / "deployment.yaml").read_text()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # podman kube play.
 
 
 class Played:
-    """The ConfigMap and Deployment played by podman, every port on a free loopback port."""
+    """The doc's kube play block, on copies of the ConfigMap and Deployment: this run's names, free loopback ports."""
 
     def __init__(self, image: str, directory: Path) -> None:
         suffix = uuid.uuid4().hex[:10]
         configMap = load("configmap.yaml")
-        # kube play keeps a ConfigMap as a named volume, which kube down leaves: name it for this run.
-        configMap["metadata"]["name"] = f"sockd-test-config-{suffix}"
+        configMap["metadata"]["name"] = f"sockd-test-config-{suffix}"  # kube play keeps it as a named volume
         deployment = copy.deepcopy(load("deployment.yaml"))
         deployment["metadata"]["name"] = f"sockd-test-{suffix}"
-        deployment["spec"]["replicas"] = 1
         spec = deployment["spec"]["template"]["spec"]
         container = spec["containers"][0]
+        assert container["image"] == pm.docImage()
         container["image"] = image
         self.ports: dict[str, int] = {}
         byNumber: dict[int, int] = {}
@@ -167,9 +196,15 @@ class Played:
         self.volumes = [v["name"] for v in spec["volumes"] if "emptyDir" in v] + [configMap["metadata"]["name"]]
         self.pod = f"{deployment['metadata']['name']}-pod-0"
         self.container = f"{self.pod}-{container['name']}"
-        self.path = directory / "play.yaml"
-        self.path.write_text(yaml.safe_dump_all([configMap, deployment]))
-        pm.podman("kube", "play", str(self.path), timeout=180)
+        self.directory = directory
+        (directory / "deployment.yaml").write_text(yaml.safe_dump(deployment, sort_keys=False))
+        (directory / "configmap.yaml").write_text(yaml.safe_dump(configMap, sort_keys=False))
+        block = pm.docBlocks()["kube-play"]
+        for name in ("deployment.yaml", "configmap.yaml"):
+            block = block.replace(f"contrib/kubernetes/{name}", str(directory / name))
+        block = pm.containerName(block.replace("sockd-pod-0-sockd", self.container), configMap["metadata"]["name"])
+        self.play, self.waitUntilServing, self.reload, *self.teardown = pm.commands(block)
+        pm.run(self.play, directory, timeout=180)
 
     def address(self, name: str) -> tuple[str, int]:
         return "127.0.0.1", self.ports[name]
@@ -185,7 +220,9 @@ class Played:
         return pm.podman("exec", self.container, *command, check=False)
 
     def down(self) -> None:
-        pm.podman("kube", "down", str(self.path), check=False, timeout=120)
+        """The block's kube down and volume rm; then whatever a failed test may have left."""
+        for command in self.teardown:
+            pm.shell(command, self.directory, timeout=120)
         pm.podman("pod", "rm", "--force", self.pod, check=False)
         for volume in self.volumes:
             pm.podman("volume", "rm", "--force", volume, check=False)
@@ -195,7 +232,7 @@ class Played:
 def played(sockdImage: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Played]:
     p = Played(sockdImage, tmp_path_factory.mktemp("kube"))
     try:
-        pm.waitFor(lambda: ack(p.address("ack")) == ACK, "ack in the pod")
+        pm.run(p.waitUntilServing, p.directory, timeout=60)
         yield p
     finally:
         p.down()
@@ -234,14 +271,30 @@ def test_pod_runs_the_configmap_as_non_root_on_a_read_only_root(played: Played) 
     assert (unix.returncode, unix.stdout) == (0, "I got your message\n"), unix.stderr
 
 
+def reloads(played: Played) -> int:
+    return sum(1 for e in played.events() if e.get("log_namespace") == "sockd.reload")
+
+
 @pytest.mark.slow
-def test_reload_command_from_the_docs(played: Played) -> None:
-    """docs/containers.md's reload, `kubectl exec … kill -HUP 1`, after the ConfigMap update reaches the pod."""
-    before = sum(1 for e in played.events() if e.get("log_namespace") == "sockd.reload")
-    result = played.exec("sh", "-c", "kill -HUP 1")
-    assert result.returncode == 0, result.stderr
-    pm.waitFor(lambda: sum(1 for e in played.events() if e.get("log_namespace") == "sockd.reload") > before,
-               "the reload to be logged")
+def test_one_pod_for_the_one_replica(played: Played) -> None:
+    """The block's sed plays one replica: a second pod would fail to bind the same host ports."""
+    assert pm.podman("pod", "exists", played.pod, check=False).returncode == 0
+    assert pm.podman("pod", "exists", played.pod[:-1] + "1", check=False).returncode == 1
+
+
+@pytest.mark.slow
+def test_reload_commands_from_the_docs(played: Played) -> None:
+    """The kube play block's reload, and what the cluster block runs in each pod (`kubectl exec POD -- ...`)."""
+    before = reloads(played)
+    pm.run(played.reload, played.directory)
+    pm.waitFor(lambda: reloads(played) > before, "the reload to be logged")
+    inPod = re.findall(r"kubectl exec \S+ -- (.+)$", pm.docBlocks()["cluster-reload"], re.M)
+    assert inPod == ["cat /etc/sockd/sockd.toml", "sh -c 'kill -HUP 1'"], inPod
+    shown = pm.run(f"podman exec {played.container} {inPod[0]}", played.directory)
+    assert shown.stdout == load("configmap.yaml")["data"]["sockd.toml"]
+    before = reloads(played)
+    pm.run(f"podman exec {played.container} {inPod[1]}", played.directory)
+    pm.waitFor(lambda: reloads(played) > before, "the second reload to be logged")
     assert ack(played.address("ack")) == ACK
 
 
