@@ -10,8 +10,6 @@ without dropping established connections.
 
 from __future__ import annotations
 
-import json
-import signal
 from typing import Any
 
 from prometheus_client import generate_latest
@@ -29,12 +27,15 @@ from sockd.errors import StartupError
 from sockd.interfaces import IDatagramListener
 from sockd.observe.logsetup import workerMessageSink
 from sockd.observe.metrics import TLS_TRANSPORTS, Metrics
+from sockd.observe.workermetrics import AggregatedMetrics
 from sockd.protocols.qotd import QuotePicker, builtinQuotes, loadQuotes
 from sockd.protocols.speakfirst import SpeakFirstFactory
 from sockd.runtime.daemon import SockdService
 from sockd.runtime.health import Health, QuietSite, Readiness
 from sockd.runtime.listeners import DatagramListener, StreamListener
-from sockd.runtime.workers import AggregatedMetrics, Supervisor, shareLimits
+from sockd.runtime.workers.child import WorkerChannel, shareLimits
+from sockd.runtime.workers.spec import WorkerSpec
+from sockd.runtime.workers.supervisor import Supervisor
 from sockd.services import BY_NAME, SMALL_SERVICE_PORTS, Context
 
 __all__ = ["Assembly"]
@@ -49,7 +50,9 @@ class Assembly:
         self.options = options
         self.reactor = reactor
         #: Set in a worker process: which sockets it inherited, and its share of the limits.
-        self.worker: dict[str, Any] | None = json.loads(options["worker"]) if options["worker"] else None
+        self.worker: WorkerSpec | None = WorkerSpec.fromJSON(options["worker"]) if options["worker"] else None
+        #: A worker's control channel: the listeners its parent opens and closes on a reload.
+        self.channel: WorkerChannel | None = None
         settings = self._share(options.settings)
         self.settings = settings
         #: This daemon's counts and their registry, handed to everything that counts.
@@ -71,12 +74,13 @@ class Assembly:
         self.listeners: dict[tuple[str, str], Any] = {}
         self.supervisor: Any = None
         if self.worker is not None:
-            messages = self.worker.get("messages")
-            if messages is not None:  # the parent logs through its own sink: hand it finished lines
-                workerMessageSink(messages["fd"], messages["journal"], reactor)
-            for name, description, fd in self.worker["listeners"]:
-                self._add(name, description, inheritedFd=fd)
-            self._addWorkerMetrics(self.worker["metrics"])
+            if self.worker.messages is not None:  # the parent logs through its own sink: hand it finished lines
+                workerMessageSink(self.worker.messages.fd, self.worker.messages.journal, reactor)
+            for inherited in self.worker.listeners:
+                self._add(inherited.name, inherited.description, inheritedFd=inherited.fd)
+            self._addWorkerMetrics(self.worker.metrics)
+            self.channel = WorkerChannel(self.worker)
+            self.top.reload = self._reloadWorker
             return
         for name, description in options.active:
             self._add(name, description)
@@ -110,7 +114,7 @@ class Assembly:
     def _share(self, settings: Settings) -> Settings:
         if self.worker is None:
             return settings
-        return shareLimits(settings, self.worker["count"])
+        return shareLimits(settings, self.worker.count)
 
     def _workerSockets(self) -> list[tuple[str, str, Any]]:
         """What workers inherit: every service listener, in a stable order."""
@@ -203,10 +207,10 @@ class Assembly:
         self._configureServices(serviceSettings)
         self.top.grace = settings.grace
         wanted = list(dict.fromkeys(active))
-        if self.worker is not None:
-            wanted = list(self.listeners)  # a worker serves what it inherited; the parent restarts it for more
-        before = list(self.listeners)
-        for key in [k for k in self.listeners if k not in wanted]:
+        adopted: dict[tuple[str, str], int] = {}
+        if self.channel is not None:  # a worker serves what its parent has open, which says what changed
+            wanted, adopted = self.channel.listeners(list(self.listeners))
+        for key in [k for k in self.listeners if k not in wanted or k in adopted]:
             listener = self.listeners.pop(key)
             listener.disownServiceParent()
             log.info("reload: closed {service} {description}", service=key[0], description=key[1])
@@ -217,7 +221,7 @@ class Assembly:
             if key in self.listeners:
                 continue
             try:
-                listener = self._add(*key)  # the running parent binds and starts it at once
+                listener = self._add(*key, inheritedFd=adopted.get(key))  # bound (or adopted) and started at once
             except StartupError as e:
                 stray = self.listeners.pop(key, None) or self._named(key)
                 if stray is not None and stray.parent is not None:
@@ -228,14 +232,18 @@ class Assembly:
                 self.datagramPolicy.addOwnPort(listener.boundPort)
             opened += 1
         if self.supervisor is not None:
-            if list(self.listeners) != before:
-                log.info("reload: listeners changed: starting new workers on the new set")
-                self.supervisor.restartAll()
-            else:
-                self.supervisor.signalAll(signal.SIGHUP)
+            self.supervisor.reload()
         self.metrics.reloads["ok"] += 1
         log.info("reloaded {path}: {count} listeners ({opened} opened)", path=self.options["config"] or "options",
                  count=len(self.listeners), opened=opened)
+
+    def _reloadWorker(self) -> None:
+        """A worker's reload: as any, then tell the parent it is done, even when the file did not parse."""
+        assert self.channel is not None
+        try:
+            self.reload()
+        finally:
+            self.channel.reloaded()
 
     def _refresh(self, key: tuple[str, str], listener: Any) -> None:
         """Give a kept listener a service built from the new settings; open connections keep theirs."""

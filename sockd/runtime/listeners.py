@@ -217,14 +217,20 @@ class StreamListener(_Listener):
         assert fd is not None
         adopting = AdoptingReactor(self.reactor, fd)
         kind = split(self.description)[0]
-        if kind in ("ssl", "tls"):
-            outcome: list[Any] = []
-            serverFromString(adopting, self.description).listen(self.factory).addBoth(outcome.append)
-            if not outcome or isinstance(outcome[0], Failure):
-                raise StartupError(f"{self.serviceName} {self.description}: cannot adopt descriptor {fd}")
-            self.port = outcome[0]
-        else:
-            self.port = adopting.adoptStreamPort(fd, socketFamily(fd), self.factory)
+        try:
+            if kind in ("ssl", "tls"):
+                outcome: list[Any] = []
+                serverFromString(adopting, self.description).listen(self.factory).addBoth(outcome.append)
+                if not outcome or isinstance(outcome[0], Failure):
+                    raise StartupError(f"{self.serviceName} {self.description}: cannot adopt descriptor {fd}")
+                self.port = outcome[0]
+            else:
+                self.port = adopting.adoptStreamPort(fd, socketFamily(fd), self.factory)
+        finally:
+            # The port serves a duplicate: the inherited descriptor would keep the socket listening after the
+            # port closes (a reload that removes this listener must close the socket for good).
+            os.close(fd)
+            self.inheritedFd = None
         log.debug("{service} serving inherited {kind} {address}", service=self.serviceName, kind=self.transportName,
                   transport=socketTransport(self.description), address=formatAddress(self.port.getHost()))
 
@@ -271,6 +277,7 @@ class DatagramListener(_Listener):
         if self.port is not None:
             return
         address = self.address
+        inherited = self.inheritedFd is not None
         try:
             if address.fd is not None:
                 # systemd passes blocking sockets unless NonBlocking=yes: the reactor would block in recvfrom().
@@ -282,9 +289,13 @@ class DatagramListener(_Listener):
                 )
         except Exception as e:
             raise StartupError(f"{self.serviceName} {self.description}: cannot listen: {_reason(e)}") from None
+        finally:
+            if self.inheritedFd is not None:  # the port reads a duplicate: see StreamListener._adopt
+                os.close(self.inheritedFd)
+                self.inheritedFd = None
         log.emit(
-            LogLevel.debug if self.inheritedFd is not None else LogLevel.info,
-            "{service} listening on {transport} {address}" if self.inheritedFd is None
+            LogLevel.debug if inherited else LogLevel.info,
+            "{service} listening on {transport} {address}" if not inherited
             else "{service} serving inherited {transport} {address}",
             service=self.serviceName,
             transport="udp",
