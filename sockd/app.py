@@ -11,9 +11,7 @@ close listeners, without dropping established connections.
 
 from __future__ import annotations
 
-import json
 import pwd
-import signal
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -33,12 +31,15 @@ from sockd.errors import StartupError
 from sockd.observe.log.setup import plan
 from sockd.observe.metrics import Metrics
 from sockd.observe.throttle import ACCEPT_WARNINGS
+from sockd.observe.workermetrics import AggregatedMetrics
 from sockd.protocols.qotd import QuotePicker, builtinQuotes, loadQuotes
 from sockd.protocols.speakfirst import SpeakFirstFactory
 from sockd.runtime.daemon import SockdService
 from sockd.runtime.health import Health, QuietSite, Readiness
 from sockd.runtime.listeners import DatagramListener, StreamListener
-from sockd.runtime.workers import AggregatedMetrics, Supervisor, shareLimits
+from sockd.runtime.workers.child import WorkerChannel, shareLimits
+from sockd.runtime.workers.spec import WorkerSpec
+from sockd.runtime.workers.supervisor import Supervisor
 from sockd.services import BY_NAME, SMALL_SERVICE_PORTS, Context
 
 __all__ = ["Assembly", "Running", "metricsRules", "metricsSite"]
@@ -81,13 +82,16 @@ class Assembly:
         self.options = options
         self.reactor = reactor
         #: Set in a worker process: which sockets it inherited, and its share of the limits.
-        self.worker: dict[str, Any] | None = json.loads(options["worker"]) if options["worker"] else None
+        self.worker: WorkerSpec | None = WorkerSpec.fromJSON(options["worker"]) if options["worker"] else None
+        #: A worker's control channel: the listeners its parent opens and closes on a reload.
+        self.channel: WorkerChannel | None = None
         settings = self._share(options.settings)
         self.settings = settings
         #: This daemon's counts and their registry, handed to everything that counts.
         self.metrics = Metrics()
         #: How messages are logged (the sink of the fast path, or events), handed to every message log.
-        self.logging = plan(options, reactor, self.worker, settings=settings)
+        pipe = self.worker.messages if self.worker is not None else None
+        self.logging = plan(options, reactor, (pipe.fd, pipe.journal) if pipe is not None else None, settings=settings)
         self.metrics.logging = self.logging
         self.context = Context(settings, reactor, QuotePicker(_quotes(settings, options.runAs)), logging=self.logging)
         #: The daemon's admission and datagram rules: those of every service without a table of its own.
@@ -113,9 +117,11 @@ class Assembly:
         self.socketOwner = daemonIds(options)
         self.supervisor: Any = None
         if self.worker is not None:
-            for name, description, fd in self.worker["listeners"]:
-                self._add(ListenSpec.parse(name, description), inheritedFd=fd)
-            self._addWorkerMetrics(self.worker["metrics"])
+            for inherited in self.worker.listeners:
+                self._add(ListenSpec.parse(inherited.name, inherited.description), inheritedFd=inherited.fd)
+            self._addWorkerMetrics(self.worker.metrics)
+            self.channel = WorkerChannel(self.worker)
+            self.top.reload = self._reloadWorker
             return
         for spec in options.active:
             self._add(spec)
@@ -153,7 +159,7 @@ class Assembly:
     def _share(self, settings: Settings) -> Settings:
         if self.worker is None:
             return settings
-        return shareLimits(settings, self.worker["count"])
+        return shareLimits(settings, self.worker.count)
 
     def _workerSockets(self) -> list[tuple[str, str, Any]]:
         """What workers inherit: every service listener, in a stable order."""
@@ -254,10 +260,12 @@ class Assembly:
         self._configureServices(serviceSettings)
         self.top.grace = settings.grace
         wanted = list(dict.fromkeys(active))
-        if self.worker is not None:
-            wanted = list(self.running)  # a worker serves what it inherited; the parent restarts it for more
-        before = list(self.running)
-        for spec in [k for k in self.running if k not in wanted]:
+        adopted: dict[ListenSpec, int] = {}
+        if self.channel is not None:  # a worker serves what its parent has open, which says what changed
+            keys, adoptedKeys = self.channel.listeners([(spec.service, str(spec)) for spec in self.running])
+            wanted = [ListenSpec.parse(*key) for key in keys]
+            adopted = {ListenSpec.parse(*key): fd for key, fd in adoptedKeys.items()}
+        for spec in [k for k in self.running if k not in wanted or k in adopted]:
             self.running.pop(spec).listener.disownServiceParent()
             log.info("reload: closed {service} {description}", service=spec.service, description=str(spec))
         opened = 0
@@ -267,7 +275,7 @@ class Assembly:
             if spec in self.running:
                 continue
             try:
-                record = self._add(spec)  # the running parent binds and starts it at once
+                record = self._add(spec, inheritedFd=adopted.get(spec))  # bound (or adopted) and started at once
             except StartupError as e:
                 stray = self.running.pop(spec, None)
                 listener = stray.listener if stray is not None else self._named(spec)
@@ -279,14 +287,18 @@ class Assembly:
                 self.datagramPolicy.addOwnPort(record.listener.boundPort)
             opened += 1
         if self.supervisor is not None:
-            if list(self.running) != before:
-                log.info("reload: listeners changed: starting new workers on the new set")
-                self.supervisor.restartAll()
-            else:
-                self.supervisor.signalAll(signal.SIGHUP)
+            self.supervisor.reload()
         self.metrics.reloads["ok"] += 1
         log.info("reloaded {path}: {count} listeners ({opened} opened)", path=self.options["config"] or "options",
                  count=len(self.running), opened=opened)
+
+    def _reloadWorker(self) -> None:
+        """A worker's reload: as any, then tell the parent it is done, even when the file did not parse."""
+        assert self.channel is not None
+        try:
+            self.reload()
+        finally:
+            self.channel.reloaded()
 
     def _refresh(self, record: Running) -> None:
         """Give a kept listener a service built from the new settings; open connections keep theirs."""

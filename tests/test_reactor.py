@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sockd.runtime.workers import reactorArguments
+from sockd.runtime.workers.supervisor import reactorArguments
 from tests.daemon import BIN, REACTOR, STOCK_REACTOR, children, connect, recvExactly, udpExchange, waitFor
 
 SOCKD = "sockd.core.reactor.SockdReactor"

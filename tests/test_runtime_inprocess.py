@@ -8,7 +8,9 @@ calling its receiving protocol as the reactor would.  The end-to-end tests
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 from typing import Any
 
 import pytest
@@ -25,7 +27,10 @@ from sockd.defences.stream import ConnectionRegistry
 from sockd.errors import StartupError
 from sockd.interfaces import IDatagramListener, IListener, IStopsFirst
 from sockd.runtime.daemon import SockdService
-from sockd.runtime.workers import NotifyReceiver, Supervisor
+from sockd.runtime.workers.channel import receiveUpdates
+from sockd.runtime.workers.notify import NotifyReceiver
+from sockd.runtime.workers.spec import WorkerSpec
+from sockd.runtime.workers.supervisor import Supervisor
 
 
 class FakeProcess:
@@ -65,8 +70,11 @@ class WorkerReactor(MemoryReactorClock):
                      path: Any = None, uid: Any = None, gid: Any = None, usePTY: bool = False,
                      childFDs: Any = None) -> FakeProcess:
         process = FakeProcess(1000 + len(self.spawned))
+        spec = WorkerSpec.fromJSON(args[args.index("--worker") + 1])
+        # The worker's copy of its control channel, as a fork would leave it (the parent closes its copy).
+        control = os.dup(childFDs[spec.control])
         self.spawned.append({"protocol": processProtocol, "args": list(args), "env": env, "childFDs": childFDs,
-                             "process": process})
+                             "process": process, "spec": spec, "control": control})
         return process
 
     def listenUNIXDatagram(self, address: str, protocol: Any, maxPacketSize: int = 8192, mode: int = 0o666,
@@ -97,6 +105,11 @@ def supervisor(tmp_path):
     sup.startService()
     yield sup, reactor
     sup.stopping = True
+    for spawned in reactor.spawned:
+        os.close(spawned["control"])
+    for worker in sup.workers.values():
+        if worker.control is not None:
+            worker.control.close()
 
 
 def died(code: int = 1) -> Failure:
@@ -186,14 +199,94 @@ def test_stopping_terms_the_workers_then_kills_them_after_the_grace(supervisor):
     assert sup.restarts == 0
 
 
-def test_a_new_generation_gets_fresh_notify_sockets_while_the_old_one_stops(supervisor):
+def test_a_replacement_worker_gets_a_fresh_notify_socket(supervisor):
     sup, reactor = supervisor
-    old = [s["process"] for s in reactor.spawned]
-    sup.restartAll()
-    assert len(reactor.spawned) == 4
-    assert all(p.signals == ["TERM"] for p in old)
+    reactor.advance(10)
+    reactor.spawned[0]["protocol"].processEnded(died())
+    reactor.advance(0.5)
+    assert len(reactor.spawned) == 3
     paths = [p.path for p in reactor.datagramPorts]
-    assert len(set(paths)) == 4
+    assert len(set(paths)) == 3
+
+
+def listening() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+def test_a_reload_sends_running_workers_the_sockets_opened_and_restarts_none(tmp_path):
+    """Changed listeners reach the workers on their control channel, before SIGHUP: no new generation."""
+    reactor = WorkerReactor()
+    kept, removed, added = listening(), listening(), listening()
+    listeners = [("echo", "tcp:kept", FakeListener(kept.fileno())),
+                 ("ack", "tcp:removed", FakeListener(removed.fileno()))]
+    sup = Supervisor(reactor, 2, lambda: listeners, ["--config", "x"])
+    sup.startService()
+    try:
+        channels = [socket.socket(fileno=s["control"]) for s in reactor.spawned]
+        for channel in channels:
+            channel.setblocking(False)
+        assert all(s["spec"].listeners[0].fd == kept.fileno() for s in reactor.spawned)
+        for port in reactor.datagramPorts:
+            port.protocol.datagramReceived(b"READY=1", None)
+        assert receiveUpdates(channels[0]) == (None, {})  # nothing sent before a reload
+
+        listeners[1:] = [("echo", "tcp:added", FakeListener(added.fileno()))]
+        with capturedLogs() as events:
+            sup.reload()
+            for spawned in reactor.spawned:
+                assert spawned["process"].signals == [signal.SIGHUP]
+            for channel in channels:
+                serve, adopted = receiveUpdates(channel)
+                assert serve == (("echo", "tcp:kept"), ("echo", "tcp:added"))
+                assert list(adopted) == [("echo", "tcp:added")]
+                with socket.socket(fileno=adopted[("echo", "tcp:added")]) as got:
+                    assert got.getsockname() == added.getsockname()  # the very socket the parent bound
+            assert not any("all 2 workers reloaded" in formatEvent(e) for e in events)
+            reactor.datagramPorts[0].protocol.datagramReceived(b"READY=1", None)
+            assert not any("all 2 workers reloaded" in formatEvent(e) for e in events)
+            reactor.datagramPorts[1].protocol.datagramReceived(b"READY=1", None)
+            assert any("all 2 workers reloaded (2 listeners)" in formatEvent(e) for e in events)
+        assert len(reactor.spawned) == 2  # no worker restarted
+
+        sup.reload()  # nothing changed: a SIGHUP, no message
+        assert receiveUpdates(channels[0]) == (None, {})
+        assert reactor.spawned[0]["process"].signals == [signal.SIGHUP, signal.SIGHUP]
+    finally:
+        sup.stopping = True
+        for sock in [kept, removed, added, *channels]:
+            sock.close()
+        for worker in sup.workers.values():
+            worker.control.close()
+
+
+def test_a_worker_that_cannot_take_the_update_is_restarted_on_the_current_listeners():
+    reactor = WorkerReactor()
+    kept, added = listening(), listening()
+    listeners = [("echo", "tcp:kept", FakeListener(kept.fileno()))]
+    sup = Supervisor(reactor, 2, lambda: listeners, [])
+    sup.startService()
+    try:
+        sup.workers[0].control.close()  # as if its channel broke
+        listeners.append(("echo", "tcp:added", FakeListener(added.fileno())))
+        sup.reload()
+        assert reactor.spawned[0]["process"].signals == [signal.SIGTERM]
+        assert reactor.spawned[1]["process"].signals == []  # not ready yet: its SIGHUP waits
+        reactor.advance(10)
+        reactor.spawned[0]["protocol"].processEnded(died())
+        reactor.advance(0.5)
+        assert [(i.name, i.description) for i in reactor.spawned[2]["spec"].listeners] == [
+            ("echo", "tcp:kept"), ("echo", "tcp:added")]
+    finally:
+        sup.stopping = True
+        for sock in [kept, added]:
+            sock.close()
+        for spawned in reactor.spawned:
+            os.close(spawned["control"])
+        for worker in sup.workers.values():
+            worker.control.close()
 
 
 # The top service -------------------------------------------------------------------------------------------------

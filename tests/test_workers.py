@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import socket
 import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sockd import __version__
 from sockd.config.settings import Settings, workerCount
-from sockd.runtime.workers import shareLimits, sumExpositions
-from tests.daemon import children, connect, recvAll, recvExactly, udpExchange, waitFor
+from sockd.errors import StartupError
+from sockd.observe.workermetrics import sumExpositions
+from sockd.runtime.workers.child import shareLimits
+from sockd.runtime.workers.spec import InheritedListener, ListenerUpdate, MessagePipe, WorkerSpec
+from tests.daemon import LISTENING, children, connect, recvAll, recvExactly, udpExchange, waitFor
 
 
 def ack(address) -> bytes:
@@ -36,6 +43,26 @@ def test_share_never_adds_up_to_more_than_the_whole():
     assert s.connection_rate * 3 == 20.0 and s.udp_budget * 3 == 100.0
     assert shareLimits(Settings(max_per_source=0), 4).max_per_source == 0  # unlimited stays unlimited
     assert workerCount("auto") == len(os.sched_getaffinity(0))
+
+
+def test_a_worker_spec_and_a_listener_update_go_through_json_unchanged():
+    spec = WorkerSpec(index=1, count=2, listeners=(InheritedListener("ack", "tcp:0", 7),), metrics="/m.sock",
+                      control=9, messages=MessagePipe(8, journal=True))
+    assert WorkerSpec.fromJSON(spec.toJSON()) == spec
+    assert WorkerSpec.fromJSON(replace(spec, messages=None).toJSON()).messages is None
+    update = ListenerUpdate(serve=(("ack", "tcp:0"), ("echo", "unix:e")), adopt=(("echo", "unix:e"),))
+    assert ListenerUpdate.fromJSON(update.toJSON()) == update
+
+
+def test_a_malformed_worker_spec_is_refused_naming_what_is_wrong():
+    good = json.loads(WorkerSpec(0, 1, (), "/m", 5).toJSON())
+    for bad, said in [("{", "not JSON"), ("[]", "not a JSON object"), ({**good, "count": "2"}, "'count' is str"),
+                      ({**good, "index": 3}, "index 3 is not below count 1"),
+                      ({**good, "listeners": [["ack", "tcp:0"]]}, "[service, description, fd]"),
+                      ({k: v for k, v in good.items() if k != "control"}, "no 'control'"),
+                      ({**good, "messages": {"fd": 3, "journal": 1}}, "'journal' is int")]:
+        with pytest.raises(StartupError, match=re.escape(said)):
+            WorkerSpec.fromJSON(bad if isinstance(bad, str) else json.dumps(bad))
 
 
 def test_sum_of_expositions_adds_samples_with_the_same_labels():
@@ -158,7 +185,7 @@ def test_workers_message_lines_reach_the_parents_log_as_lines_not_events(daemon)
 
 
 def test_a_workers_message_lines_cut_by_the_pipe_are_joined_before_they_reach_the_sink():
-    from sockd.runtime.workers import WorkerProcess
+    from sockd.runtime.workers.supervisor import WorkerProcess
 
     class Sink:
         def __init__(self) -> None:
@@ -179,3 +206,65 @@ def test_a_workers_message_lines_cut_by_the_pipe_are_joined_before_they_reach_th
     worker.childDataReceived(7, b"o\nthr")
     worker.childDataReceived(7, b"ee\nfour\n")
     assert sink.chunks == [b"one\n", b"two\n", b"three\nfour\n"]
+
+
+def echoes(sock, payload: bytes) -> bool:
+    """Whether an established echo connection still answers (False if it was closed or reset)."""
+    try:
+        sock.sendall(payload)
+        return recvExactly(sock, len(payload)) == payload
+    except OSError:
+        return False
+
+
+def test_a_reload_that_changes_the_listeners_keeps_every_established_connection(daemon, tmp_path):
+    """SIGHUP with a new [listen]: workers adopt the added socket, close the removed one, keep their connections."""
+    config = tmp_path / "sockd.toml"
+    config.write_text('[listen]\necho = ["tcp:0:interface=127.0.0.1", "unix:echo.sock"]\n'
+                      'ack = ["tcp:0:interface=127.0.0.1"]\n')
+    d = daemon("--workers", "2", "--config", str(config), "--exempt", "none", "--grace", "1", expect=3)
+    waitFor(lambda: "all 2 workers ready" in d.log(), "both workers ready:\n" + d.log())
+    workers = children(d.pid)
+    tcp, removed = d.address("echo", "tcp"), d.address("ack", "tcp")
+    held = []
+    try:
+        for serving in sorted(workers):
+            # The kernel may hand every connection to one worker: stop the others, so each one holds some.
+            others = workers - {serving}
+            for pid in others:
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                mine = []
+                for _ in range(4):
+                    mine.append(connect(tcp))
+                    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    sock.settimeout(5.0)
+                    sock.connect(str(tmp_path / "echo.sock"))
+                    mine.append(sock)
+                held += mine
+                assert all(echoes(s, b"before %d\n" % i) for i, s in enumerate(mine))  # served by `serving`
+            finally:
+                for pid in others:
+                    os.kill(pid, signal.SIGCONT)
+        config.write_text('[listen]\necho = ["tcp:0:interface=127.0.0.1", "unix:echo.sock"]\n'
+                          'daytime = ["tcp:0:interface=127.0.0.2"]\n')
+        os.kill(d.pid, signal.SIGHUP)
+        waitFor(lambda: "all 2 workers reloaded" in d.log(), "both workers reloaded:\n" + d.log())
+        added = LISTENING.findall(d.log())[-1]
+        assert added[:2] == ("daytime", "tcp"), added
+        host, _, port = added[2].rpartition(":")
+        for _ in range(6):  # each worker accepts on the added socket (the kernel picks which)
+            with connect((host, int(port))) as s:
+                assert recvAll(s).endswith(b"\r\n")
+        try:
+            connect(removed).close()
+            refused = False
+        except ConnectionRefusedError:
+            refused = True
+        assert refused, f"{removed} still accepts after it left [listen]"
+        alive = [echoes(s, b"after %d\n" % i) for i, s in enumerate(held)]
+        assert all(alive), f"{alive.count(False)}/{len(alive)} established connections dropped:\n{d.log()}"
+        assert "restarting it" not in d.log() and children(d.pid) == workers
+    finally:
+        for s in held:
+            s.close()

@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from sockd.observe.metrics import Metrics
-from sockd.runtime.workers import SCRAPE_TIMEOUT, AggregatedMetrics, WorkerTotals
+from sockd.observe.workermetrics import SCRAPE_TIMEOUT, AggregatedMetrics, WorkerTotals
 
 
 def exposition(accepted: int, active: int = 0, cpu: float = 1.0) -> str:

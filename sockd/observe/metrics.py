@@ -5,7 +5,7 @@ attribute of a L{ListenerStats}; L{SockdCollector} turns those into
 Prometheus families when C{/metrics} is scraped.  (A C{prometheus_client}
 Counter takes a lock on every C{inc()}: several of those per message cost
 more than the rest of sockd's own work.)  With C{--workers}, the parent adds
-up its workers' scrapes (L{sockd.runtime.workers}).
+up its workers' scrapes (L{sockd.observe.workermetrics}).
 
 There is no global state: each daemon (each L{sockd.app.Assembly}) makes one
 L{Metrics} and hands it to what counts, as the protocols are handed their

@@ -258,14 +258,20 @@ class StreamListener(_Listener):
         fd = self.inheritedFd
         assert fd is not None
         adopting = AdoptingReactor(self.reactor, fd)
-        if self.spec.tls:
-            outcome: list[Any] = []
-            quietly(serverFromString(adopting, self.spec.endpoint).listen, self.factory).addBoth(outcome.append)
-            if not outcome or isinstance(outcome[0], Failure):
-                raise StartupError(f"{self.name}: cannot adopt descriptor {fd}")
-            self.port = outcome[0]
-        else:
-            self.port = quietly(adopting.adoptStreamPort, fd, socketFamily(fd), self.factory)
+        try:
+            if self.spec.tls:
+                outcome: list[Any] = []
+                quietly(serverFromString(adopting, self.spec.endpoint).listen, self.factory).addBoth(outcome.append)
+                if not outcome or isinstance(outcome[0], Failure):
+                    raise StartupError(f"{self.name}: cannot adopt descriptor {fd}")
+                self.port = outcome[0]
+            else:
+                self.port = quietly(adopting.adoptStreamPort, fd, socketFamily(fd), self.factory)
+        finally:
+            # The port serves a duplicate: the inherited descriptor would keep the socket listening after the
+            # port closes (a reload that removes this listener must close the socket for good).
+            os.close(fd)
+            self.inheritedFd = None
         log.debug("{service} serving inherited {kind} {address}", service=self.serviceName, kind=self.kind,
                   transport=self.spec.transport, address=formatAddress(self.port.getHost()))
 
@@ -310,6 +316,7 @@ class DatagramListener(_Listener):
         if self.port is not None:
             return
         address = self.address
+        inherited = self.inheritedFd is not None
         try:
             if address.fd is not None:
                 # systemd passes blocking sockets unless NonBlocking=yes: the reactor would block in recvfrom().
@@ -321,9 +328,13 @@ class DatagramListener(_Listener):
                     address.port, self.protocol, interface=address.interface, maxPacketSize=MAX_DATAGRAM))
         except Exception as e:
             raise StartupError(f"{self.serviceName} {self.description}: cannot listen: {_reason(e)}") from None
+        finally:
+            if self.inheritedFd is not None:  # the port reads a duplicate: see StreamListener._adopt
+                os.close(self.inheritedFd)
+                self.inheritedFd = None
         log.emit(
-            LogLevel.debug if self.inheritedFd is not None else LogLevel.info,
-            "{service} listening on {transport} {address}" if self.inheritedFd is None
+            LogLevel.debug if inherited else LogLevel.info,
+            "{service} listening on {transport} {address}" if not inherited
             else "{service} serving inherited {transport} {address}",
             service=self.serviceName,
             transport="udp",

@@ -146,12 +146,13 @@ def twistJsonLines(parent: Any) -> bool:
     return True
 
 
-def plan(options: Any, reactor: Any, worker: dict[str, Any] | None = None, state: LogState = STATE,
+def plan(options: Any, reactor: Any, workerPipe: tuple[int, bool] | None = None, state: LogState = STATE,
          settings: Settings | None = None) -> MessageLogging:
     """sockd's logging for one C{twistd sockd}: the fast sink and its observer where twistd allows it.
 
-    A C{--workers} child (C{worker}) whose parent writes its own log gets a
-    sink writing finished lines to the pipe its parent reads.  With
+    A C{--workers} child whose parent writes its own log gets a sink writing
+    finished lines to the pipe its parent reads (C{workerPipe}: its
+    descriptor, and whether the lines carry journal priorities).  With
     C{--syslog}, the observer is twistd's own syslog observer behind the level
     filter (twistd would not apply C{--log-level}); the messages stay events.
     Whatever the destination, message lines pass the per-source limit of
@@ -159,9 +160,8 @@ def plan(options: Any, reactor: Any, worker: dict[str, Any] | None = None, state
     """
     settings = settings if settings is not None else Settings()
     limiter = makeLimiter(settings, reactor)
-    messages = worker.get("messages") if worker is not None else None
-    if messages is not None:
-        sink = workerMessageSink(messages["fd"], messages["journal"], reactor)
+    if workerPipe is not None:
+        sink = workerMessageSink(*workerPipe, reactor)
         return MessageLogging(sink, state.level, limiter=limiter)
     parent = getattr(options, "parent", None)
     twistJsonLines(parent)
