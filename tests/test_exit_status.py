@@ -37,7 +37,7 @@ def _defaultStopSignals() -> None:
 class Running:
     """One sockd under C{runner}, started and waited for until READY=1."""
 
-    def __init__(self, runner: str, args: list[str], cwd: Path) -> None:
+    def __init__(self, runner: str, args: list[str], cwd: Path, ownGroup: bool = False) -> None:
         self.logPath = cwd / "sockd.log"
         if runner == "sockd":
             command = [str(BIN / "sockd"), *COMMAND_REACTOR, "--log-format", "text", "--log-file", str(self.logPath)]
@@ -49,7 +49,8 @@ class Running:
         self.process = subprocess.Popen([*command, *args], cwd=cwd, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                         env={**os.environ, "NOTIFY_SOCKET": str(cwd / "notify.sock")},
-                                        preexec_fn=_defaultStopSignals)
+                                        preexec_fn=_defaultStopSignals,
+                                        process_group=0 if ownGroup else None)
         states: list[str] = []
         while "READY=1" not in states:
             try:
@@ -118,6 +119,41 @@ def test_sigint_after_ready_exits_0(runner: str, tmp_path: Path, running: list[R
     running.append(r)
     r.process.send_signal(signal.SIGINT)
     assert r.process.wait(15) == 0, r.log()[-3000:]
+
+
+def test_ctrl_c_at_a_terminal_drains_every_worker_and_exits_0(tmp_path: Path, running: list[Running]) -> None:
+    """Ctrl-C signals the terminal's whole foreground process group: under --workers only the parent may get it.
+
+    A worker that got the SIGINT too would take the SIGTERM its parent passes on as a second signal and cut
+    its drain short; here a connection that never goes quiet keeps a worker draining until --grace.
+    """
+    r = Running("twistd", ["--discard", LOCAL, "--workers", "2", "--grace", "2"], tmp_path, ownGroup=True)
+    running.append(r)
+    waitFor(lambda: "all 2 workers ready" in r.log(), "the workers", logPath=r.logPath)
+    address = waitFor(lambda: _address(r.log(), "discard"), "the discard listener")
+    talker = connect(address)
+    stop = threading.Event()
+
+    def keepTalking() -> None:
+        try:
+            while not stop.is_set():
+                talker.sendall(b"x" * 100)
+                stop.wait(0.01)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=keepTalking, daemon=True)
+    thread.start()
+    try:
+        os.killpg(r.process.pid, signal.SIGINT)  # what the terminal does to a foreground job
+        assert r.process.wait(20) == 0, r.log()[-3000:]
+    finally:
+        stop.set()
+        thread.join(5)
+        talker.close()
+    log = r.log()
+    assert "cut short" not in log and "while stopping" not in log, log[-3000:]
+    assert " object at 0x" not in log and "<class " not in log, log  # no reprs in an operator's log
 
 
 @pytest.mark.parametrize("runner", RUNNERS)

@@ -24,6 +24,8 @@ class Notified(Protocol):
 class NotifyReceiver(protocol.DatagramProtocol):
     """Splits each datagram into its states and hands them to the worker's process protocol."""
 
+    noisy = False  # no "Starting protocol <…NotifyReceiver object at 0x…>" per worker: the supervisor says it all
+
     def __init__(self, worker: Notified) -> None:
         self.worker = worker
 

@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sockd.interfaces import IMessageSink, IStopsFirst
+from sockd.runtime.listeners import quietly
 from sockd.runtime.workers.channel import controlPair, sendUpdate
 from sockd.runtime.workers.logrelay import LogRelay
 from sockd.runtime.workers.notify import NotifyReceiver
@@ -177,7 +178,10 @@ class Supervisor(Service):
         childFDs[controlFd] = childEnd.fileno()
         spec = WorkerSpec(index=index, count=self.count, listeners=listeners, metrics=self.metricsPath(index),
                           control=controlFd, messages=messages)
-        args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+        # A session of its own: Ctrl-C at a terminal reaches the parent alone, which passes one SIGTERM on (a
+        # worker that got the terminal's SIGINT too would take the parent's SIGTERM as a second signal and cut
+        # its drain short).
+        args = [sys.executable, "-c", "import os; os.setsid(); from twisted.scripts.twistd import run; run()",
                 *reactorArguments(self.reactor), "-n", "--pidfile=",
                 "--logger", "sockd.logging.jsonLogger", "sockd", *self.argv, "--worker", spec.toJSON()]
         worker = WorkerProcess(self, index, messages.fd if messages else None, sink if messages else None,
@@ -186,7 +190,7 @@ class Supervisor(Service):
         # Only the main process talks to systemd (NotifyAccess=main); a worker's READY=1 comes to us.
         self.spawned += 1
         notifyPath = os.path.join(self.metricsDir, f"notify-{index}-{self.spawned}.sock")
-        worker.notifyPort = self.reactor.listenUNIXDatagram(notifyPath, NotifyReceiver(worker), mode=0o600)
+        worker.notifyPort = quietly(self.reactor.listenUNIXDatagram, notifyPath, NotifyReceiver(worker), 8192, 0o600)
         env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
         env["NOTIFY_SOCKET"] = notifyPath
         try:
