@@ -8,16 +8,52 @@ reader finds every implementer by name.
 
 from __future__ import annotations
 
+from typing import Protocol
+
+from twisted.application.service import IService
+from twisted.internet.interfaces import (
+    IConsumer,
+    IPushProducer,
+    IReactorCore,
+    IReactorFromThreads,
+    IReactorSocket,
+    IReactorTCP,
+    IReactorTime,
+    IReactorUDP,
+    IReactorUNIX,
+    ISystemHandle,
+    ITransport,
+)
 from zope.interface import Attribute, Interface
 
-__all__ = ["IAdmissionGate", "IDatagramListener", "IListener", "IMessageSink", "IPendingInput", "IReadPausingTransport",
-           "IStopsFirst"]
+__all__ = ["Hold", "IAdmissionGate", "IDatagramListener", "IListener", "IMessageSink", "IPendingInput", "IReactor",
+           "IReadPausingTransport", "IStopsFirst", "IStreamTransport"]
+
+
+class IReactor(IReactorCore, IReactorTime, IReactorFromThreads, IReactorTCP, IReactorUDP, IReactorUNIX, IReactorSocket):
+    """The reactor as sockd uses it: the union of the reactor interfaces it calls, for type checkers.
+
+    No reactor declares it: every reactor sockd runs on (its own I/O core, Twisted's
+    epoll, poll, select and asyncio reactors) provides each of its bases.
+    """
+
+
+class IStreamTransport(ITransport, IConsumer, IPushProducer, ISystemHandle):
+    """A stream connection's transport as sockd's protocols and wrappers use it, for type checkers.
+
+    No transport declares it: TCP, Unix and TLS transports, Twisted's and sockd's,
+    provide each of its bases, and C{abortConnection} (L{ITCPTransport}'s, which
+    Unix and TLS transports have too).
+    """
+
+    def abortConnection() -> None:
+        """Close the connection now, dropping what is buffered."""
 
 
 class IAdmissionGate(Interface):
     """A factory that admits connections, so that a reader in front of it (PROXY) can count one before building it."""
 
-    def hold(host: str | None) -> object | None:
+    def hold(host: str | None) -> Hold | None:
         """Count a connection by its real peer until it can be built: what to C{releaseHold(host)} it from, or None.
 
         None: refused (counted and logged already); close it without a byte.
@@ -25,6 +61,13 @@ class IAdmissionGate(Interface):
 
     def refuse(host: str | None, reason: str) -> None:
         """Count and log a connection refused in front of it, for C{reason} (a metric label)."""
+
+
+class Hold(Protocol):
+    """What L{IAdmissionGate.hold} returns: where the place it counted is given back."""
+
+    def releaseHold(self, host: str | None) -> None:
+        """Forget the connection counted for C{host}: its PROXY header came, or it closed first."""
 
 
 class IPendingInput(Interface):
@@ -50,7 +93,7 @@ class IDatagramListener(IListener):
     boundPort = Attribute("The UDP port actually bound (0 before binding): answers to it would loop.")
 
 
-class IStopsFirst(Interface):
+class IStopsFirst(IService):
     """A service that must stop before the listeners, because its children serve their sockets."""
 
     def hurry() -> None:

@@ -27,7 +27,7 @@ def parseNetworks(blocks: Iterable[str], what: str) -> tuple[Network, ...]:
     return tuple(networks)
 
 
-_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
 def _unmapped(network: Network) -> Network:

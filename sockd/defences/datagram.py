@@ -18,8 +18,8 @@ a forged source address cannot be a loopback one from the network.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
-
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IUDPTransport
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
@@ -41,8 +41,8 @@ class DatagramPolicy:
         self.seconds = seconds
         #: A service with rules of its own ([echo] in the file) shares the daemon's ports, budget and log.
         self.daemon = daemon
-        self.blockedPorts = daemon.blockedPorts if daemon is not None else set(blockedPorts)
-        self.refusalLog = daemon.refusalLog if daemon is not None else LogThrottle(settings.refusal_log_interval,
+        self.blockedPorts: set[int] = daemon.blockedPorts if daemon is not None else set(blockedPorts)
+        self.refusalLog: LogThrottle = daemon.refusalLog if daemon is not None else LogThrottle(settings.refusal_log_interval,
                                                                                    seconds)
         self.reconfigure(settings)
 
@@ -86,7 +86,7 @@ class GuardedDatagramProtocol(DatagramProtocol):
         self.serviceName = serviceName
         self.stats = (metrics or Metrics(process=False)).statsFor(serviceName, transportName)
 
-    def makeConnection(self, transport: Any) -> None:
+    def makeConnection(self, transport: IUDPTransport) -> None:
         super().makeConnection(transport)
         self.inner.makeConnection(_CountingTransport(transport, self.stats))
 
@@ -99,9 +99,9 @@ class GuardedDatagramProtocol(DatagramProtocol):
 
     def doStop(self) -> None:
         self.inner.doStop()
-        super().doStop()
+        super().doStop()  # type: ignore[no-untyped-call]  # Twisted's, untyped
 
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+    def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
         stats = self.stats
         stats.datagrams += 1
         stats.bytesIn += len(datagram)
@@ -126,13 +126,13 @@ class _CountingTransport:
     handles it as it always does (nothing was sent: a datagram is all or nothing).
     """
 
-    def __init__(self, transport: Any, stats: ListenerStats) -> None:
+    def __init__(self, transport: IUDPTransport, stats: ListenerStats) -> None:
         self._transport = transport
         self._stats = stats
         handle = getattr(transport, "getHandle", None)
-        self._sendto = getattr(handle(), "sendto", None) if handle is not None else None
+        self._sendto: Callable[[bytes, tuple[str, int]], int] | None = getattr(handle(), "sendto", None) if handle is not None else None
 
-    def write(self, datagram: bytes, addr: Any = None) -> None:
+    def write(self, datagram: bytes, addr: tuple[str, int] | None = None) -> None:
         stats = self._stats
         stats.answers += 1
         stats.bytesOut += len(datagram)
@@ -149,11 +149,11 @@ class _CountingTransport:
         """Connect the port to one peer (IUDPTransport)."""
         self._transport.connect(host, port)
 
-    def getHost(self) -> Any:
+    def getHost(self) -> IPv4Address | IPv6Address:
         """The port's own address (IUDPTransport)."""
         return self._transport.getHost()
 
-    def stopListening(self) -> Any:
+    def stopListening(self) -> Deferred[None] | None:
         """Close the port (IUDPTransport)."""
         return self._transport.stopListening()
 

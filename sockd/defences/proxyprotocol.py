@@ -21,10 +21,16 @@ import ipaddress
 import struct
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
-
+from typing import cast
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+)
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
@@ -35,7 +41,7 @@ from sockd.config.settings import LOOPBACK
 from sockd.defences.access import Network, contains, parseHost, parseNetworks
 from sockd.defences.ratelimit import LogThrottle
 from sockd.defences.relay import TransportRelay
-from sockd.interfaces import IAdmissionGate, IReadPausingTransport
+from sockd.interfaces import Hold, IAdmissionGate, IReadPausingTransport, IStreamTransport
 from sockd.observe.addresses import formatAddress, hostOf
 from sockd.protocols.flow import pauseReadingWhileBlocked
 
@@ -172,10 +178,11 @@ class ProxyProtocol(TransportRelay, Protocol):
     """
 
     factory: ProxyProtocolFactory
-    wrappedProtocol: Any = None
+    transport: IStreamTransport
+    wrappedProtocol: IProtocol | None = None
     _timeoutCall: IDelayedCall | None = None
 
-    def __init__(self, factory: ProxyProtocolFactory, held: Any = None, realHost: str | None = None) -> None:
+    def __init__(self, factory: ProxyProtocolFactory, held: Hold | None = None, realHost: str | None = None) -> None:
         self.factory = factory
         #: Where the place held for the real peer until the header arrives is released (None: none held).
         self._held = held
@@ -187,7 +194,7 @@ class ProxyProtocol(TransportRelay, Protocol):
     def logPrefix(self) -> str:
         return self.__class__.__name__
 
-    def makeConnection(self, transport: Any) -> None:
+    def makeConnection(self, transport: IStreamTransport) -> None:
         # Not a wrapper's usual one: that would start the (not yet built) service now.
         directlyProvides(self, providedBy(transport))
         Protocol.makeConnection(self, transport)
@@ -221,7 +228,8 @@ class ProxyProtocol(TransportRelay, Protocol):
             self.transport.loseConnection()  # refused: close without a byte
             return
         self.wrappedProtocol = protocol
-        protocol.makeConnection(self)
+        # It provides what its transport provides (makeConnection above).
+        protocol.makeConnection(cast(IStreamTransport, self))
         if rest and not self.disconnecting:
             protocol.dataReceived(rest)
 
@@ -248,12 +256,12 @@ class ProxyProtocol(TransportRelay, Protocol):
 
     # The service's transport.
 
-    def getPeer(self) -> Any:
+    def getPeer(self) -> IAddress:
         if self._header is not None and self._header.source is not None:
             return self._header.source
         return self.transport.getPeer()
 
-    def getHost(self) -> Any:
+    def getHost(self) -> IAddress:
         if self._header is not None and self._header.destination is not None:
             return self._header.destination
         return self.transport.getHost()
@@ -288,15 +296,16 @@ class ProxyProtocol(TransportRelay, Protocol):
             self.loseConnection()
 
     def writeConnectionLost(self) -> None:
-        if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
-            self.wrappedProtocol.writeConnectionLost()
+        protocol = self.wrappedProtocol
+        if protocol is not None and IHalfCloseableProtocol.providedBy(protocol):
+            protocol.writeConnectionLost()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._stopWaiting()
         self._release()
         protocol, self.wrappedProtocol = self.wrappedProtocol, None
         if protocol is not None:
-            protocol.connectionLost(reason)
+            protocol.connectionLost(reason)  # type: ignore[arg-type]  # as given: None only from a direct call
 
 
 class ProxyProtocolFactory(WrappingFactory):
@@ -313,12 +322,13 @@ class ProxyProtocolFactory(WrappingFactory):
     counted there under its real peer.
     """
 
-    protocol = ProxyProtocol
+    # WrappingFactory's stubs want a ProtocolWrapper; this one relays without one (L{TransportRelay}).
+    protocol: type[ProxyProtocol] = ProxyProtocol  # type: ignore[assignment]
     noisy = False
 
     def __init__(
         self,
-        wrappedFactory: Any,
+        wrappedFactory: IProtocolFactory,
         clock: IReactorTime,
         timeout: float = 5.0,
         maxHeader: int = MAX_HEADER,
@@ -327,7 +337,7 @@ class ProxyProtocolFactory(WrappingFactory):
     ) -> None:
         if maxHeader < V2_FIXED + 36:
             raise ValueError(f"maxHeader must leave room for IPv6 addresses ({V2_FIXED + 36} bytes)")
-        super().__init__(wrappedFactory)
+        super().__init__(wrappedFactory)  # type: ignore[no-untyped-call]  # Twisted's, untyped
         self.clock = clock
         self.timeout = timeout
         self.maxHeader = maxHeader
@@ -354,9 +364,10 @@ class ProxyProtocolFactory(WrappingFactory):
             self._verdicts[host] = verdict
         return verdict
 
-    def buildProtocol(self, addr: Any) -> ProxyProtocol | None:
+    # None refuses the connection, as Factory.buildProtocol allows (WrappingFactory's stubs do not).
+    def buildProtocol(self, addr: IAddress) -> ProxyProtocol | None:  # type: ignore[override]
         host = hostOf(addr)
-        gate = IAdmissionGate(self.wrappedFactory, None)
+        gate: IAdmissionGate | None = IAdmissionGate(self.wrappedFactory, None)
         if host is not None and not self.trusts(host):
             self.failures["untrusted-proxy"] += 1
             if gate is not None:
@@ -371,7 +382,7 @@ class ProxyProtocolFactory(WrappingFactory):
                 return None
         return self.protocol(self, held, host)
 
-    def noteFailure(self, kind: str, balancer: Any, detail: str) -> None:
+    def noteFailure(self, kind: str, balancer: IAddress, detail: str) -> None:
         """Count one connection aborted for its header, and log it unless logged lately."""
         self.failures[kind] += 1
         service = getattr(self.wrappedFactory, "serviceName", "unknown")

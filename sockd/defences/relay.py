@@ -13,8 +13,6 @@ transport's.
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.internet.interfaces import (
     IConsumer,
     ILoggingContext,
@@ -26,6 +24,9 @@ from twisted.internet.interfaces import (
     ITLSTransport,
     IUNIXTransport,
 )
+from zope.interface.declarations import Declaration
+
+from sockd.interfaces import IStreamTransport
 
 #: The interfaces whose methods and attributes are relayed to the transport.
 RELAYED = (ITCPTransport, IUNIXTransport, ISSLTransport, ITLSTransport, INegotiated, IPushProducer, IConsumer,
@@ -44,8 +45,11 @@ class TransportRelay:
     Subclasses override what they intercept (C{write}, C{loseConnection}, ...).
     """
 
-    transport: Any = None
+    # Set by makeConnection; None before (Protocol's class attribute, in every subclass's bases).
+    transport: IStreamTransport
     disconnecting = 0
+    #: What zope's directlyProvides() sets (L{sockd.defences.stream} reuses one per transport kind).
+    __provides__: Declaration
 
     def loseConnection(self) -> None:
         self.disconnecting = 1
@@ -53,7 +57,7 @@ class TransportRelay:
 
     def stopConsuming(self) -> None:
         """Twisted's wrappers relay this one too (it is in no interface)."""
-        self.transport.stopConsuming()
+        self.transport.stopConsuming()  # type: ignore[attr-defined]  # in no interface
 
     def logPrefix(self) -> str:
         """What Twisted's wrappers log as: C{"Wrapped (Wrapper)"}."""

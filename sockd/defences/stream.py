@@ -10,19 +10,29 @@ and answers for the metrics, and lets shutdown drain the connection.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import cast
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IProducer,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+)
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger, LogLevel
 from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
+from zope.interface.declarations import Declaration
 
 from sockd.defences.admission import Admission
 from sockd.defences.relay import TransportRelay
-from sockd.interfaces import IAdmissionGate, IPendingInput, IReadPausingTransport
+from sockd.interfaces import IAdmissionGate, IPendingInput, IReadPausingTransport, IStreamTransport
 from sockd.observe.addresses import formatAddress, hostOf
 from sockd.observe.metrics import Metrics
 from sockd.protocols.flow import pauseReadingWhileBlocked
@@ -30,12 +40,12 @@ from sockd.protocols.flow import pauseReadingWhileBlocked
 log = Logger(namespace="sockd.policies")
 
 #: (wrapper class, what the transport provides) -> the declaration directlyProvides() made for it.
-_provides: dict[tuple[type, Any], Any] = {}
+_provides: dict[tuple[type, Declaration], Declaration] = {}
 #: (wrapper class, wrapped protocol class) -> the log prefix, for classes that keep Protocol's (the class name).
 _logPrefixes: dict[tuple[type, type], str] = {}
 
 
-def _provideLikeTransport(wrapper: Any, transport: Any) -> None:
+def _provideLikeTransport(wrapper: TransportRelay, transport: IStreamTransport) -> None:
     """What ProtocolWrapper.makeConnection does, C{directlyProvides(wrapper, providedBy(transport))}, cached.
 
     zope builds the same declaration for every connection of a listener (about 1.5 µs each);
@@ -66,7 +76,7 @@ class ConnectionRegistry:
         self.clock = clock
         self.connections: set[PolicyProtocol] = set()
         self._emptied: list[defer.Deferred[None]] = []
-        self._sweepCall: Any = None
+        self._sweepCall: IDelayedCall | None = None
 
     def add(self, connection: PolicyProtocol) -> None:
         self.connections.add(connection)
@@ -89,7 +99,7 @@ class ConnectionRegistry:
     def _sweep(self) -> None:
         self._sweepCall = None
         now = self.clock.seconds()
-        earliest = None
+        earliest: float | None = None
         expired = []
         for connection in self.connections:
             deadline = connection.idleDeadline()
@@ -124,7 +134,13 @@ class ConnectionRegistry:
         for connection in list(self.connections):
             connection.drain(quiet)
         deadline = self.clock.callLater(grace, self.abortAll, "shutdown grace period over")
-        d.addBoth(lambda result: (deadline.cancel() if deadline.active() else None, result)[1])
+
+        def stopDeadline(result: None) -> None:
+            if deadline.active():
+                deadline.cancel()
+            return result
+
+        d.addBoth(stopDeadline)
         return d
 
     def abortAll(self, why: str) -> None:
@@ -144,12 +160,13 @@ class PolicyProtocol(TransportRelay, Protocol):
     """
 
     factory: PolicyFactory
+    transport: IStreamTransport
     _draining = False
-    _handshakeCall: Any = None
-    _drainCall: Any = None
-    _producer: Any = None
+    _handshakeCall: IDelayedCall | None = None
+    _drainCall: IDelayedCall | None = None
+    _producer: IProducer | None = None
 
-    def __init__(self, factory: PolicyFactory, wrappedProtocol: Any, host: str | None) -> None:
+    def __init__(self, factory: PolicyFactory, wrappedProtocol: IProtocol, host: str | None) -> None:
         self.wrappedProtocol = wrappedProtocol
         self.factory = factory
         self.host = host
@@ -161,7 +178,7 @@ class PolicyProtocol(TransportRelay, Protocol):
     def peerName(self) -> str:
         return formatAddress(self.transport.getPeer()) if self.transport is not None else "?"
 
-    def makeConnection(self, transport: Any) -> None:
+    def makeConnection(self, transport: IStreamTransport) -> None:
         """ProtocolWrapper.makeConnection, inlined with the bookkeeping (it runs once per connection)."""
         factory = self.factory
         factory.registry.add(self)
@@ -179,8 +196,9 @@ class PolicyProtocol(TransportRelay, Protocol):
         noDelay = getattr(transport, "setTcpNoDelay", None)
         if noDelay is not None:
             noDelay(True)
-        self.connectionMade()
-        self.wrappedProtocol.makeConnection(self)
+        self.connectionMade()  # type: ignore[no-untyped-call]  # Twisted's, untyped
+        # It provides what its transport provides (C{_provideLikeTransport} above).
+        self.wrappedProtocol.makeConnection(cast(IStreamTransport, self))
 
     def logPrefix(self) -> str:
         """ProtocolWrapper's C{"Wrapped (PolicyProtocol)"}, cached per class when it is just the class name."""
@@ -210,10 +228,10 @@ class PolicyProtocol(TransportRelay, Protocol):
         stats.answers += 1
         self.transport.write(data)
 
-    def writeSequence(self, data: Any) -> None:
+    def writeSequence(self, data: Iterable[bytes]) -> None:
         self.write(b"".join(data))
 
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
         self._producer = producer
         self.transport.registerProducer(producer, streaming)
 
@@ -311,8 +329,8 @@ class PolicyProtocol(TransportRelay, Protocol):
         factory.stats.active -= 1
         factory.registry.remove(self)
         # ProtocolWrapper.connectionLost, less the no-op unregisterProtocol; None breaks the cycle.
-        wrapped, self.wrappedProtocol = self.wrappedProtocol, None
-        wrapped.connectionLost(reason)
+        wrapped, self.wrappedProtocol = self.wrappedProtocol, None  # type: ignore[assignment]  # no event follows
+        wrapped.connectionLost(reason)  # type: ignore[arg-type]  # as given: None only from a direct call
 
 
 @implementer(IAdmissionGate)
@@ -325,12 +343,13 @@ class PolicyFactory(WrappingFactory):
     keep connections open between scrapes).
     """
 
-    protocol = PolicyProtocol
+    # WrappingFactory's stubs want a ProtocolWrapper; this one relays without one (L{TransportRelay}).
+    protocol: type[PolicyProtocol] = PolicyProtocol  # type: ignore[assignment]
     noisy = False
 
     def __init__(
         self,
-        wrappedFactory: Any,
+        wrappedFactory: IProtocolFactory,
         *,
         serviceName: str,
         transportName: str,
@@ -344,7 +363,7 @@ class PolicyFactory(WrappingFactory):
         claimedPeers: bool = False,
         idleLogLevel: LogLevel = LogLevel.info,
     ) -> None:
-        super().__init__(wrappedFactory)
+        super().__init__(wrappedFactory)  # type: ignore[no-untyped-call]  # Twisted's, untyped
         self.claimedPeers = claimedPeers
         self.idleLogLevel = idleLogLevel
         self.serviceName = serviceName
@@ -362,7 +381,8 @@ class PolicyFactory(WrappingFactory):
             self.stats.expect(tls=True)
         self.seconds = clock.seconds
 
-    def buildProtocol(self, addr: Any) -> PolicyProtocol | None:
+    # None refuses the connection, as Factory.buildProtocol allows (WrappingFactory's stubs do not).
+    def buildProtocol(self, addr: IAddress) -> PolicyProtocol | None:  # type: ignore[override]
         host = hostOf(addr)
         reason = self.admission.admit(host, self.claimedPeers)
         if reason is not None:
@@ -389,8 +409,8 @@ class PolicyFactory(WrappingFactory):
         self.admission.noteRefusal(self.serviceName, self.transportName, host, reason)
 
     # WrappingFactory keeps a dict of live protocols; the registry does that job.
-    def registerProtocol(self, p: Any) -> None:
+    def registerProtocol(self, p: PolicyProtocol) -> None:
         pass
 
-    def unregisterProtocol(self, p: Any) -> None:
+    def unregisterProtocol(self, p: PolicyProtocol) -> None:
         pass

@@ -13,14 +13,12 @@ C{Got your message\\n}.
 
 from __future__ import annotations
 
-from typing import Any
-
-from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime, IUDPTransport
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from sockd.interfaces import IPendingInput
+from sockd.interfaces import IPendingInput, IStreamTransport
 from sockd.observe.log.messages import MessageLog
 from sockd.protocols.flow import pauseReadingWhileBlocked
 
@@ -33,6 +31,7 @@ class AckProtocol(Protocol):
     """Frame a byte stream into messages and acknowledge each one."""
 
     factory: AckFactory
+    transport: IStreamTransport
     _quietCall: IDelayedCall | None = None
     _closing = False
 
@@ -137,7 +136,7 @@ class AckProtocol(Protocol):
         self._pending = b""
 
 
-class AckFactory(Factory):
+class AckFactory(Factory[AckProtocol]):
     """Builds L{AckProtocol}s that share one set of framing rules."""
 
     noisy = False
@@ -164,9 +163,11 @@ class AckDatagramProtocol(DatagramProtocol):
     """Log each datagram and answer it with C{Got your message\\n}."""
 
     noisy = False
+    transport: IUDPTransport
+
     def __init__(self, messageLog: MessageLog) -> None:
         self.messageLog = messageLog
 
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+    def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
         self.messageLog.datagram(datagram, addr)
         self.transport.write(DATAGRAM_ANSWER, addr)

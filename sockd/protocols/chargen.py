@@ -11,11 +11,11 @@ the pattern.
 from __future__ import annotations
 
 import random
-from typing import Any
-
-from twisted.internet.interfaces import IPullProducer
+from twisted.internet.interfaces import IPullProducer, IUDPTransport
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from zope.interface import implementer
+
+from sockd.interfaces import IStreamTransport
 
 PRINTABLE = bytes(range(32, 127))
 LINE_WIDTH = 72
@@ -48,6 +48,8 @@ def patternBytes(offset: int, length: int) -> bytes:
 class ChargenProtocol(Protocol):
     """Stream the pattern, one chunk each time the transport's buffer empties."""
 
+    transport: IStreamTransport
+
     def __init__(self) -> None:
         self._offset = 0
 
@@ -65,7 +67,7 @@ class ChargenProtocol(Protocol):
         """RFC 864: any data received is thrown away."""
 
 
-class ChargenFactory(Factory):
+class ChargenFactory(Factory[ChargenProtocol]):
     """Builds a L{ChargenProtocol} per connection."""
 
     noisy = False
@@ -79,11 +81,13 @@ class ChargenDatagramProtocol(DatagramProtocol):
     """
 
     noisy = False
+    transport: IUDPTransport
+
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
         self._line = 0
 
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+    def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
         length = self._rng.randint(0, 512)
         answer = patternBytes(self._line * (LINE_WIDTH + 2), length)
         self._line = (self._line + 1) % len(PRINTABLE)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 
 
@@ -14,7 +12,7 @@ class DiscardProtocol(Protocol):
         """Discarded, as RFC 863 asks."""
 
 
-class DiscardFactory(Factory):
+class DiscardFactory(Factory[DiscardProtocol]):
     """Builds a L{DiscardProtocol} per connection."""
 
     noisy = False
@@ -25,5 +23,6 @@ class DiscardDatagramProtocol(DatagramProtocol):
     """Throw away every datagram."""
 
     noisy = False
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+
+    def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
         """Discarded, as RFC 863 asks."""

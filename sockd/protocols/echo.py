@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from twisted.internet.interfaces import IUDPTransport
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+
+from sockd.interfaces import IStreamTransport
 
 from sockd.protocols.flow import pauseReadingWhileBlocked
 
 
 class EchoProtocol(Protocol):
     """Return every byte, reading no faster than the peer reads its echo."""
+
+    transport: IStreamTransport
 
     def connectionMade(self) -> None:
         pauseReadingWhileBlocked(self.transport)
@@ -19,7 +22,7 @@ class EchoProtocol(Protocol):
         self.transport.write(data)
 
 
-class EchoFactory(Factory):
+class EchoFactory(Factory[EchoProtocol]):
     """Builds an L{EchoProtocol} per connection."""
 
     noisy = False
@@ -30,5 +33,7 @@ class EchoDatagramProtocol(DatagramProtocol):
     """Return each datagram to its sender."""
 
     noisy = False
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+    transport: IUDPTransport
+
+    def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
         self.transport.write(datagram, addr)

@@ -17,19 +17,19 @@ C{-r epoll}) gets the producer here, registered at once.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import cast
 
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IConsumer, IPushProducer
 from zope.interface import implementer
 
-from sockd.interfaces import IReadPausingTransport
+from sockd.interfaces import IReadPausingTransport, IStreamTransport
 
 
 @implementer(IPushProducer)
 class ReadPauser:
     """Pause reading from C{transport} while its own write buffer is full."""
 
-    def __init__(self, transport: Any) -> None:
+    def __init__(self, transport: IPushProducer) -> None:
         self.transport = transport
 
     def pauseProducing(self) -> None:
@@ -42,7 +42,7 @@ class ReadPauser:
         """Nothing to stop: the transport is closing and takes its reading with it."""
 
 
-def pauseReadingWhileBlocked(transport: Any, consumer: Any = None) -> None:
+def pauseReadingWhileBlocked(transport: IStreamTransport, consumer: IConsumer | None = None) -> None:
     """Make C{transport} stop reading whenever its peer stops reading.
 
     Without L{IReadPausingTransport}, a L{ReadPauser} of C{transport} is
@@ -51,6 +51,6 @@ def pauseReadingWhileBlocked(transport: Any, consumer: Any = None) -> None:
     """
     # Asked of the class: a wrapper declares what its transport provides without having the method.
     if IReadPausingTransport.implementedBy(type(transport)):
-        transport.pauseReadingWhileBlocked()
+        cast(IReadPausingTransport, transport).pauseReadingWhileBlocked()
     else:
         (transport if consumer is None else consumer).registerProducer(ReadPauser(transport), True)

@@ -14,12 +14,12 @@ half-close is not available, it simply closes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
-
-from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime, ISSLTransport
+from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime, ISSLTransport, IUDPTransport
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from sockd.interfaces import IStreamTransport
 
 Answer = Callable[[], bytes]
 
@@ -32,6 +32,7 @@ class SpeakFirstProtocol(Protocol):
     """Send the factory's answer as soon as the connection opens, then close."""
 
     factory: SpeakFirstFactory
+    transport: IStreamTransport
     _linger: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
@@ -63,7 +64,7 @@ class SpeakFirstProtocol(Protocol):
         self._linger = None
 
 
-class SpeakFirstFactory(Factory):
+class SpeakFirstFactory(Factory[SpeakFirstProtocol]):
     """Builds connections that send one answer at once, then half-close and linger (daytime, time, qotd)."""
 
     protocol = SpeakFirstProtocol
@@ -79,9 +80,10 @@ class AnswerDatagramProtocol(DatagramProtocol):
     """Answer any datagram, whatever it holds, with a fresh answer."""
 
     noisy = False
+    transport: IUDPTransport
 
     def __init__(self, answer: Answer) -> None:
         self.answer = answer
 
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+    def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
         self.transport.write(self.answer(), addr)
