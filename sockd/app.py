@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import pwd
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import generate_latest
+from twisted.application.service import IService
+from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import Logger, LogLevel
 from twisted.web.resource import Resource
 
@@ -61,7 +63,22 @@ class Running:
     policy: PolicyFactory | GuardedDatagramProtocol
 
 
-def daemonIds(options: Any) -> tuple[int | None, int | None]:
+class AssemblyOptions(Protocol):
+    """What the assembly reads of L{sockd.tap.Options} (a layer above: described here, not imported)."""
+
+    settings: Settings
+    active: list[ListenSpec]
+    runAs: RunAs
+    rawArgs: list[str]
+
+    def __getitem__(self, key: str) -> Any:
+        """An option as parsed: usage.Options is a dict of them, whatever their types."""
+
+    def resolve(self) -> tuple[Settings, list[ListenSpec], dict[str, Settings]]:
+        """Settings, listeners and each service's own settings, read again (a reload)."""
+
+
+def daemonIds(options: object) -> tuple[int | None, int | None]:
     """The user and group the daemon runs as once started: twistd's C{--uid/--gid}, worked out as twistd does.
 
     None where the daemon keeps its own (no C{--uid/--gid}, or a runner without them, such as C{twist}).
@@ -78,7 +95,7 @@ def daemonIds(options: Any) -> tuple[int | None, int | None]:
 class Assembly:
     """What makeService built, kept so that a reload can change it in place."""
 
-    def __init__(self, options: Any, reactor: Any) -> None:
+    def __init__(self, options: AssemblyOptions, reactor: IReactor) -> None:
         self.options = options
         self.reactor = reactor
         #: Set in a worker process: which sockets it inherited, and its share of the limits.
@@ -115,7 +132,7 @@ class Assembly:
         self.running: dict[ListenSpec, Running] = {}
         #: Who owns the Unix socket files made here unless their description says (twistd's --uid/--gid).
         self.socketOwner = daemonIds(options)
-        self.supervisor: Any = None
+        self.supervisor: Supervisor | None = None
         if self.worker is not None:
             for inherited in self.worker.listeners:
                 self._add(ListenSpec.parse(inherited.name, inherited.description), inheritedFd=inherited.fd)
@@ -161,7 +178,7 @@ class Assembly:
             return settings
         return shareLimits(settings, self.worker.count)
 
-    def _workerSockets(self) -> list[tuple[str, str, Any]]:
+    def _workerSockets(self) -> list[tuple[str, str, StreamListener | DatagramListener]]:
         """What workers inherit: every service listener, in a stable order."""
         return [(spec.service, str(spec), record.listener) for spec, record in self.running.items()]
 
@@ -190,7 +207,7 @@ class Assembly:
                 tls=spec.tls,
                 claimedPeers=spec.proxy,
             )
-            factory: Any = policy
+            factory: IProtocolFactory = policy
             if spec.proxy:
                 # Twisted's own haproxy: wrapper drops split headers (twisted#8287) and starts the service
                 # before the real peer is known (twisted#12501); sockd's wrapper does neither.
@@ -203,9 +220,10 @@ class Assembly:
         listener.setServiceParent(self.top)
         return record
 
-    def _named(self, spec: ListenSpec) -> Any:
+    def _named(self, spec: ListenSpec) -> IService | None:
         try:
-            return self.top.getServiceNamed(f"{spec.service} {spec}")
+            service: IService = self.top.getServiceNamed(f"{spec.service} {spec}")
+            return service
         except KeyError:
             return None
 
@@ -312,7 +330,9 @@ class Assembly:
             policy.policy = self.datagramPolicies.get(name, self.datagramPolicy)
             policy.replaceInner(service.datagram(context))
             return
-        proxy = record.listener.factory
+        listener = record.listener
+        assert isinstance(listener, StreamListener)  # a stream policy's
+        proxy = listener.factory
         if isinstance(proxy, ProxyProtocolFactory):
             proxy.trust(settings.trusted_proxies)
         policy.wrappedFactory = service.stream(context)
@@ -324,7 +344,8 @@ class Assembly:
             policy.handshakeTimeout = settings.tls_handshake_timeout
 
 
-def metricsSite(root: Resource, transport: str, admission: Admission, clock: Any, idleTimeout: float) -> PolicyFactory:
+def metricsSite(root: Resource, transport: str, admission: Admission, clock: IReactor,
+                idleTimeout: float) -> PolicyFactory:
     """The --metrics (and probes) site behind its own admission and idle timeout, counted apart from the services."""
     return PolicyFactory(
         QuietSite(root, reactor=clock),

@@ -16,18 +16,24 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Sequence
-from typing import Any, NoReturn
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, NoReturn
 
 from twisted.python import usage
 
 from sockd.errors import EX_USAGE
 
+if TYPE_CHECKING:
+    from twisted.application.service import IService, IServiceMaker
+    from twisted.application.twist._options import TwistOptions
+    from twisted.application.twist._twist import Twist
+    from twisted.internet.interfaces import IReactorCore
+
 #: Twist's own runner options that C{sockd} passes through (the ones taking no value are its own).
 RUNNER_OPTIONS = ("reactor", "log-level", "log-file", "log-format")
 
 
-def _twist() -> tuple[Any, Any]:
+def _twist() -> tuple[type[Twist], type[TwistOptions]]:
     """Twisted's C{twist} runner and its options; imported late so C{--help} stays cheap to import."""
     from twisted.application.twist._options import TwistOptions
     from twisted.application.twist._twist import Twist
@@ -38,7 +44,7 @@ def _twist() -> tuple[Any, Any]:
 def _sockdOptionsClass() -> type[usage.Options]:
     from sockd.tap import HIDDEN, Options
 
-    class CommandOptions(Options):  # type: ignore[misc,valid-type]
+    class CommandOptions(Options):
         """sockd's options, with help that names this command and its runner options."""
 
         command = "sockd"
@@ -114,28 +120,28 @@ def _usageError(message: str) -> NoReturn:
     raise SystemExit(EX_USAGE)
 
 
-def _commandClasses() -> tuple[Any, Any]:
-    Twist, TwistOptions = _twist()
+def _commandClasses() -> tuple[type[Twist], type[TwistOptions]]:
+    TwistBase, TwistOptionsBase = _twist()
     SockdOptions = _sockdOptionsClass()
 
-    class RunnerOptions(TwistOptions):  # type: ignore[misc,valid-type]
+    class RunnerOptions(TwistOptionsBase):  # type: ignore[misc,valid-type]
         """twist's options with sockd as the only plugin, so no other plugin is looked up or offered."""
 
         @property
-        def subCommands(self) -> Iterable[tuple[str, None, Any, str]]:
+        def subCommands(self) -> Iterable[tuple[str, None, Callable[[], usage.Options], str]]:
             return [("sockd", None, SockdOptions, "sockd")]
 
         @property
-        def plugins(self) -> dict[str, Any]:
+        def plugins(self) -> Mapping[str, IServiceMaker]:
             from twisted.plugins.sockd_plugin import sockd
 
             return {"sockd": sockd}
 
-    class Command(Twist):  # type: ignore[misc,valid-type]
+    class Command(TwistBase):  # type: ignore[misc,valid-type]
         """twist, parsing sockd's command line and starting the service as twistd does."""
 
         @staticmethod
-        def options(argv: Sequence[str]) -> Any:
+        def options(argv: Sequence[str]) -> TwistOptions:
             runnerArgs, sockdArgs = splitArguments(argv[1:], SockdOptions())
             options = RunnerOptions()
             try:
@@ -145,9 +151,9 @@ def _commandClasses() -> tuple[Any, Any]:
             return options
 
         @staticmethod
-        def startService(reactor: Any, service: Any) -> None:
+        def startService(reactor: IReactorCore, service: IService) -> None:
             service.privilegedStartService()
-            Twist.startService(reactor, service)
+            TwistBase.startService(reactor, service)
 
     return Command, RunnerOptions
 

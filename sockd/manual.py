@@ -15,10 +15,14 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from twisted.python import usage
 
 from sockd import __version__
+
+if TYPE_CHECKING:
+    from sockd import tap
 
 #: Runner options of the C{sockd} command (Twisted's twist), with the values they take.
 RUNNER = {
@@ -70,13 +74,15 @@ def _clean(text: str | None) -> str:
     return " ".join((text or "").split())
 
 
-def sockdOptions() -> tuple[type[usage.Options], list[Option]]:
+def sockdOptions() -> tuple[type[tap.Options], list[Option]]:
     """Every option of L{sockd.tap.Options}, in the parser's order, typed for the generators."""
     from sockd import tap
+    from sockd.config.settings import FIELDS, optionName
+    from sockd.services import SERVICES
 
     parser = tap.Options()
-    services = {s.name: s for s in tap.SERVICES}
-    repeated = {tap.optionName(f.name) for f in tap.FIELDS if f.metadata["repeat"]}
+    services = {s.name: s for s in SERVICES}
+    repeated = {optionName(f.name) for f in FIELDS if f.metadata["repeat"]}
     shorts = {long: short for short, long in parser.synonyms.items() if len(short) == 1}
     found: list[Option] = []
     for spec in dict.fromkeys(parser.longOpt):

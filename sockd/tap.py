@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import sys
 from dataclasses import replace
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import Field
+from typing import cast
 
 from twisted.python import usage
 
@@ -23,6 +25,8 @@ from sockd.defences.access import AccessError, AccessList, parseNetworks
 from sockd.errors import EX_USAGE, ConfigurationError, StartupError, exitWithError, installExceptHook
 from sockd.observe.log.level import LEVEL_NAMES, configure, parseLevel
 from sockd.protocols.qotd import QuoteError, loadQuotes
+from sockd.interfaces import IReactor
+from sockd.runtime.daemon import SockdService
 from sockd.services import BY_NAME, SERVICES
 
 STREAM_HELP = (
@@ -31,7 +35,7 @@ STREAM_HELP = (
 )
 
 
-def _serviceOption(name: str) -> Any:
+def _serviceOption(name: str) -> Callable[[Options, str], None]:
     def opt(self: Options, description: str) -> None:
         self.listeners.append((name, description))
 
@@ -95,7 +99,7 @@ class Options(usage.Options):
         super().__init__()
         self.listeners: list[tuple[str, str]] = []
         #: Settings given on the command line, by field name; they win over the file.
-        self.given: dict[str, Any] = {}
+        self.given: dict[str, Value] = {}
         self.settings = Settings()
 
     #: How the help and errors name this command (the C{sockd} command says C{sockd}).
@@ -167,7 +171,7 @@ class Options(usage.Options):
         """
         settings = Settings()
         fileListeners = None
-        fileServices: dict[str, dict[str, Any]] = {}
+        fileServices: dict[str, dict[str, Value]] = {}
         if self["config"]:
             if not self.given.get("insecure_files"):  # only the command line: the file cannot vouch for itself
                 checkFile(self["config"], "--config", self.runAs)
@@ -185,7 +189,9 @@ class Options(usage.Options):
         checkSettings(settings, self.runAs)
         serviceSettings = {}
         for service, own in fileServices.items():
-            serviceSettings[service] = replace(settings, **{k: v for k, v in own.items() if k not in self.given})
+            # Each value was coerced to its own field's type (sockd.config.file), which one dict type cannot say.
+            own = {k: v for k, v in own.items() if k not in self.given}
+            serviceSettings[service] = replace(settings, **own)  # type: ignore[arg-type]
             checkSettings(serviceSettings[service], self.runAs)
         return settings, list(dict.fromkeys(specs)), serviceSettings
 
@@ -268,7 +274,7 @@ def installDefaultReactor() -> bool:
     return installDefault()
 
 
-def makeService(options: Options) -> Any:
+def makeService(options: Options) -> SockdService:
     """Wire sockd: service table, policies and listeners, under one L{SockdService}."""
     installExceptHook()
     from twisted.internet import reactor

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 
 
-def formatAddress(address: Any) -> str:
+def formatAddress(address: object) -> str:
     """Return C{host:port}, C{[v6]:port} or the Unix path for an address object or tuple."""
     if isinstance(address, IPv4Address):
         return f"{address.host}:{address.port}"
@@ -16,10 +14,10 @@ def formatAddress(address: Any) -> str:
     if isinstance(address, UNIXAddress):
         name = address.name
         if isinstance(name, bytes):
-            name = name.decode("utf-8", "backslashreplace")
+            return name.decode("utf-8", "backslashreplace") or "unix:(unnamed)"
         return name or "unix:(unnamed)"
     if isinstance(address, tuple) and len(address) >= 2:
-        host, port = address[0], address[1]
+        host, port = str(address[0]), address[1]
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     hostOf = getattr(address, "host", None)
     if hostOf is not None:
@@ -27,15 +25,15 @@ def formatAddress(address: Any) -> str:
     return str(address)
 
 
-def transportOf(address: Any) -> str:
+def transportOf(address: object) -> str:
     """The transport a stream peer came over, as logs and metrics name it: C{unix} or C{tcp}."""
     return "unix" if isinstance(address, UNIXAddress) else "tcp"
 
 
-def hostOf(address: Any) -> str | None:
+def hostOf(address: object) -> str | None:
     """The IP address of a peer, or None for peers without one (Unix sockets)."""
     if isinstance(address, (IPv4Address, IPv6Address)):
         return address.host
     if isinstance(address, tuple) and address:
-        return address[0]
+        return str(address[0])
     return None

@@ -11,10 +11,9 @@ the same for Twisted's own reactors' accept-loop lines, as a log filter.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger, LogLevel, PredicateResult
+from twisted.logger import LogEvent, Logger, LogLevel, PredicateResult
 
 __all__ = ["ACCEPT_WARNINGS", "TWISTED_ACCEPT_FORMATS", "TwistedAcceptWarnings", "WarningSummary"]
 
@@ -51,7 +50,7 @@ class WarningSummary:
         if self.clock is None:
             from twisted.internet import reactor
 
-            self.clock = reactor  # type: ignore[assignment]
+            self.clock = reactor
         assert self.clock is not None
         self._window = self.clock.callLater(self.interval, self._flush)
 
@@ -86,7 +85,7 @@ class TwistedAcceptWarnings:
     def __init__(self, summary: WarningSummary | None = None) -> None:
         self.summary = summary or WarningSummary(Logger(namespace="sockd.accept"))
 
-    def __call__(self, event: dict[str, Any]) -> PredicateResult:
+    def __call__(self, event: LogEvent) -> PredicateResult:
         what = TWISTED_ACCEPT_FORMATS.get(event.get("log_format") or "", "")
         if what == "":
             return PredicateResult.maybe

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any
+
+from twisted.internet.interfaces import IListeningPort, IOpenSSLServerConnectionCreator, IProtocolFactory
 
 from sockd.core.stream import UNIXPort
 from sockd.errors import StartupError
@@ -39,11 +40,12 @@ class AdoptingReactor:
     is changed: Unix sockets are kept, and the family is checked.
     """
 
-    def __init__(self, reactor: Any, fd: int | None = None) -> None:
+    def __init__(self, reactor: IReactor, fd: int | None = None) -> None:
         self._reactor = reactor
         self._fd = fd
 
-    def adoptStreamPort(self, fileDescriptor: int, addressFamily: Any, factory: Any) -> Any:
+    def adoptStreamPort(self, fileDescriptor: int, addressFamily: socket.AddressFamily,
+                        factory: IProtocolFactory) -> IListeningPort:
         fd = self._fd if self._fd is not None else fileDescriptor
         real = socketFamily(fd)
         if self._fd is None and real != addressFamily:
@@ -55,19 +57,22 @@ class AdoptingReactor:
             port = UNIXPort.fromListeningDescriptor(self._reactor, fd, factory)  # the file is left alone
             port.startListening()
             return port
-        return self._reactor.adoptStreamPort(fd, real, factory)
+        # IReactorSocket's stub asks for a ServerFactory; every reactor takes any IProtocolFactory.
+        return self._reactor.adoptStreamPort(fd, real, factory)  # type: ignore[arg-type]
 
-    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+    def listenTCP(self, port: int, factory: IProtocolFactory, backlog: int = 50, interface: str = "") -> IListeningPort:
         assert self._fd is not None
         return self.adoptStreamPort(self._fd, socketFamily(self._fd), factory)
 
-    def listenSSL(self, port: int, factory: Any, contextFactory: Any, backlog: int = 50, interface: str = "") -> Any:
+    def listenSSL(self, port: int, factory: IProtocolFactory, contextFactory: IOpenSSLServerConnectionCreator,
+                  backlog: int = 50, interface: str = "") -> IListeningPort:
         from twisted.protocols.tls import TLSMemoryBIOFactory
 
         return self.listenTCP(port, TLSMemoryBIOFactory(contextFactory, False, factory))
 
-    def listenUNIX(self, address: Any, factory: Any, backlog: int = 50, mode: int = 0o666, wantPID: int = 0) -> Any:
+    def listenUNIX(self, address: str, factory: IProtocolFactory, backlog: int = 50, mode: int = 0o666,
+                   wantPID: int = 0) -> IListeningPort:
         return self.listenTCP(0, factory)
 
-    def __getattr__(self, name: str) -> Any:
+    def __getattr__(self, name: str) -> object:
         return getattr(self._reactor, name)

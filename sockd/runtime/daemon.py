@@ -5,9 +5,10 @@ from __future__ import annotations
 import resource
 import signal
 from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
-from twisted.application.service import MultiService
+from twisted.application.service import IService, MultiService
 from twisted.internet import defer
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
@@ -15,10 +16,13 @@ from twisted.python.components import Componentized
 from sockd.defences.datagram import DatagramPolicy
 from sockd.defences.stream import ConnectionRegistry
 from sockd.errors import StartupError
-from sockd.interfaces import IDatagramListener, IListener, IStopsFirst
+from sockd.interfaces import IDatagramListener, IListener, IReactor, IStopsFirst
 from sockd.runtime.sdnotify import notify
 
 log = Logger(namespace="sockd.daemon")
+
+#: What signal.signal() returns and takes: a handler, SIG_DFL or SIG_IGN, or None (one not set from Python).
+SignalHandler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 def raiseFileLimit() -> None:
     """Let the daemon use every descriptor it may: each connection costs one."""
@@ -39,7 +43,7 @@ class SockdService(MultiService):
     then lets open connections finish within the grace period.
     """
 
-    def __init__(self, reactor: Any, registry: ConnectionRegistry, datagramPolicy: DatagramPolicy,
+    def __init__(self, reactor: IReactor, registry: ConnectionRegistry, datagramPolicy: DatagramPolicy,
                  grace: float) -> None:
         super().__init__()
         self.reactor = reactor
@@ -115,7 +119,7 @@ class SockdService(MultiService):
         # SIGTERM handler, and a stop right after READY=1 would kill sockd.
         self.reactor.callWhenRunning(notify, "READY=1")
 
-    def _onHangup(self, signum: int, frame: Any) -> None:
+    def _onHangup(self, signum: int, frame: FrameType | None) -> None:
         log.info("SIGHUP: reloading the configuration")
         assert self.reload is not None
         self.reactor.callFromThread(self.reload)
@@ -195,10 +199,9 @@ class SockdService(MultiService):
         d.addCallback(lambda _: self.registry.drain(self.grace))
         d.addCallback(lambda _: defer.DeferredList([defer.maybeDeferred(s.stopService) for s in last],
                                                    consumeErrors=True))
-        d.addCallback(lambda _: self._restoreSignals(restore))
-        return d
+        return d.addCallback(lambda _: self._restoreSignals(restore))
 
-    def _hurryOnStopSignals(self) -> dict[int, Any]:
+    def _hurryOnStopSignals(self) -> dict[int, SignalHandler]:
         """While draining, SIGTERM or SIGINT again ends the drain at once, and says so.
 
         Where the signals were taken at start (L{_takeStopSignals}) that is so
@@ -208,7 +211,7 @@ class SockdService(MultiService):
         C{ReactorNotRunning} into the log and changes nothing.  Returns the
         handlers replaced, put back once stopped.
         """
-        replaced: dict[int, Any] = {}
+        replaced: dict[int, SignalHandler] = {}
         if not getattr(self.reactor, "running", False):
             return replaced  # stopped without a running reactor (a test, a failed start): no signal to expect
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -219,7 +222,7 @@ class SockdService(MultiService):
                 break
         return replaced
 
-    def _restoreSignals(self, replaced: dict[int, Any]) -> None:
+    def _restoreSignals(self, replaced: dict[int, SignalHandler]) -> None:
         for signum, handler in replaced.items():
             signal.signal(signum, handler)
 

@@ -9,11 +9,10 @@ from the moment it stops to drain, so a balancer sends no new clients to it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
-
 from twisted.logger import Logger
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web import http
+from twisted.web.server import Request, Site
 
 __all__ = ["Health", "QuietSite", "Readiness"]
 
@@ -25,7 +24,7 @@ class Health(Resource):
 
     isLeaf = True
 
-    def render_GET(self, request: Any) -> bytes:
+    def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
         return b"ok\n"
 
@@ -35,11 +34,11 @@ class Readiness(Resource):
 
     isLeaf = True
 
-    def __init__(self, isReady: Callable[[], Any]) -> None:
+    def __init__(self, isReady: Callable[[], bool]) -> None:
         super().__init__()
         self.isReady = isReady
 
-    def render_GET(self, request: Any) -> bytes:
+    def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
         if self.isReady():
             return b"ready\n"
@@ -52,6 +51,6 @@ class QuietSite(Site):
 
     noisy = False
 
-    def log(self, request: Any) -> None:
+    def log(self, request: http.Request) -> None:
         log.debug("{method} {uri} {code}", method=request.method.decode("ascii", "replace"),
                   uri=request.uri.decode("ascii", "replace"), code=request.code)

@@ -15,12 +15,15 @@ import errno
 import os
 import socket
 import stat
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol, TypeVar, cast
 
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IAddress, IProtocolFactory
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
@@ -29,8 +32,11 @@ from zope.interface import implementer
 
 from sockd.config.descriptions import DatagramAddress, ListenSpec
 from sockd.errors import StartupError
-from sockd.interfaces import IDatagramListener, IListener
+from sockd.interfaces import IDatagramListener, IListener, IReactor
 from sockd.observe.addresses import formatAddress
+
+if TYPE_CHECKING:
+    from sockd.runtime.adopt import AdoptingReactor
 
 log = Logger(namespace="sockd.listeners")
 
@@ -38,7 +44,7 @@ log = Logger(namespace="sockd.listeners")
 MAX_DATAGRAM = 65535
 
 
-def _reason(error: BaseException) -> str:
+def _reason(error: BaseException | None) -> str:
     if isinstance(error, CannotListenError) and error.socketError is not None:
         inner = error.socketError
         return getattr(inner, "strerror", None) or str(inner)
@@ -65,7 +71,10 @@ def withDefaults(spec: ListenSpec, mode: int) -> str:
     return endpoint
 
 
-def quietly(call: Any, *args: Any) -> Any:
+_R = TypeVar("_R")
+
+
+def quietly(call: Callable[..., _R], *args: object) -> _R:
     """Run C{call} with Twisted's own start-up line for a port at debug level rather than info.
 
     Every Twisted port logs C{"AckFactory (PolicyFactory) starting on 7001"} when it
@@ -73,7 +82,8 @@ def quietly(call: Any, *args: Any) -> Any:
     in one line of its own.  (Anything else logged through C{twisted.python.log}
     during C{call}, which binds and nothing more, is at debug too.)
     """
-    return callWithContext({"log_level": LogLevel.debug}, call, *args)
+    result: _R = callWithContext({"log_level": LogLevel.debug}, call, *args)
+    return result
 
 
 def clearStaleSocket(path: str) -> None:
@@ -135,18 +145,40 @@ def _ownerName(uid: int | None, gid: int | None) -> str:
     return f"{user}:{group}"
 
 
+class _Port(Protocol):
+    """A bound port as a listener uses it: Twisted's and sockd's ports are file descriptors as well."""
+
+    def getHost(self) -> IAddress: ...
+
+    def stopListening(self) -> defer.Deferred[None]: ...
+
+    def stopReading(self) -> None: ...
+
+    def doRead(self) -> object: ...
+
+    def fileno(self) -> int: ...
+
+
+class _DatagramPort(_Port, Protocol):
+    """A bound UDP port: its address has a port number."""
+
+    def getHost(self) -> IPv4Address | IPv6Address: ...
+
+
 class _Listener(Service):
     """What every listener shares: one listening port, closed when the service stops."""
 
-    port: Any = None
+    port: _Port | None = None
     _paused = False
 
     def pauseAccepting(self) -> None:
         """The parent of workers keeps the socket open but leaves accepting (or reading) to them."""
         self._paused = True
+        assert self.port is not None
         self.port.stopReading()
 
     def fileno(self) -> int:
+        assert self.port is not None
         return self.port.fileno()
 
     def stopService(self) -> defer.Deferred[None] | None:
@@ -170,7 +202,7 @@ class StreamListener(_Listener):
     twistd's C{--uid/--gid}, so that the daemon's group can connect.
     """
 
-    def __init__(self, reactor: Any, spec: ListenSpec, factory: Any, inheritedFd: int | None = None,
+    def __init__(self, reactor: IReactor, spec: ListenSpec, factory: IProtocolFactory, inheritedFd: int | None = None,
                  announce: bool = True, unixMode: int = 0o660,
                  socketOwner: tuple[int | None, int | None] = (None, None)) -> None:
         self.reactor = reactor
@@ -201,7 +233,7 @@ class StreamListener(_Listener):
             checkCertificates(spec)
         except StartupError as e:
             raise StartupError(f"{where}: {e}") from None
-        reactor = self.reactor
+        reactor: IReactor | AdoptingReactor = self.reactor
         if spec.kind == "systemd":
             from sockd.runtime.adopt import AdoptingReactor
 
@@ -212,7 +244,7 @@ class StreamListener(_Listener):
             raise StartupError(f"{where}: bad listen description: {e}") from None
         except Exception as e:
             raise StartupError(f"{where}: {_reason(e)}") from None
-        outcome: list[Any] = []
+        outcome: list[_Port | Failure] = []
         quietly(endpoint.listen, self.factory).addBoth(outcome.append)
         if not outcome:
             raise StartupError(f"{where}: the endpoint did not listen at once")
@@ -260,13 +292,14 @@ class StreamListener(_Listener):
         adopting = AdoptingReactor(self.reactor, fd)
         try:
             if self.spec.tls:
-                outcome: list[Any] = []
+                outcome: list[_Port | Failure] = []
                 quietly(serverFromString(adopting, self.spec.endpoint).listen, self.factory).addBoth(outcome.append)
                 if not outcome or isinstance(outcome[0], Failure):
                     raise StartupError(f"{self.name}: cannot adopt descriptor {fd}")
                 self.port = outcome[0]
             else:
-                self.port = quietly(adopting.adoptStreamPort, fd, socketFamily(fd), self.factory)
+                # Every reactor's listening ports are file descriptors too (IListeningPort says less).
+                self.port = cast(_Port, quietly(adopting.adoptStreamPort, fd, socketFamily(fd), self.factory))
         finally:
             # The port serves a duplicate: the inherited descriptor would keep the socket listening after the
             # port closes (a reload that removes this listener must close the socket for good).
@@ -294,8 +327,9 @@ class StreamListener(_Listener):
 class DatagramListener(_Listener):
     """Listen on UDP (or adopt an inherited datagram socket) for one service."""
 
+    port: _DatagramPort | None = None
 
-    def __init__(self, reactor: Any, spec: ListenSpec, protocol: DatagramProtocol,
+    def __init__(self, reactor: IReactor, spec: ListenSpec, protocol: DatagramProtocol,
                  inheritedFd: int | None = None) -> None:
         assert spec.datagram is not None, spec
         self.reactor = reactor
@@ -321,11 +355,11 @@ class DatagramListener(_Listener):
             if address.fd is not None:
                 # systemd passes blocking sockets unless NonBlocking=yes: the reactor would block in recvfrom().
                 os.set_blocking(address.fd, False)
-                self.port = quietly(self.reactor.adoptDatagramPort, address.fd, address.family, self.protocol,
-                                    MAX_DATAGRAM)
+                self.port = cast(_DatagramPort, quietly(self.reactor.adoptDatagramPort, address.fd, address.family,
+                                                        self.protocol, MAX_DATAGRAM))
             else:
-                self.port = quietly(lambda: self.reactor.listenUDP(
-                    address.port, self.protocol, interface=address.interface, maxPacketSize=MAX_DATAGRAM))
+                self.port = cast(_DatagramPort, quietly(lambda: self.reactor.listenUDP(
+                    address.port, self.protocol, interface=address.interface, maxPacketSize=MAX_DATAGRAM)))
         except Exception as e:
             raise StartupError(f"{self.serviceName} {self.description}: cannot listen: {_reason(e)}") from None
         finally:
