@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from twisted.python import usage
-
 from sockd import __version__
 
 if TYPE_CHECKING:

@@ -8,9 +8,8 @@ anything is bound); L{makeService} hands them to L{sockd.app.Assembly}.
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 from collections.abc import Callable, Sequence
-from dataclasses import Field
+from dataclasses import Field, replace
 from typing import cast
 
 from twisted.python import usage
@@ -23,9 +22,9 @@ from sockd.config.settings import FIELDS, MODE, BadValue, Settings, optionName
 from sockd.config.strict import RunAs, checkFile, checkListenFiles, readingAs
 from sockd.defences.access import AccessError, AccessList, parseNetworks
 from sockd.errors import EX_USAGE, ConfigurationError, StartupError, exitWithError, installExceptHook
+from sockd.interfaces import IReactor
 from sockd.observe.log.level import LEVEL_NAMES, configure, parseLevel
 from sockd.protocols.qotd import QuoteError, loadQuotes
-from sockd.interfaces import IReactor
 from sockd.runtime.daemon import SockdService
 from sockd.services import BY_NAME, SERVICES
 

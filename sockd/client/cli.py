@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Callable
 from typing import Any, BinaryIO, NoReturn, TextIO
 
 from sockd import __version__
@@ -58,8 +59,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _positive(kind: type, low: float, what: str, inclusive: bool = False):  # noqa: ANN202
-    def convert(text: str) -> Any:
+def _positive(kind: type[int] | type[float], low: float, what: str, inclusive: bool = False) -> Callable[[str], float]:
+    def convert(text: str) -> float:
         try:
             value = kind(text)
         except ValueError:

@@ -96,6 +96,12 @@ class _Conn:
     __slots__ = ("sock", "fd", "recv", "send", "request", "other", "got", "t0", "pending",
                  "retryAt", "offset", "check")
 
+    # Set when it connects (bound methods of its socket, and the two requests it alternates).
+    recv: Callable[[int], bytes]
+    send: Callable[[bytes | memoryview], int]
+    request: bytes
+    other: bytes
+
     def __init__(self) -> None:
         self.sock: socket.socket | None = None
         self.fd = -1
@@ -277,7 +283,9 @@ class Load:
         finally:
             for conn in list(self.conns.values()):
                 conn.sock.close()  # type: ignore[union-attr]
-            self.poller.close()
+            close = getattr(self.poller, "close", None)  # select.poll has none: nothing to close
+            if close is not None:
+                close()
         return result
 
     def _startWindow(self, nowNs: int) -> None:
@@ -380,7 +388,7 @@ class Load:
                 try:
                     data = c.recv(want)
                     if tls:
-                        while c.sock.pending():
+                        while c.sock.pending():  # type: ignore[union-attr]  # an ssl.SSLSocket with TLS
                             data += c.recv(want)
                 except wouldBlock:
                     continue
@@ -494,7 +502,7 @@ class Load:
                 try:
                     data = c.recv(readSize)
                     if tls:
-                        while c.sock.pending() and len(data) < RECV_SIZE:  # type: ignore[attr-defined]
+                        while c.sock.pending() and len(data) < RECV_SIZE:  # type: ignore[union-attr]  # SSLSocket
                             data += c.recv(readSize)
                 except (BlockingIOError, ssl.SSLWantReadError):
                     continue

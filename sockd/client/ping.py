@@ -379,6 +379,7 @@ class _DatagramPing:
                 result.corrupt += 1
                 self.reporter.reply(seq or 0, len(data), 0, f"CORRUPT (matches no probe sent: {preview(data)})")
             return
+        seq = probe.seq  # the key it was found under
         rtt = nowNs - probe.sentNs
         if probe.answered:
             result.duplicates += 1

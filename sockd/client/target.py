@@ -13,6 +13,7 @@ import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 from sockd.client.errors import ClientError, FatalError, RefusedError, UsageError
 
@@ -27,6 +28,10 @@ def reason(e: BaseException) -> str:
     return getattr(e, "strerror", None) or str(e) or type(e).__name__
 
 
+#: A socket address as getaddrinfo gives it (IPv4, IPv6), or a Unix socket's path.
+SockAddr: TypeAlias = str | tuple[str, int] | tuple[str, int, int, int] | tuple[int, bytes]
+
+
 @dataclass
 class Target:
     """One server: where it is, over what, and with which TLS settings."""
@@ -37,9 +42,9 @@ class Target:
     tls: ssl.SSLContext | None = None
     servername: str | None = None
     family: int = socket.AF_UNSPEC
-    sockaddr: object = None
+    sockaddr: SockAddr | None = None
     #: The resolver's other addresses, tried in turn while connections are refused (streams only).
-    others: list[tuple[int, object]] = field(default_factory=list, repr=False)
+    others: list[tuple[int, SockAddr]] = field(default_factory=list, repr=False)
 
     @property
     def label(self) -> str:
@@ -95,6 +100,7 @@ class Target:
         if self.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
+            assert self.sockaddr is not None  # resolved first
             sock.connect(self.sockaddr)
             if self.tls is not None:
                 sock = self.tls.wrap_socket(sock, server_hostname=self.servername)
@@ -124,6 +130,7 @@ class Target:
         replies are received)."""
         sock = socket.socket(self.family, socket.SOCK_DGRAM)
         try:
+            assert self.sockaddr is not None  # resolved first
             sock.connect(self.sockaddr)
         except OSError as e:
             sock.close()

@@ -18,6 +18,7 @@ a forged source address cannot be a loopback one from the network.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IUDPTransport
@@ -42,8 +43,8 @@ class DatagramPolicy:
         #: A service with rules of its own ([echo] in the file) shares the daemon's ports, budget and log.
         self.daemon = daemon
         self.blockedPorts: set[int] = daemon.blockedPorts if daemon is not None else set(blockedPorts)
-        self.refusalLog: LogThrottle = daemon.refusalLog if daemon is not None else LogThrottle(settings.refusal_log_interval,
-                                                                                   seconds)
+        self.refusalLog: LogThrottle = (daemon.refusalLog if daemon is not None
+                                        else LogThrottle(settings.refusal_log_interval, seconds))
         self.reconfigure(settings)
 
     def reconfigure(self, settings: Settings) -> None:
@@ -130,7 +131,8 @@ class _CountingTransport:
         self._transport = transport
         self._stats = stats
         handle = getattr(transport, "getHandle", None)
-        self._sendto: Callable[[bytes, tuple[str, int]], int] | None = getattr(handle(), "sendto", None) if handle is not None else None
+        self._sendto: Callable[[bytes, tuple[str, int]], int] | None = (
+            getattr(handle(), "sendto", None) if handle is not None else None)
 
     def write(self, datagram: bytes, addr: tuple[str, int] | None = None) -> None:
         stats = self._stats

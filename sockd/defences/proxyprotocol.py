@@ -22,6 +22,7 @@ import struct
 from collections import Counter
 from dataclasses import dataclass
 from typing import cast
+
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import (
     IAddress,

@@ -11,6 +11,7 @@ the pattern.
 from __future__ import annotations
 
 import random
+
 from twisted.internet.interfaces import IPullProducer, IUDPTransport
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from zope.interface import implementer

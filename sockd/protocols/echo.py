@@ -6,7 +6,6 @@ from twisted.internet.interfaces import IUDPTransport
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 
 from sockd.interfaces import IStreamTransport
-
 from sockd.protocols.flow import pauseReadingWhileBlocked
 
 

@@ -14,6 +14,7 @@ half-close is not available, it simply closes.
 from __future__ import annotations
 
 from collections.abc import Callable
+
 from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime, ISSLTransport, IUDPTransport
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.python.failure import Failure

@@ -9,9 +9,10 @@ from the moment it stops to drain, so a balancer sends no new clients to it.
 from __future__ import annotations
 
 from collections.abc import Callable
+
 from twisted.logger import Logger
-from twisted.web.resource import Resource
 from twisted.web import http
+from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 __all__ = ["Health", "QuietSite", "Readiness"]

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Protocol, TypeVar, cast
 
 from twisted.application.service import Service
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IAddress, IProtocolFactory
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger, LogLevel

@@ -52,7 +52,7 @@ class Notifier:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
                 sock.settimeout(SEND_TIMEOUT)
                 sock.sendto(state.encode("utf-8"), address)
-        except Exception as e:  # noqa: BLE001 - a notification is never worth a crash
+        except Exception as e:  # a notification is never worth a crash
             if not self.failureLogged:
                 self.failureLogged = True
                 log.warn(
