@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime
 import math
-from typing import Any, TextIO
+from typing import TextIO
 
 from sockd.client.clock import ClockReading
 from sockd.client.load import LoadOptions, LoadResult, Snapshot
@@ -63,7 +63,7 @@ def pingSummary(result: PingResult) -> list[str]:
     return lines
 
 
-def pingJson(result: PingResult, options: PingOptions) -> dict[str, Any]:
+def pingJson(result: PingResult, options: PingOptions) -> dict[str, object]:
     """Every figure of a ping run, under the keys docs/client.md lists (pinned by a test)."""
     return {
         "mode": "ping", "target": result.target, "transport": result.transport, "expect": result.expect,
@@ -134,7 +134,7 @@ def loadSummary(result: LoadResult, options: LoadOptions) -> list[str]:
     return lines
 
 
-def loadJson(result: LoadResult, options: LoadOptions) -> dict[str, Any]:
+def loadJson(result: LoadResult, options: LoadOptions) -> dict[str, object]:
     """Every figure of a load run, under the keys docs/client.md lists (pinned by a test)."""
     requests = result.pattern in ("echo", "ack")
     return {
@@ -158,7 +158,7 @@ def _utc(unix: float) -> str:
     return datetime.datetime.fromtimestamp(unix, datetime.UTC).strftime("%a %b %e %H:%M:%S %Y UTC")
 
 
-def clockJson(reading: ClockReading) -> dict[str, Any]:
+def clockJson(reading: ClockReading) -> dict[str, object]:
     """Every figure of a clock reading, under the keys docs/client.md lists (pinned by a test)."""
     server = reading.serverUnix
     return {
