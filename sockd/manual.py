@@ -95,7 +95,7 @@ def sockdOptions() -> tuple[type[tap.Options], list[Option]]:
             kind = VALUES[name]
             value, words = kind if kind is not None else ("internal", ())
             found.append(Option(name, shorts.get(name), doc, value, words, repeatable=name in repeated))
-        elif any(tap.optionName(f.name) == name and f.metadata["kind"] is not None for f in tap.FIELDS):
+        elif any(optionName(f.name) == name and f.metadata["kind"] is not None for f in FIELDS):
             found.append(Option(name, shorts.get(name), doc, "number"))
         else:
             raise ValueError(f"--{name} takes a value: say in sockd.manual.VALUES what it is")

@@ -18,7 +18,7 @@ from sockd import __version__
 from sockd.app import Assembly
 from sockd.config.descriptions import DescriptionError, ListenSpec
 from sockd.config.file import loadConfig
-from sockd.config.settings import FIELDS, MODE, BadValue, Settings, optionName
+from sockd.config.settings import FIELDS, MODE, BadValue, Kind, Settings, Value, optionName
 from sockd.config.strict import RunAs, checkFile, checkListenFiles, readingAs
 from sockd.defences.access import AccessError, AccessList, parseNetworks
 from sockd.errors import EX_USAGE, ConfigurationError, StartupError, exitWithError, installExceptHook
@@ -42,12 +42,13 @@ def _serviceOption(name: str) -> Callable[[Options, str], None]:
     return opt
 
 
-def _listOption(fieldName: str) -> Any:
-    kind = next(f.metadata["kind"] for f in FIELDS if f.name == fieldName)
+def _listOption(fieldName: str) -> Callable[[Options, str], None]:
+    kind: Kind = next(f.metadata["kind"] for f in FIELDS if f.name == fieldName)
 
     def opt(self: Options, value: str) -> None:
         try:
-            self.given.setdefault(fieldName, []).append(kind.fromText(value))
+            listed = self.given.setdefault(fieldName, [])
+            cast(list[str], listed).append(cast(str, kind.fromText(value)))  # a repeatable setting's: a list of words
         except BadValue as e:
             raise usage.UsageError(f"--{optionName(fieldName)} {value}: must be {e}") from None
 
@@ -55,7 +56,7 @@ def _listOption(fieldName: str) -> Any:
     return opt
 
 
-def _shownDefault(f: Any) -> str:
+def _shownDefault(f: Field[Value]) -> str:
     """The help's C{[default: ...]}, or nothing for a setting that is off (or built in) unless given."""
     if f.default is None:
         return ""
@@ -121,7 +122,7 @@ class Options(usage.Options):
         finally:
             self.longOpt = every
 
-    def parseOptions(self, options: Any = None) -> None:
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
         #: The arguments as given, for workers started with the same command line.
         self.rawArgs = list(sys.argv[1:] if options is None else options)
         try:

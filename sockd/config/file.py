@@ -26,9 +26,7 @@ import difflib
 import re
 import tomllib
 from dataclasses import dataclass, field
-from typing import Any
-
-from sockd.config.settings import FIELDS, BadValue
+from sockd.config.settings import FIELDS, BadValue, Kind, Value
 from sockd.errors import ConfigurationError
 
 #: Tables that only group daemon-wide settings and defaults: their settings apply to every service.
@@ -45,8 +43,8 @@ class ConfigFile:
     """A parsed configuration file: default settings, each service's own, and the [listen] table if any."""
 
     path: str
-    values: dict[str, Any] = field(default_factory=dict)
-    services: dict[str, dict[str, Any]] = field(default_factory=dict)
+    values: dict[str, Value] = field(default_factory=dict)
+    services: dict[str, dict[str, Value]] = field(default_factory=dict)
     listeners: list[tuple[str, str]] | None = None
 
 
@@ -91,9 +89,9 @@ def _didYouMean(word: str, choices: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _coerce(name: str, value: Any, where: str, literal: str | None) -> Any:
+def _coerce(name: str, value: object, where: str, literal: str | None) -> Value:
     """A file's value through its setting's L{Kind}: the same rules, and the same words, as the command line."""
-    kind = _BY_NAME[name].metadata["kind"]
+    kind: Kind = _BY_NAME[name].metadata["kind"]
     try:
         return kind.fromToml(value, literal)
     except BadValue as e:
@@ -107,18 +105,18 @@ def parseConfig(text: str, path: str, services: set[str]) -> ConfigFile:
     except tomllib.TOMLDecodeError as e:
         # tomllib already refuses duplicate keys and tables; its message ends with the line.
         message = str(e)
-        where = _TOML_WHERE.search(message)
-        if where is None:
+        located = _TOML_WHERE.search(message)
+        if located is None:
             raise ConfigError(f"{path}: {message}") from None
-        problem = message[:where.start()]
+        problem = message[:located.start()]
         if "overwrite" in problem or "twice" in problem:
             problem += " (a duplicate key or table)"
-        raise ConfigError(f"{path}:{where.group(1)}: {problem}") from None
+        raise ConfigError(f"{path}:{located.group(1)}: {problem}") from None
     lines = _Lines(path, text)
     config = ConfigFile(path)
     settingNames = sorted(_BY_NAME)
 
-    def take(table: str, key: str, value: Any, into: dict[str, Any], service: str | None = None) -> None:
+    def take(table: str, key: str, value: object, into: dict[str, Value], service: str | None = None) -> None:
         name = key.replace("-", "_")
         where = lines.key(table, key)
         if name not in _BY_NAME:
@@ -149,7 +147,7 @@ def parseConfig(text: str, path: str, services: set[str]) -> ConfigFile:
                 for inner, innerValue in value.items():
                     take(key, inner, innerValue, config.values)
             elif key in services:
-                own: dict[str, Any] = {}
+                own: dict[str, Value] = {}
                 for inner, innerValue in value.items():
                     take(key, inner, innerValue, own, service=key)
                 if own:  # an empty table changes nothing

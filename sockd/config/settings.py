@@ -12,11 +12,16 @@ import ipaddress
 import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Literal, TypeVar, cast, overload
 
 LOOPBACK = ("127.0.0.0/8", "::1/128")
+
+#: What a setting holds: the types of L{Settings}' fields.
+Value = str | int | float | bool | list[str] | None
+
+_T = TypeVar("_T", bound=Value)
 
 
 class BadValue(ValueError):
@@ -35,20 +40,20 @@ class Kind:
     #: What a good value looks like, as the error says it ("a whole number of at least 1").
     accepts: str
     #: Word (from the command line or a TOML string) to value; raises ValueError (or TypeError) if refused.
-    parse: Callable[[str], Any]
+    parse: Callable[[str], Value]
     #: The TOML types a value may have in the file (a C{bool} is never an C{int} here).
     toml: tuple[type, ...] = (str,)
     #: How a TOML integer becomes a word for L{parse}, given the literal as written (None: not known).
     integerWord: Callable[[int, str | None], str] = lambda value, literal: str(value)
 
-    def fromText(self, text: str) -> Any:
+    def fromText(self, text: str) -> Value:
         """The value of a command-line word; L{BadValue} if it is not one."""
         try:
             return self.parse(text)
         except (ValueError, TypeError, OverflowError):
             raise BadValue(self.accepts) from None
 
-    def fromToml(self, value: Any, literal: str | None = None) -> Any:
+    def fromToml(self, value: object, literal: str | None = None) -> Value:
         """The value of a TOML value (C{literal}: its text in the file, if known); L{BadValue} if not one."""
         if isinstance(value, bool) != (bool in self.toml) or not isinstance(value, self.toml):
             raise BadValue(self.accepts)
@@ -58,17 +63,17 @@ class Kind:
             return self.fromText(self.integerWord(value, literal))
         if isinstance(value, float):
             return self.fromText(repr(value))
-        return self.fromText(value)
+        return self.fromText(cast(str, value))  # what is left of the TOML types L{toml} may name
 
 
 class ListKind(Kind):
     """A repeatable setting: each word is checked by L{parse}; in the file, a list of strings (or one string)."""
 
-    def fromToml(self, value: Any, literal: str | None = None) -> Any:
+    def fromToml(self, value: object, literal: str | None = None) -> list[str]:
         words = [value] if isinstance(value, str) else value
         if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
             raise BadValue(self.accepts)
-        return [self.fromText(w) for w in words]
+        return [cast(str, self.fromText(w)) for w in words]  # a list's L{parse} keeps words words
 
 
 def _wholeNumber(least: int) -> Callable[[str], int]:
@@ -157,21 +162,31 @@ ADDRESSES = ListKind("a list of addresses or CIDR blocks such as 192.0.2.0/24", 
 EXEMPT = ListKind('a list of addresses or CIDR blocks such as 192.0.2.0/24, or "none"', _addressBlock)
 
 
-def _setting(default: Any, help: str, kind: Kind, flag: bool = False, repeat: bool = False,
-             daemon: bool = False, option: str | None = None) -> Any:
+@overload
+def _setting(default: Iterable[str], help: str, kind: Kind, flag: bool = False, *,
+             repeat: Literal[True], daemon: bool = False, option: str | None = None) -> list[str]: ...
+
+
+@overload
+def _setting(default: _T, help: str, kind: Kind, flag: bool = False,
+             repeat: Literal[False] = False, daemon: bool = False, option: str | None = None) -> _T: ...
+
+
+def _setting(default: Value | Iterable[str], help: str, kind: Kind, flag: bool = False, repeat: bool = False,
+             daemon: bool = False, option: str | None = None) -> Value:
     """One setting; C{daemon}: it is the whole daemon's, never one service's (not allowed in [ack], [echo]...).
 
     C{option}: the command-line spelling when it is not the field's (a repeatable option named in the singular).
     """
     meta = {"help": help, "kind": kind, "flag": flag, "repeat": repeat, "daemon": daemon, "option": option}
     if repeat:
-        return field(default_factory=lambda: list(default), metadata=meta)
-    return field(default=default, metadata=meta)
+        return field(default_factory=lambda: list(cast(Iterable[str], default)), metadata=meta)
+    return field(default=cast(Value, default), metadata=meta)
 
 
 def workerCount(text: str) -> int:
     """C{--workers}: a positive number, or C{auto}, the number of cores this process may run on."""
-    return WORKERS.fromText(text)
+    return cast(int, WORKERS.fromText(text))
 
 
 @dataclass
@@ -228,7 +243,7 @@ class Settings:
     grace: float = _setting(5.0, "seconds to finish answering and close connections at shutdown", SECONDS, daemon=True)
 
 
-FIELDS: tuple[dataclasses.Field, ...] = dataclasses.fields(Settings)
+FIELDS: tuple[dataclasses.Field[Value], ...] = dataclasses.fields(Settings)
 _OPTIONS = {f.name: f.metadata["option"] for f in FIELDS if f.metadata["option"]}
 
 
