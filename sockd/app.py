@@ -30,6 +30,7 @@ from sockd.defences.datagram import DatagramPolicy, GuardedDatagramProtocol
 from sockd.defences.proxyprotocol import ProxyProtocolFactory
 from sockd.defences.stream import ConnectionRegistry, PolicyFactory
 from sockd.errors import StartupError
+from sockd.interfaces import IReactor
 from sockd.observe.log.setup import plan
 from sockd.observe.metrics import Metrics
 from sockd.observe.throttle import ACCEPT_WARNINGS

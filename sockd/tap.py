@@ -284,7 +284,7 @@ def makeService(options: Options) -> SockdService:
     # twistd says "reactor class: ..." but `twist` does not: say which I/O core serves, under either.
     kind = type(reactor)
     Logger(namespace="sockd.daemon").info("I/O core: {reactor}", reactor=f"{kind.__module__}.{kind.__qualname__}")
-    return Assembly(options, reactor).top
+    return Assembly(options, cast(IReactor, reactor)).top  # the installed reactor provides each of its bases
 
 
 for _service in SERVICES:

@@ -26,6 +26,7 @@ import difflib
 import re
 import tomllib
 from dataclasses import dataclass, field
+
 from sockd.config.settings import FIELDS, BadValue, Kind, Value
 from sockd.errors import ConfigurationError
 

@@ -24,7 +24,7 @@ _READ_IGNORE = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.EMSGSIZE, er
 _READ_REFUSED = (errno.ECONNREFUSED,)
 
 
-def _prefixOf(thing: Any) -> str:
+def _prefixOf(thing: object) -> str:
     if ILoggingContext.providedBy(thing):
         return thing.logPrefix()
     return thing.__class__.__name__

@@ -32,6 +32,7 @@ import select
 import socket
 import sys
 import time
+from types import FrameType
 from typing import Any
 
 from twisted.internet import error, main
@@ -46,7 +47,7 @@ _OUT = select.EPOLLOUT
 _GONE = select.EPOLLHUP | select.EPOLLERR
 
 #: One shared failure per kind of ordinary disconnection, as Twisted's reactors share them.
-_FAILURES = {
+_FAILURES: dict[type[BaseException], Failure] = {
     error.ConnectionDone: Failure(error.ConnectionDone()),
     error.ConnectionLost: Failure(error.ConnectionLost()),
 }
@@ -68,7 +69,8 @@ def _reactorOwn(selectable: Any) -> bool:
 def _prefixOf(selectable: Any) -> str:
     """What C{log.callWithLogger} names a selectable: its C{logPrefix()}."""
     try:
-        return selectable.logPrefix()
+        prefix: str = selectable.logPrefix()
+        return prefix
     except Exception:
         return "(buggy logPrefix method)"
 
@@ -90,12 +92,12 @@ class DispatchLogContext(dict):  # type: ignore[type-arg]
     @staticmethod
     def system() -> str:
         """The log prefix of the selectable the reactor is dispatching on this thread, or C{"-"}."""
-        frame = sys._getframe(1)
+        frame: FrameType | None = sys._getframe(1)
         while frame is not None:
             if frame.f_code in _DISPATCHING:
                 selectable = frame.f_locals.get("selectable")
                 return "-" if selectable is None else _prefixOf(selectable)
-            frame = frame.f_back  # type: ignore[assignment]
+            frame = frame.f_back
         return "-"
 
     def __getitem__(self, key: Any) -> Any:
@@ -313,14 +315,15 @@ class SockdReactor(PosixReactorBase):
                 if selectable in self._alwaysWriters:
                     dispatch(selectable, _OUT, False)
 
-    doIteration = doPoll
+    # The loop calls it positionally (ReactorBase names its argument delay, this loop timeout).
+    doIteration = doPoll  # type: ignore[assignment]
 
 
     # Listening: sockd's own ports
 
     def listenTCP(self, port: Any, factory: Any, backlog: int = 50, interface: str = "") -> Any:
         if not isinstance(port, int):  # a tcp.makeBinding() Binding: Twisted's own port understands it
-            return super().listenTCP(port, factory, backlog, interface)
+            return super().listenTCP(port, factory, backlog, interface)  # type: ignore[no-untyped-call]  # Twisted's
         from sockd.core.stream import TCPPort
 
         listening = TCPPort(port, factory, backlog, interface, self)

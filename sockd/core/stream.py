@@ -60,7 +60,7 @@ _ACCEPT_ERRORS = (errno.EMFILE, errno.ENOBUFS, errno.ENFILE, errno.ENOMEM, errno
 _SEND_AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS)
 
 
-def _prefixOf(thing: Any) -> str:
+def _prefixOf(thing: object) -> str:
     """What Twisted logs an object as: its C{logPrefix()}, or its class name."""
     if ILoggingContext.providedBy(thing):
         return thing.logPrefix()
@@ -78,7 +78,9 @@ def _noop(*args: Any, **kwargs: Any) -> None:
 
 @implementer(IPushProducer, IConsumer, IReadWriteDescriptor, IHalfCloseableDescriptor, ISystemHandle,
              ILoggingContext, IReadPausingTransport)
-class StreamConnection:
+# The reactor calls only readConnectionLost of an IHalfCloseableDescriptor (the peer's half-close): a
+# connection is never told its own write side closed, so there is no writeConnectionLost to have.
+class StreamConnection:  # type: ignore[misc]
     """One accepted stream socket: what C{tcp.Server} does, written for the request/response path."""
 
     #: Read at most this much per C{recv()}; also the queued bytes above which a streaming producer pauses.
@@ -170,7 +172,7 @@ class StreamConnection:
 
     def readConnectionLost(self, reason: Failure) -> None:
         """The peer half-closed: tell a half-closeable protocol, or close."""
-        halfCloseable = IHalfCloseableProtocol(self.protocol, None)
+        halfCloseable: IHalfCloseableProtocol | None = IHalfCloseableProtocol(self.protocol, None)
         if halfCloseable is None:
             self.connectionLost(reason)
             return
@@ -278,7 +280,7 @@ class StreamConnection:
             self.socket.shutdown(socket.SHUT_WR)
         except OSError:
             pass
-        halfCloseable = IHalfCloseableProtocol(self.protocol, None)
+        halfCloseable: IHalfCloseableProtocol | None = IHalfCloseableProtocol(self.protocol, None)
         if halfCloseable is not None:
             try:
                 halfCloseable.writeConnectionLost()
@@ -392,7 +394,7 @@ class StreamConnection:
         except OSError:
             pass
         sock.close()
-        self.fileno = _minusOne  # type: ignore[method-assign]
+        self.fileno = _minusOne
         self._head = b""
         self._queue = []
         self._queued = 0
@@ -479,8 +481,9 @@ class UNIXConnection(StreamConnection):
         pass
 
 
+# getHost() is each family's own (TCPPort, UNIXPort): this base is never a port by itself.
 @implementer(IListeningPort, ILoggingContext)
-class StreamPort:
+class StreamPort:  # type: ignore[misc]
     """What a listening stream socket shares, whatever its family: accepting, stopping, adoption."""
 
     transport: type[StreamConnection] = StreamConnection

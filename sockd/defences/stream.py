@@ -16,6 +16,7 @@ from typing import cast
 from twisted.internet import defer
 from twisted.internet.interfaces import (
     IAddress,
+    IConsumer,
     IDelayedCall,
     IHalfCloseableProtocol,
     IProducer,
@@ -212,7 +213,8 @@ class PolicyProtocol(TransportRelay, Protocol):
 
     def pauseReadingWhileBlocked(self) -> None:
         """L{IReadPausingTransport}, passed on; on a transport without it, a producer registered through this layer."""
-        pauseReadingWhileBlocked(self.transport, self)
+        # It relays IConsumer (TransportRelay declares what its transport provides, at makeConnection).
+        pauseReadingWhileBlocked(self.transport, cast(IConsumer, self))
 
     def dataReceived(self, data: bytes) -> None:
         factory = self.factory

@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections import Counter
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import LogEvent, Logger, LogLevel, PredicateResult
+from twisted.logger import ILogFilterPredicate, LogEvent, Logger, LogLevel, PredicateResult
+from zope.interface import implementer
 
 __all__ = ["ACCEPT_WARNINGS", "TWISTED_ACCEPT_FORMATS", "TwistedAcceptWarnings", "WarningSummary"]
 
@@ -79,6 +80,7 @@ TWISTED_ACCEPT_FORMATS = {
 }
 
 
+@implementer(ILogFilterPredicate)
 class TwistedAcceptWarnings:
     """A log filter predicate: Twisted's reactors' per-connection accept lines, summed up by a L{WarningSummary}."""
 

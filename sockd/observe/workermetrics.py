@@ -15,6 +15,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 
+from sockd.interfaces import IStreamTransport
+
 __all__ = ["SCRAPE_TIMEOUT", "AggregatedMetrics", "Scraped", "WorkerTotals", "sumExpositions"]
 
 log = Logger(namespace="sockd.workers")
@@ -41,6 +43,8 @@ _NOT_SUMMED = {"sockd_reloads", "sockd_build_info", "sockd_ready", "python_info"
 
 class _Slurp(protocol.Protocol):
     """Read a worker's whole exposition; the worker closes when it has written it."""
+
+    transport: IStreamTransport | None
 
     def __init__(self) -> None:
         self.chunks: list[bytes] = []

@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IListeningPort, IOpenSSLServerConnection
 
 from sockd.core.stream import UNIXPort
 from sockd.errors import StartupError
+from sockd.interfaces import IReactor
 
 
 def socketFamily(fd: int) -> socket.AddressFamily:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from twisted.application.service import IService, MultiService
+from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
@@ -23,6 +23,7 @@ log = Logger(namespace="sockd.daemon")
 
 #: What signal.signal() returns and takes: a handler, SIG_DFL or SIG_IGN, or None (one not set from Python).
 SignalHandler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+
 
 def raiseFileLimit() -> None:
     """Let the daemon use every descriptor it may: each connection costs one."""

@@ -22,7 +22,7 @@ class LogState:
     """
 
     def __init__(self) -> None:
-        self.level: Any = LogLevel.info
+        self.level: LogLevel = LogLevel.info
 
     @property
     def messagesWanted(self) -> bool:

@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import atexit
 import signal
-from typing import Any
+from typing import Any, cast
 
 from twisted.logger import FilteringLogObserver, LegacyLogObserverWrapper, LogLevelFilterPredicate
+from twisted.python.log import ILogObserver as LegacyObserver
 
 from sockd.config.settings import Settings
 from sockd.observe.log.files import CappedLogFile
@@ -113,7 +114,7 @@ def makeSyslogObserver(prefix: str, state: LogState = STATE) -> Any:
     """twistd's own C{--syslog} observer (C{UnixAppLogger._getLogObserver}), behind sockd's level filter."""
     from twisted.python import syslog
 
-    return FilteringLogObserver(LegacyLogObserverWrapper(syslog.SyslogObserver(prefix).emit),
+    return FilteringLogObserver(LegacyLogObserverWrapper(cast(LegacyObserver, syslog.SyslogObserver(prefix).emit)),
                                 [LogLevelFilterPredicate(state.level), ACCEPT_WARNINGS])
 
 

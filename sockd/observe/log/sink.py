@@ -47,7 +47,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from twisted.logger import FilteringLogObserver, ILogObserver, LogLevel, LogLevelFilterPredicate, formatTime
 from zope.interface import implementer
@@ -298,7 +298,9 @@ class SinkObserver:
     def __init__(self, sink: LineSink, level: Any = LogLevel.info) -> None:
         self.sink = sink
         self._format = ClassicText()
-        self._filtered = FilteringLogObserver(self._write, [LogLevelFilterPredicate(level), ACCEPT_WARNINGS])
+        # A plain callable is an observer to twisted.logger (its stubs ask for the interface).
+        self._filtered = FilteringLogObserver(cast(ILogObserver, self._write),
+                                              [LogLevelFilterPredicate(level), ACCEPT_WARNINGS])
 
     def __call__(self, event: dict[str, Any]) -> None:
         self._filtered(event)
