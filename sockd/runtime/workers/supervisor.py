@@ -50,7 +50,7 @@ def reactorArguments(reactor: Any) -> list[str]:
         return ["-r", "sockd"]
     module = type(reactor).__module__
     for kind in getReactorTypes():
-        if kind.moduleName == module:
+        if getattr(kind, "moduleName", None) == module:  # twistd's Reactor plugins have it; the interface does not
             return ["-r", kind.shortName]
     return []  # a reactor twistd cannot name: the worker runs sockd's default
 
