@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("sockd.config", "sockd.measure"),
     ("sockd.observe",),
     ("sockd.protocols",),
-    ("sockd.defences",),
+    ("sockd.defences", "sockd.faults"),
     ("sockd.runtime",),
     ("sockd.services",),
     ("sockd.app",),

@@ -135,6 +135,15 @@ def _ownerName(uid: int | None, gid: int | None) -> str:
     return f"{user}:{group}"
 
 
+#: A listener with fault options says so in its start-up line: C{"... (faults: delay=100ms jitter=20ms)"}.
+_IMPAIRED = " (faults: {faults})"
+
+
+def _impaired(spec: ListenSpec) -> dict[str, str]:
+    """The start-up event's C{faults} field: only a listener with fault options has one."""
+    return {"faults": spec.faults.text} if spec.faults is not None else {}
+
+
 class _Listener(Service):
     """What every listener shares: one listening port, closed when the service stops."""
 
@@ -224,12 +233,14 @@ class StreamListener(_Listener):
             self._own(where)
         log.emit(
             LogLevel.info if self.announce else LogLevel.debug,
+            "{service} listening on {kind} {address}" + _IMPAIRED if spec.faults else
             "{service} listening on {kind} {address}",
             service=self.serviceName,
             kind=self.kind,
             transport=spec.transport,
             address=formatAddress(self.port.getHost()),
             description=self.description,
+            **_impaired(spec),
         )
 
     def _own(self, where: str) -> None:
@@ -323,12 +334,13 @@ class DatagramListener(_Listener):
             raise StartupError(f"{self.serviceName} {self.description}: cannot listen: {_reason(e)}") from None
         log.emit(
             LogLevel.debug if self.inheritedFd is not None else LogLevel.info,
-            "{service} listening on {transport} {address}" if self.inheritedFd is None
-            else "{service} serving inherited {transport} {address}",
+            ("{service} listening on {transport} {address}" if self.inheritedFd is None
+             else "{service} serving inherited {transport} {address}") + (_IMPAIRED if self.spec.faults else ""),
             service=self.serviceName,
             transport="udp",
             address=formatAddress(self.port.getHost()),
             description=self.description,
+            **_impaired(self.spec),
         )
 
     def abandon(self) -> None:
