@@ -378,7 +378,8 @@ class FaultProtocol(TransportRelay, Protocol):
     def _checkAcknowledged(self) -> None:
         if self._lost:
             return
-        handle = self.transport.getHandle()
+        getHandle = getattr(self.transport, "getHandle", None)
+        handle = getHandle() if getHandle is not None else None
         unacknowledged = 0
         if isinstance(handle, socket.socket):
             try:
