@@ -285,3 +285,42 @@ def test_stopping_sends_what_waits() -> None:
 
 def test_the_default_hold_is_documented_size() -> None:
     assert DEFAULT_HOLD == 256 * 1024
+
+
+def assemble(tmp_path: Any, listen: str) -> tuple[Any, Any]:
+    from twisted.internet.testing import MemoryReactorClock
+
+    from sockd.app import Assembly
+    from sockd.tap import Options
+
+    config = tmp_path / "sockd.toml"
+    config.write_text(listen)
+    options = Options()
+    options.parseOptions(["--config", str(config)])
+    return Assembly(options, MemoryReactorClock()), config
+
+
+def test_a_listener_without_faults_has_no_wrapper_and_a_reload_adds_and_removes_one(tmp_path: Any) -> None:
+    from sockd.defences.datagram import GuardedDatagramProtocol
+    from sockd.defences.stream import PolicyFactory
+    from sockd.protocols.echo import EchoDatagramProtocol
+
+    assembly, config = assemble(tmp_path, '[listen]\necho = ["tcp:0", "udp:0"]\n')
+    (streamRecord, datagramRecord) = assembly.running.values()
+    stream, guard = streamRecord.policy, datagramRecord.policy
+    assert isinstance(stream, PolicyFactory) and isinstance(guard, GuardedDatagramProtocol)
+    assert type(stream.wrappedFactory) is EchoFactory and type(guard.inner) is EchoDatagramProtocol
+    listeners = (streamRecord.listener, datagramRecord.listener)
+
+    config.write_text('[listen]\necho = ["tcp:0:delay=100ms", "udp:0:loss=5%"]\n')
+    assembly.reload()
+    assert [str(spec) for spec in assembly.running] == ["tcp:0:delay=100ms", "udp:0:loss=5%"]
+    assert tuple(r.listener for r in assembly.running.values()) == listeners  # the same listeners, not re-bound
+    assert isinstance(stream.wrappedFactory, FaultFactory) and stream.wrappedFactory.events.faults.delay == 0.1
+    assert isinstance(guard.inner, FaultDatagramProtocol) and guard.inner.faults.loss == 0.05
+
+    config.write_text('[listen]\necho = ["tcp:0", "udp:0"]\n')
+    assembly.reload()
+    assert tuple(r.listener for r in assembly.running.values()) == listeners
+    assert type(stream.wrappedFactory) is EchoFactory and type(guard.inner) is EchoDatagramProtocol
+    assert assembly.metrics.reloads["ok"] == 2
