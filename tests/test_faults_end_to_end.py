@@ -78,7 +78,8 @@ def test_udp_duplicates_and_corruption_are_what_sockd_client_counts(daemon) -> N
         text = response.read().decode()
     done = {m.group(1): float(m.group(2)) for m in re.finditer(
         r'sockd_faults_total\{fault="(\w+)",service="echo",transport="udp"\} (\S+)', text)}
-    assert done["corrupt"] == report["corrupt"] or done["corrupt"] >= report["corrupt"]
+    # A corrupted answer that is also duplicated reaches the client as two corrupt replies.
+    assert 0 <= report["corrupt"] - done["corrupt"] <= done["duplicate"], (done, report)
     assert done["duplicate"] >= report["duplicates"] and done["loss"] == 0
 
 
@@ -88,7 +89,7 @@ def test_a_delay_is_the_median_round_trip_and_the_start_up_line_says_so(daemon) 
     host, port = d.address("echo", "tcp", 0)
     report = ping("-c", "15", "-i", "0", "-q", host, str(port))
     assert report["received"] == 15, report
-    assert 99.0 <= report["rtt_ms"]["p50"] <= 106.0, report
+    assert 99.0 <= report["rtt_ms"]["p50"] <= 110.0, report  # the timer, plus a loaded machine's late wakeups
     assert report["rtt_ms"]["min"] >= 99.0, report
     clean = d.address("echo", "tcp", 1)  # the same service, clean, on another port
     assert ping("-c", "5", "-i", "0", "-q", clean[0], str(clean[1]))["rtt_ms"]["max"] < 50
@@ -100,8 +101,10 @@ def test_jitter_spreads_round_trips_uniformly_around_the_delay(daemon) -> None:
     report = ping("--udp", "-c", "200", "-i", "0.005", "-q", host, str(port))
     rtt = report["rtt_ms"]
     assert report["received"] == 200 and report["reordered"] > 0, report  # independent delays overtake
-    assert 79.0 <= rtt["min"] <= 88.0 and 112.0 <= rtt["max"] <= 130.0, rtt
-    assert 94.0 <= rtt["avg"] <= 106.0, rtt
+    # Uniform over 80-120 ms: nothing under 80, the median 100, nine in ten under 116 (the maximum is left
+    # out: one late wakeup of a loaded machine moves it, not the distribution).
+    assert 79.0 <= rtt["min"] <= 88.0, rtt
+    assert 95.0 <= rtt["p50"] <= 106.0 and 111.0 <= rtt["p90"] <= 124.0, rtt
     assert 8.0 <= rtt["mdev"] <= 15.0, rtt  # a uniform ±20 ms has a deviation of 20/√3 = 11.5 ms
 
 
