@@ -30,6 +30,9 @@ from sockd.defences.datagram import DatagramPolicy, GuardedDatagramProtocol
 from sockd.defences.proxyprotocol import ProxyProtocolFactory
 from sockd.defences.stream import ConnectionRegistry, PolicyFactory
 from sockd.errors import StartupError
+from sockd.faults.datagram import FaultDatagramProtocol
+from sockd.faults.events import FaultEvents
+from sockd.faults.stream import FaultFactory
 from sockd.interfaces import IReactor
 from sockd.observe.log.setup import plan
 from sockd.observe.metrics import Metrics
@@ -192,11 +195,12 @@ class Assembly:
             assert service.datagram is not None
             guard = GuardedDatagramProtocol(service.datagram(context), self.datagramPolicies.get(
                 spec.service, self.datagramPolicy), spec.service, metrics=self.metrics)
+            guard.inner = self._impaired(spec, guard.inner, guard)
             listener = DatagramListener(self.reactor, spec, guard, inheritedFd=inheritedFd)
             record = Running(spec, listener, guard)
         else:
             policy = PolicyFactory(
-                service.stream(context),
+                self._impaired(spec, service.stream(context)),
                 serviceName=spec.service,
                 transportName=spec.transport,  # tcp or unix, in metrics and logs alike
                 admission=self.admissions.get(spec.service, self.admission),
@@ -220,6 +224,37 @@ class Assembly:
         self.running[spec] = record
         listener.setServiceParent(self.top)
         return record
+
+    def _impaired(self, spec: ListenSpec, service: Any, guard: GuardedDatagramProtocol | None = None) -> Any:
+        """The service as the listener's fault options spoil it (L{sockd.faults}); without any, itself, unwrapped."""
+        faults = spec.faults
+        if faults is None:
+            return service
+        events = FaultEvents(faults, self.metrics.statsFor(spec.service, spec.transport), self.reactor.seconds,
+                             str(spec))
+        if guard is None:
+            return FaultFactory(service, events, self.reactor)
+        return FaultDatagramProtocol(service, events, self.reactor,
+                                     lambda host, port: guard.policy.verdict(host, port))
+
+    def _rekeyFaults(self, wanted: list[ListenSpec]) -> None:
+        """A listener whose description changed only in its fault options is the same listener: keep its socket.
+
+        Its record is filed under the new description; the refresh that follows gives it the new faults.
+        """
+        byIdentity = {spec.identity: spec for spec in wanted if spec not in self.running}
+        if not byIdentity:
+            return
+        for old in list(self.running):
+            new = byIdentity.get(old.identity)
+            if new is None or new == old:
+                continue
+            record = self.running.pop(old)
+            record.spec = new
+            self.running[new] = record
+            log.info("reload: {service} {description}: faults {faults}, for new connections and answers",
+                     service=new.service, description=str(new.identity),
+                     faults=f"now {new.faults.text}" if new.faults is not None else "off")
 
     def _named(self, spec: ListenSpec) -> IService | None:
         try:
@@ -284,6 +319,8 @@ class Assembly:
             keys, adoptedKeys = self.channel.listeners([(spec.service, str(spec)) for spec in self.running])
             wanted = [ListenSpec.parse(*key) for key in keys]
             adopted = {ListenSpec.parse(*key): fd for key, fd in adoptedKeys.items()}
+        else:
+            self._rekeyFaults(wanted)  # (a worker is sent the listener again, and adopts it with its new faults)
         for spec in [k for k in self.running if k not in wanted or k in adopted]:
             self.running.pop(spec).listener.disownServiceParent()
             log.info("reload: closed {service} {description}", service=spec.service, description=str(spec))
@@ -329,14 +366,14 @@ class Assembly:
         if isinstance(policy, GuardedDatagramProtocol):
             assert service.datagram is not None
             policy.policy = self.datagramPolicies.get(name, self.datagramPolicy)
-            policy.replaceInner(service.datagram(context))
+            policy.replaceInner(self._impaired(record.spec, service.datagram(context), policy))
             return
         listener = record.listener
         assert isinstance(listener, StreamListener)  # a stream policy's
         proxy = listener.factory
         if isinstance(proxy, ProxyProtocolFactory):
             proxy.trust(settings.trusted_proxies)
-        policy.wrappedFactory = service.stream(context)
+        policy.wrappedFactory = self._impaired(record.spec, service.stream(context))
         policy.admission = self.admissions.get(name, self.admission)  # open connections release where counted
         if policy.idleTimeout != settings.idle_timeout:
             policy.idleTimeout = settings.idle_timeout

@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("sockd.observe",),
     ("sockd.observe.log",),  # the log room: sink, message log, setup, level, observers (on addresses, logsafe)
     ("sockd.protocols",),
-    ("sockd.defences",),
+    ("sockd.defences", "sockd.faults"),
     ("sockd.runtime",),
     ("sockd.services",),
     ("sockd.app",),

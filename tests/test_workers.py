@@ -268,3 +268,39 @@ def test_a_reload_that_changes_the_listeners_keeps_every_established_connection(
     finally:
         for s in held:
             s.close()
+
+
+def test_faults_switched_by_a_reload_reach_every_worker_on_the_same_socket(daemon, tmp_path):
+    """A reload that changes only a listener's faults keeps its socket under --workers: each worker adopts it anew,
+    with the new faults for new connections, while the connections already open keep going."""
+    config = tmp_path / "sockd.toml"
+    plain = '[listen]\necho = ["tcp:0:interface=127.0.0.1"]\n'
+    config.write_text(plain)
+    d = daemon("--workers", "2", "--config", str(config), "--exempt", "none", expect=1)
+    waitFor(lambda: "all 2 workers ready" in d.log(), "both workers ready:\n" + d.log())
+    workers = children(d.pid)
+    address = d.address("echo", "tcp")
+
+    def roundTrip() -> float:
+        with connect(address) as s:
+            started = time.monotonic()
+            assert echoes(s, b"timed\n")
+            return time.monotonic() - started
+
+    held = connect(address)
+    try:
+        assert echoes(held, b"before\n")
+        for round, (text, slow) in enumerate([(plain.replace('1"]', '1:delay=300ms"]'), True), (plain, False)], 1):
+            config.write_text(text)
+            os.kill(d.pid, signal.SIGHUP)
+            waitFor(lambda n=round: d.log().count("all 2 workers reloaded") >= n, "both workers reloaded:\n" + d.log())
+            times = [roundTrip() for _ in range(6)]  # the kernel spreads them over both workers
+            if slow:
+                assert min(times) >= 0.29, times
+            else:
+                assert max(times) < 0.29, times
+            assert echoes(held, b"still here %d\n" % round)
+        assert d.address("echo", "tcp") == address and "restarting it" not in d.log()
+        assert children(d.pid) == workers
+    finally:
+        held.close()

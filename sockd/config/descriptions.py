@@ -21,6 +21,8 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
+from sockd.config.faults import FAULT_KEYS, FaultError, Faults, parseFaults
+
 
 class DescriptionError(ValueError):
     """A listen description that cannot be used, in words a user can act on."""
@@ -216,9 +218,10 @@ class ListenSpec:
     its bytes (tcp, udp or unix), as logs and metrics name it.  A C{haproxy:}
     description is its inner listener with C{proxy} set.  C{endpoint} is what
     Twisted's C{serverFromString} gets: the inner description, an IPv6
-    interface escaped, sockd's own options (C{owner=}, C{group=}) removed.
-    C{str(spec)} is the description as written, which parses back to an equal
-    spec.
+    interface escaped, sockd's own options (C{owner=}, C{group=}, the fault
+    options) removed.  C{faults} is what the listener does wrong on purpose
+    (L{sockd.config.faults}), None for an honest one.  C{str(spec)} is the
+    description as written, which parses back to an equal spec.
     """
 
     service: str
@@ -237,6 +240,7 @@ class ListenSpec:
     #: A Unix socket file's owner and group (numeric ids) when the description names them.
     owner: int | None = None
     group: int | None = None
+    faults: Faults | None = None
 
     @classmethod
     def parse(cls, service: str, description: str) -> ListenSpec:
@@ -254,8 +258,18 @@ class ListenSpec:
         if proxy and kind == "udp":
             raise DescriptionError(f"{description}: the PROXY protocol (haproxy:) is for stream listeners")
         fields: dict[str, Any] = {}
+        honest = [p for p in pieces if _ownKey(p) not in FAULT_KEYS]
+        if len(honest) < len(pieces):
+            unix = kind == "unix" or (kind == "systemd" and kwargs.get("domain", "").upper() == "UNIX")
+            transport = "udp" if kind == "udp" else "unix" if unix else "tcp"
+            try:
+                fields["faults"] = parseFaults(kwargs, transport, tls=kind in TLS_KINDS)
+            except FaultError as e:
+                raise DescriptionError(f"{description}: {e}") from None
+            pieces = honest
+            kind, args, kwargs = _fields(pieces)
         if kind == "udp":
-            datagram = parseDatagram(description)
+            datagram = parseDatagram(":".join(pieces))
             inherited = datagram.fd is not None
             fields.update(datagram=datagram, host=datagram.interface, port=None if inherited else datagram.port)
         elif kind in _PORT_KINDS:
@@ -278,6 +292,17 @@ class ListenSpec:
 
     def __str__(self) -> str:
         return self.description
+
+    @property
+    def identity(self) -> ListenSpec:
+        """The same listener without its fault options: what a reload compares to keep a socket open.
+
+        Switching faults on, off or to others changes only C{faults}, never what is bound.
+        """
+        if self.faults is None:
+            return self
+        honest = [p for p in _pieces(self.description) if _ownKey(p) not in FAULT_KEYS]
+        return ListenSpec.parse(self.service, ":".join(honest))
 
     def option(self, key: str, default: str | None = None) -> str | None:
         """A keyword part of the description (C{mode}, C{interface}, C{backlog} ...), or C{default}."""

@@ -32,6 +32,9 @@ PROXY_REFUSALS = ("proxy-malformed", "proxy-timeout", "untrusted-proxy")
 #: Why a datagram may be dropped unanswered (sockd.defences.datagram).
 DROP_REASONS = ("access", "source-port", "rate", "budget")
 RELOAD_RESULTS = ("ok", "failed")
+#: What a listener with fault options may do on purpose (sockd.faults): shown only for such listeners.
+STREAM_FAULTS = ("delay", "corrupt", "rate", "slice", "reset", "stall", "overflow")
+DATAGRAM_FAULTS = ("delay", "loss", "duplicate", "reorder", "corrupt", "stall", "overflow", "budget")
 
 
 class ListenerStats:
@@ -42,7 +45,7 @@ class ListenerStats:
     """
 
     __slots__ = ("service", "transport", "datagram", "accepted", "active", "bytesIn", "bytesOut", "answers",
-                 "datagrams", "refused", "dropped", "timedOut")
+                 "datagrams", "refused", "dropped", "timedOut", "faults")
 
     def __init__(self, service: str, transport: str) -> None:
         self.service = service
@@ -58,6 +61,8 @@ class ListenerStats:
         self.refused: defaultdict[str, int] = defaultdict(int)
         self.dropped: defaultdict[str, int] = defaultdict(int)
         self.timedOut: defaultdict[str, int] = defaultdict(int)
+        #: Filled (at 0) only once a listener of this service has fault options: see L{expect}.
+        self.faults: dict[str, int] = {}
         if self.datagram:
             for reason in DROP_REASONS:
                 self.dropped[reason] = 0
@@ -66,8 +71,11 @@ class ListenerStats:
             self.refused[reason] = 0
         self.timedOut["idle"] = 0
 
-    def expect(self, tls: bool = False, proxy: bool = False) -> None:
-        """A listener of this service is TLS, or reads PROXY headers: its own label values can occur now."""
+    def expect(self, tls: bool = False, proxy: bool = False, faults: bool = False) -> None:
+        """A listener of this service is TLS, reads PROXY headers, or has faults: its label values can occur now."""
+        if faults:
+            for fault in DATAGRAM_FAULTS if self.datagram else STREAM_FAULTS:
+                self.faults.setdefault(fault, 0)
         if tls:
             self.timedOut.setdefault("tls-handshake", 0)
         if proxy:
@@ -91,6 +99,8 @@ _FAMILIES = (
     ("sockd_datagrams_received", "Datagrams received", "counter", "datagrams", None, (False, True)),
     ("sockd_datagrams_dropped", "Datagrams dropped unanswered, by reason", "counter", "dropped", "reason",
      (False, True)),
+    ("sockd_faults", "Faults applied on purpose (listen options such as delay= or loss=), by fault", "counter",
+     "faults", "fault", (True, True)),
 )
 
 

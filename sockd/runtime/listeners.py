@@ -165,6 +165,15 @@ class _DatagramPort(_Port, Protocol):
     def getHost(self) -> IPv4Address | IPv6Address: ...
 
 
+#: A listener with fault options says so in its start-up line: C{"... (faults: delay=100ms jitter=20ms)"}.
+_IMPAIRED = " (faults: {faults})"
+
+
+def _impaired(spec: ListenSpec) -> dict[str, str]:
+    """The start-up event's C{faults} field: only a listener with fault options has one."""
+    return {"faults": spec.faults.text} if spec.faults is not None else {}
+
+
 class _Listener(Service):
     """What every listener shares: one listening port, closed when the service stops."""
 
@@ -256,12 +265,14 @@ class StreamListener(_Listener):
             self._own(where)
         log.emit(
             LogLevel.info if self.announce else LogLevel.debug,
+            "{service} listening on {kind} {address}" + _IMPAIRED if spec.faults else
             "{service} listening on {kind} {address}",
             service=self.serviceName,
             kind=self.kind,
             transport=spec.transport,
             address=formatAddress(self.port.getHost()),
             description=self.description,
+            **_impaired(spec),
         )
 
     def _own(self, where: str) -> None:
@@ -368,12 +379,13 @@ class DatagramListener(_Listener):
                 self.inheritedFd = None
         log.emit(
             LogLevel.debug if inherited else LogLevel.info,
-            "{service} listening on {transport} {address}" if not inherited
-            else "{service} serving inherited {transport} {address}",
+            ("{service} listening on {transport} {address}" if not inherited
+             else "{service} serving inherited {transport} {address}") + (_IMPAIRED if self.spec.faults else ""),
             service=self.serviceName,
             transport="udp",
             address=formatAddress(self.port.getHost()),
             description=self.description,
+            **_impaired(self.spec),
         )
 
     def abandon(self) -> None:
