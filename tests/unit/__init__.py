@@ -1,0 +1,1 @@
+"""Unit tests: no real sockets, no processes (StringTransport, Clock, MemoryReactor, pure functions, file checks)."""
