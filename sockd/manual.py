@@ -4,7 +4,7 @@ One generator for all three, reading the options the daemon really parses, so
 an option added to sockd cannot be missing from its manual or its completions:
 C{python -m sockd.manual} rewrites C{contrib/man/sockd.8} and
 C{contrib/completion/{sockd,_sockd}}, C{--check} fails if they are stale
-(tests/test_manpage.py runs it).  An option that takes a value must say what
+(tests/unit/test_manpage.py runs it).  An option that takes a value must say what
 its value is (L{VALUES}), or generation fails: a number, a file, a listen
 description, or a fixed set of words such as C{--workers auto}.
 """

@@ -171,7 +171,7 @@ def buildImage(directory: Path) -> tuple[str, float]:
     with the image instead of leaving it dangling: the same podman build
     command as the doc's, with C{--target} and another C{-t}.
     """
-    from tests.test_packaging import IGNORE
+    from tests.system.test_packaging import IGNORE
 
     source = directory / "source"
     shutil.copytree(REPO, source, ignore=IGNORE)

@@ -3,7 +3,7 @@
 A wing of its own: standard library only, with no import of Twisted or of the
 daemon (only L{sockd.errors}' exit statuses and the version), so the client
 starts fast and shares no reactor, and no bug, with the server it measures.
-The daemon never imports it (tests/test_architecture.py holds both ways).
+The daemon never imports it (tests/unit/test_architecture.py holds both ways).
 
 One module per concern, lowest first: L{errors}; L{histogram}, L{payloads},
 L{target} (addresses, connecting); the modes L{oneshot}, L{ping}, L{load},

@@ -122,7 +122,7 @@ def test_the_client_imports_neither_twisted_nor_the_daemon() -> None:
 
 
 def test_the_client_documents_every_public_definition() -> None:
-    """tests/test_architecture.py checks this too; here it is the client wing's own promise, module by module."""
+    """tests/unit/test_architecture.py checks this too; here it is the client wing's own promise, module by module."""
     import ast
     from pathlib import Path
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent / "conformance"
+HERE = Path(__file__).resolve().parents[1] / "conformance"
 RUNNER = HERE / "run_reactor_suite.py"
 MODULES = [f"twisted.internet.test.test_{name}" for name in ("tcp", "unix", "udp", "core", "time", "tls", "fdset")]
 ID = re.compile(r"^twisted\.internet\.test\.(test_\w+)\.(\w+?)_(\w+Tests)\.(test_\w+)$")
@@ -75,7 +75,7 @@ def test_every_test_passing_on_epoll_passes_on_sockds_reactor_or_is_listed(stock
 
 
 def test_every_listed_difference_is_in_the_architecture_page():
-    page = (Path(__file__).resolve().parent.parent / "docs" / "architecture.md").read_text()
+    page = (Path(__file__).resolve().parents[2] / "docs" / "architecture.md").read_text()
     for test, why in expectedFailures().items():
         assert why, test
         assert test in page, f"{test} is not explained in docs/architecture.md"

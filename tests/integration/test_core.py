@@ -38,7 +38,7 @@ from sockd.interfaces import IReadPausingTransport
 from sockd.protocols.echo import EchoFactory
 from sockd.protocols.flow import ReadPauser, pauseReadingWhileBlocked
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # -- the reactor's descriptor set -------------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 No subprocess, no sleeping: C{MemoryReactorClock} keeps time, a recording
 C{spawnProcess} stands in for the workers, and the notify socket is driven by
 calling its receiving protocol as the reactor would.  The end-to-end tests
-(tests/test_workers.py, tests/test_shutdown.py) remain the second depth.
+(tests/system/test_workers.py, tests/system/test_shutdown.py) remain the second depth.
 """
 
 from __future__ import annotations

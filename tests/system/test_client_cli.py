@@ -107,4 +107,4 @@ def test_the_console_script_is_the_package_main() -> None:
     from sockd.client import cli
 
     assert sockd.client.main is cli.main
-    assert 'sockd-client = "sockd.client:main"' in (Path(__file__).parent.parent / "pyproject.toml").read_text()
+    assert 'sockd-client = "sockd.client:main"' in (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()

@@ -35,7 +35,7 @@ from tests.daemon import (
 SOCKD = str(BIN / "sockd")
 ACK = b"I got your message"
 TIMEOUT = 15.0
-#: A graceful stop exits 0 (tests/test_exit_status.py).
+#: A graceful stop exits 0 (tests/system/test_exit_status.py).
 CLEAN = (0,)
 
 

@@ -23,7 +23,7 @@ import pytest
 from sockd import tap
 from tests import podman as pm
 from tests.daemon import recvExactly, udpExchange
-from tests.test_systemd import freePort
+from tests.system.test_systemd import freePort
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(pm.PODMAN is None, reason="podman is not installed")]
 

@@ -25,7 +25,7 @@ import pytest
 
 from tests.daemon import BIN, REACTOR, TWISTD, Daemon, DaemonFailed
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CLIENT = str(BIN / "sockd-client")
 
 TCP_PORTS = {"ack": 51717, "echo": 50007, "discard": 50009, "daytime": 50013, "qotd": 50017, "chargen": 50019,

@@ -31,9 +31,9 @@ import yaml
 import sockd
 from tests import podman as pm
 from tests.daemon import recvExactly, udpExchange
-from tests.test_systemd import freePort
+from tests.system.test_systemd import freePort
 
-KUBE = Path(__file__).resolve().parent.parent / "contrib" / "kubernetes"
+KUBE = Path(__file__).resolve().parents[2] / "contrib" / "kubernetes"
 MANIFESTS = ("configmap.yaml", "deployment.yaml", "service.yaml")
 ACK = b"I got your message"
 

@@ -24,7 +24,7 @@ import pytest
 import tests.daemon as helpers
 from tests.daemon import BIN, REACTOR, TWISTD, Daemon, connect, recvExactly
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 
 _GENERATED = shutil.ignore_patterns(".venv", ".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",

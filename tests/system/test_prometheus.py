@@ -24,7 +24,7 @@ from sockd.observe.log.messages import MessageLogging
 from sockd.observe.metrics import Metrics
 from tests.daemon import Daemon
 
-PROMETHEUS_DIR = Path(__file__).resolve().parent.parent / "contrib" / "prometheus"
+PROMETHEUS_DIR = Path(__file__).resolve().parents[2] / "contrib" / "prometheus"
 RULES = PROMETHEUS_DIR / "sockd.rules.yml"
 TESTS = PROMETHEUS_DIR / "tests.yml"
 PROMTOOL = shutil.which("promtool")

@@ -1,7 +1,7 @@
 """Graceful shutdown, attacked: answers owed at SIGTERM are delivered, stragglers cannot hold the exit.
 
 A drain that finished exits 0; one cut short by a second SIGTERM ends by that
-signal (tests/test_exit_status.py).  Cleanliness is checked from the log as well.
+signal (tests/system/test_exit_status.py).  Cleanliness is checked from the log as well.
 """
 
 from __future__ import annotations

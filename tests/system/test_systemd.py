@@ -32,13 +32,13 @@ from twisted.logger import capturedLogs
 from sockd.runtime.sdnotify import Notifier, notify, notifyAddress
 from tests.daemon import HAVE_IPV6, LISTENING, REACTOR, TWISTD, recvExactly, waitFor
 
-UNITS = Path(__file__).resolve().parent.parent / "contrib" / "systemd"
+UNITS = Path(__file__).resolve().parents[2] / "contrib" / "systemd"
 ACTIVATE = shutil.which("systemd-socket-activate")
 ANALYZE = shutil.which("systemd-analyze")
 ACK_ANSWER = b"I got your message"
 UDP_ANSWER = b"Got your message\n"
 TIMEOUT = 15.0
-#: A graceful stop on SIGTERM exits 0 (tests/test_exit_status.py).
+#: A graceful stop on SIGTERM exits 0 (tests/system/test_exit_status.py).
 CLEAN = (0,)
 
 needsActivate = pytest.mark.skipif(ACTIVATE is None, reason="systemd-socket-activate is not installed")

@@ -22,7 +22,7 @@ import pytest
 
 from tests.daemon import Daemon
 
-SOURCES = Path(__file__).parent / "c"
+SOURCES = Path(__file__).resolve().parents[1] / "c"
 PROMPT = b"Please enter the message: "
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")

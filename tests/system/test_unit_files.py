@@ -1,6 +1,6 @@
 """The systemd units say only true things: no stale workarounds, real commands, and no endless restarts.
 
-tests/test_systemd.py runs the units' commands and checks their sandbox; these
+tests/system/test_systemd.py runs the units' commands and checks their sandbox; these
 tests hold the units' text to the code: what a comment tells the operator to run
 must exist with those options, a workaround the code made unnecessary must be
 gone, and a failure that a restart cannot fix (exit status 2 or 78) must not be
@@ -19,7 +19,7 @@ import pytest
 
 from sockd.tap import Options
 from tests.daemon import BIN, REACTOR, TWISTD
-from tests.test_systemd import ANALYZE, SERVICES, UNITS, parseUnit, sockdArgs, values
+from tests.system.test_systemd import ANALYZE, SERVICES, UNITS, parseUnit, sockdArgs, values
 
 #: Commands of other packages that the units' comments name (installing, enabling).
 OTHER_COMMANDS = {"systemctl", "adduser", "systemd-sysusers", "pip"}

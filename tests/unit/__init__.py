@@ -1,1 +1,1 @@
-"""Unit tests: no real sockets, no processes (StringTransport, Clock, MemoryReactor, pure functions, file checks)."""
+"""Unit tests: no sockets, no daemons (StringTransport, Clock, MemoryReactor, pure functions, source and docs)."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "sockd"
 
 #: Lowest first.  A module may import its own layer or lower ones; a test below keeps the list complete.

@@ -174,7 +174,7 @@ def test_every_shipped_configuration_parses_cleanly():
     """contrib/sockd.toml and the Kubernetes ConfigMap's sockd.toml pass the strict parser."""
     import yaml
 
-    contrib = Path(__file__).resolve().parent.parent / "contrib"
+    contrib = Path(__file__).resolve().parents[2] / "contrib"
     texts = {"contrib/sockd.toml": (contrib / "sockd.toml").read_text()}
     for document in yaml.safe_load_all((contrib / "kubernetes" / "configmap.yaml").read_text()):
         if document and document.get("kind") == "ConfigMap":

@@ -17,7 +17,7 @@ import pytest
 from sockd import manual, tap
 from sockd.tap import Options
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MAN = ROOT / "contrib" / "man" / "sockd.8"
 BASH = ROOT / "contrib" / "completion" / "sockd"
 ZSH = ROOT / "contrib" / "completion" / "_sockd"

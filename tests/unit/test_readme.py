@@ -7,7 +7,7 @@ from pathlib import Path
 from sockd.config.settings import FIELDS, optionName
 from sockd.services import SERVICES
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 DOCS = ROOT / "docs"
 
@@ -44,7 +44,7 @@ def test_every_service_and_default_listener_is_documented():
 
 
 def test_every_json_key_of_sockd_client_is_documented():
-    from tests.test_client_measure import CLOCK_KEYS, LATENCY_KEYS, LOAD_KEYS, PING_KEYS, RTT_KEYS
+    from tests.system.test_client_measure import CLOCK_KEYS, LATENCY_KEYS, LOAD_KEYS, PING_KEYS, RTT_KEYS
 
     client = (DOCS / "client.md").read_text().split("## --json", 1)[1]
     for key in PING_KEYS | RTT_KEYS | LOAD_KEYS | LATENCY_KEYS | CLOCK_KEYS:
