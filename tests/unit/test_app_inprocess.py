@@ -1,6 +1,6 @@
 """The assembly in-process: what makeService builds, and what a reload changes, on a memory reactor.
 
-The end-to-end reload tests (tests/unit/test_config.py) send SIGHUP to a real
+The end-to-end reload tests (tests/system/test_config_reload.py) send SIGHUP to a real
 daemon; these check the same decisions without a process: which listeners
 open and close, what kept listeners serve afterwards, and that a broken file
 changes nothing.
