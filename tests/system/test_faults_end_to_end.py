@@ -116,7 +116,7 @@ def test_slices_reach_the_one_shot_client_whole_and_client_c_reads_only_the_firs
     if shutil.which("gcc") is None:
         pytest.skip("gcc is not installed")
     binary = tmp_path / "client"
-    source = Path(__file__).parent / "c" / "client.c"
+    source = Path(__file__).resolve().parents[1] / "c" / "client.c"
     subprocess.run(["gcc", "-o", str(binary), str(source)], check=True, capture_output=True, timeout=60)
     once = subprocess.run([str(binary), host, str(port)], input=b"hello\n", capture_output=True, timeout=10)
     # It reads once: three bytes are all that has arrived.  (The tutorial client trusts one read.)

@@ -18,7 +18,7 @@ import pytest
 
 from tests.daemon import BIN
 
-PAGE = Path(__file__).resolve().parent.parent / "docs" / "testing-clients.md"
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "testing-clients.md"
 BLOCK = re.compile(r"^## (.+?)\n.*?```console\n(.*?)```", re.MULTILINE | re.DOTALL)
 
 
