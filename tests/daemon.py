@@ -193,6 +193,34 @@ def _ipv6Loopback() -> bool:
 HAVE_IPV6 = _ipv6Loopback()
 
 
+def withStderrOnATerminal(command: list[str], timeout: float = 30.0) -> tuple[int, str, bytes]:
+    """Run C{command} with its standard error on a pseudo-terminal (as at a shell); its status, standard output
+    (as text) and all it wrote to the terminal."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    try:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL, text=True)
+        os.close(slave)
+        slave = -1
+        out, _ = process.communicate(timeout=timeout)
+        terminal = b""
+        while select.select([master], [], [], 0.2)[0]:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            terminal += chunk
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    return process.returncode, out, terminal
+
+
 def children(pid: int) -> set[int]:
     """The pids whose parent is C{pid} (a --workers parent's workers), from /proc."""
     found = set()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from twisted.internet.interfaces import (
     IConsumer,
+    IHalfCloseableProtocol,
     ILoggingContext,
     INegotiated,
     IPushProducer,
@@ -42,6 +43,8 @@ def _relayed(name: str) -> property:
 class TransportRelay:
     """The transport half of a protocol wrapper: every relayed name calls, or reads, C{self.transport}'s.
 
+    It also passes the half-close events on to the wrapped protocol, as C{ProtocolWrapper} does.
+
     Subclasses override what they intercept (C{write}, C{loseConnection}, ...).
     """
 
@@ -54,6 +57,20 @@ class TransportRelay:
     def loseConnection(self) -> None:
         self.disconnecting = 1
         self.transport.loseConnection()
+
+    def readConnectionLost(self) -> None:
+        """The peer half-closed: a half-closeable service hears of it, any other is closed (as ProtocolWrapper)."""
+        wrapped = self.wrappedProtocol  # type: ignore[attr-defined]
+        if IHalfCloseableProtocol.providedBy(wrapped):
+            wrapped.readConnectionLost()
+        else:
+            self.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        """Our side is half-closed: a half-closeable service hears of it."""
+        wrapped = self.wrappedProtocol  # type: ignore[attr-defined]
+        if IHalfCloseableProtocol.providedBy(wrapped):
+            wrapped.writeConnectionLost()
 
     def stopConsuming(self) -> None:
         """Twisted's wrappers relay this one too (it is in no interface)."""

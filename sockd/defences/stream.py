@@ -250,16 +250,6 @@ class PolicyProtocol(TransportRelay, Protocol):
         self.unregisterProducer()
         super().loseConnection()
 
-    def readConnectionLost(self) -> None:
-        if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
-            self.wrappedProtocol.readConnectionLost()
-        else:
-            self.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
-            self.wrappedProtocol.writeConnectionLost()
-
     def idleDeadline(self) -> float | None:
         """When this connection counts as idle if nothing happens first; None if it never does (or drains)."""
         idle = self.factory.idleTimeout

@@ -150,16 +150,6 @@ class FaultProtocol(TransportRelay, Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.wrappedProtocol.dataReceived(data)
 
-    def readConnectionLost(self) -> None:
-        if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
-            self.wrappedProtocol.readConnectionLost()
-        else:
-            self.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
-            self.wrappedProtocol.writeConnectionLost()
-
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._lost = True
         for name in ("_call", "_pullCall", "_stallCall"):

@@ -6,9 +6,6 @@ Parsing is checked in-process (it raises SystemExit before anything is sent);
 
 from __future__ import annotations
 
-import os
-import pty
-import select
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +14,7 @@ import pytest
 
 from sockd import __version__
 from sockd.client.cli import parseArgs
-from tests.daemon import BIN, Daemon
+from tests.daemon import BIN, Daemon, withStderrOnATerminal
 
 CLIENT = str(BIN / "sockd-client")
 
@@ -76,27 +73,9 @@ def echo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
 def test_quiet_load_prints_the_summary_and_no_live_line(echo: Daemon) -> None:
     """-C 4 -d 2 -q (here shorter) is a load run that keeps the terminal free of the once-a-second line."""
     host, port = echo.address("echo", "tcp")
-    master, slave = pty.openpty()
-    try:
-        process = subprocess.Popen([CLIENT, host, str(port), "-C", "4", "-d", "1.3", "--warmup", "0", "-q"],
-                                   stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL, text=True)
-        os.close(slave)
-        slave = -1
-        out, _ = process.communicate(timeout=30)
-        terminal = b""
-        while select.select([master], [], [], 0.2)[0]:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            terminal += chunk
-    finally:
-        os.close(master)
-        if slave >= 0:
-            os.close(slave)
-    assert process.returncode == 0, out
+    code, out, terminal = withStderrOnATerminal(
+        [CLIENT, host, str(port), "-C", "4", "-d", "1.3", "--warmup", "0", "-q"])
+    assert code == 0, out
     assert terminal == b""  # no live line (without -q one is written once a second: see test_client_measure.py)
     assert out.startswith("--- ") and "load statistics (tcp, echo, 64 bytes, 4 connections)" in out, out
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import re
 import select
 import shutil
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon import BIN, Daemon
+from tests.daemon import BIN, Daemon, withStderrOnATerminal
 
 CLIENT = str(BIN / "sockd-client")
 HAVE_OPENSSL = shutil.which("openssl") is not None
@@ -638,27 +637,9 @@ def test_load_discard_pushes_bytes(sockd: Daemon) -> None:
 
 def test_load_summary_text_and_progress_line_on_a_terminal(sockd: Daemon) -> None:
     """On a terminal, a live line (rate, p99) on stderr; then the summary, with the client's own CPU."""
-    master, slave = pty.openpty()
-    try:
-        process = subprocess.Popen([CLIENT, *where(sockd, "echo", "tcp"), "-C", "2", "-d", "2.2", "--warmup", "0"],
-                                   stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL, text=True)
-        os.close(slave)
-        slave = -1
-        out, _ = process.communicate(timeout=30)
-        progress = b""
-        while select.select([master], [], [], 0.2)[0]:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            progress += chunk
-    finally:
-        os.close(master)
-        if slave >= 0:
-            os.close(slave)
-    assert process.returncode == 0
+    code, out, progress = withStderrOnATerminal([CLIENT, *where(sockd, "echo", "tcp"), "-C", "2", "-d", "2.2",
+                                                 "--warmup", "0"])
+    assert code == 0
     assert re.search(rb"\r\x1b\[K +\d+\.\d s  [\d,]+ req/s  p99 \d+\.\d{3} ms  0 errors", progress), progress
     lines = out.splitlines()
     assert re.fullmatch(r"--- \S+ load statistics \(tcp, echo, 64 bytes, 2 connections\) ---", lines[0]), out
