@@ -6,4 +6,4 @@ depends on how sockd is assembled.  Protocols reach it only through Twisted's
 transport interfaces and L{sockd.interfaces.IReadPausingTransport}.
 """
 
-__all__ = ["datagram", "reactor", "stream"]
+__all__ = ["datagram", "reactor", "starttls", "stream"]

@@ -33,7 +33,7 @@ import stat
 import struct
 from typing import Any
 
-from twisted.internet import address, error, main
+from twisted.internet import address, base, error, main
 from twisted.internet.interfaces import (
     IConsumer,
     IHalfCloseableDescriptor,
@@ -44,6 +44,7 @@ from twisted.internet.interfaces import (
     IReadWriteDescriptor,
     ISystemHandle,
     ITCPTransport,
+    ITLSTransport,
     IUNIXTransport,
 )
 from twisted.internet.task import deferLater
@@ -107,6 +108,8 @@ class StreamConnection:  # type: ignore[misc]
     _fds: Any = ()
     #: Whether to shutdown() before close(): not for a socket some other process may hold (adopted).
     shutdownOnClose = True
+    #: Whether startTLS() was called (Twisted's connections say it here too; ISSLTransport is the better test).
+    TLS = False
 
     def __init__(self, sock: socket.socket, protocol: Any, peer: Any, port: Any, sessionno: int,
                  reactor: Any) -> None:
@@ -338,6 +341,26 @@ class StreamConnection:  # type: ignore[misc]
     def stopReading(self) -> None:
         self.reactor.removeReader(self)
 
+    # TLS
+
+    def startTLS(self, contextFactory: Any, normal: bool = True) -> None:
+        """L{ITLSTransport}: speak TLS from now on, as the TLS server (C{normal}) or as the client.
+
+        What was written before is sent in clear first.  See L{sockd.core.starttls}:
+        only this connection's methods change, none of its class's.
+        """
+        from sockd.core.starttls import startTLS
+
+        startTLS(self, contextFactory, client=not normal)
+
+    # Socket options, as Twisted's connections give them (its Unix ones too)
+
+    def getTcpKeepAlive(self) -> bool:
+        return bool(self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE))
+
+    def setTcpKeepAlive(self, enabled: bool) -> None:
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, enabled)
+
     def startWriting(self) -> None:
         self.reactor.addWriter(self)
 
@@ -406,7 +429,7 @@ def _minusOne() -> int:
     return -1
 
 
-@implementer(ITCPTransport)
+@implementer(ITLSTransport, ITCPTransport)
 class TCPConnection(StreamConnection):
     """An accepted TCP (or TCP over IPv6) connection."""
 
@@ -419,16 +442,11 @@ class TCPConnection(StreamConnection):
     def setTcpNoDelay(self, enabled: bool) -> None:
         self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, enabled)
 
-    def getTcpKeepAlive(self) -> bool:
-        return bool(self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE))
 
-    def setTcpKeepAlive(self, enabled: bool) -> None:
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, enabled)
-
-
-@implementer(IUNIXTransport)
+# ITLSTransport (and so ITCPTransport, its base) as Twisted's Unix connections provide it: startTLS works there too.
+@implementer(IUNIXTransport, ITLSTransport)
 class UNIXConnection(StreamConnection):
-    """An accepted Unix stream connection.  Passing descriptors (C{sendFileDescriptor}) is not offered."""
+    """An accepted Unix stream connection.  Receiving passed descriptors is not offered."""
 
     def getHost(self) -> Any:
         return address.UNIXAddress(self.socket.getsockname())
@@ -483,13 +501,23 @@ class UNIXConnection(StreamConnection):
 
 # getHost() is each family's own (TCPPort, UNIXPort): this base is never a port by itself.
 @implementer(IListeningPort, ILoggingContext)
-class StreamPort:  # type: ignore[misc]
-    """What a listening stream socket shares, whatever its family: accepting, stopping, adoption."""
+class StreamPort(base.BasePort):
+    """What a listening stream socket shares, whatever its family: accepting, stopping, adoption.
+
+    It derives from Twisted's public C{base.BasePort}, as Twisted's own ports
+    do, for one method: C{createInternetSocket()}, which makes the listening
+    socket (non-blocking, of the port's family and type).  Code that changes how
+    Twisted's ports make their sockets changes sockd's too, and a failure to
+    make one is a C{CannotListenError}, as on Twisted's ports.  Everything else
+    (accepting, stopping, adoption) is this class's own.
+    """
 
     transport: type[StreamConnection] = StreamConnection
     socketType = socket.SOCK_STREAM
     addressFamily: socket.AddressFamily = socket.AF_INET
     kind = "TCP"
+    #: Its reactor: IReactorFDSet for reading, IReactorTime for closing a turn later.
+    reactor: Any
 
     connected = False
     disconnected = 0
@@ -502,9 +530,9 @@ class StreamPort:  # type: ignore[misc]
     deferred: Any = None
 
     def __init__(self, factory: Any, backlog: int, reactor: Any) -> None:
+        super().__init__(reactor)
         self.factory = factory
         self.backlog = backlog
-        self.reactor = reactor
         #: A socket someone else bound (adoption), used instead of binding one.
         self.preexistingSocket: socket.socket | None = None
 
@@ -666,11 +694,22 @@ class TCPPort(StreamPort):
         self.preexistingSocket = sock
         return self
 
-    def bind(self) -> socket.socket:
-        sock = socket.socket(self.addressFamily, socket.SOCK_STREAM)
-        sock.setblocking(False)
+    def createInternetSocket(self) -> socket.socket:
+        """Twisted's listening TCP socket: the base's, with C{SO_REUSEADDR} (as C{tcp.Port} makes it)."""
+        sock = super().createInternetSocket()
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def bind(self) -> socket.socket:
+        try:
+            sock = self.createInternetSocket()
+        except OSError as e:
+            raise error.CannotListenError(self.interface, self.port, e) from None
+        try:
             if self.addressFamily == socket.AF_INET6:
                 where = socket.getaddrinfo(self.interface, self.port or 0, socket.AF_INET6, 0, 0,
                                            socket.AI_NUMERICHOST)[0][4]
@@ -749,8 +788,10 @@ class UNIXPort(StreamPort):
         super().startListening()
 
     def bind(self) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.setblocking(False)
+        try:
+            sock = self.createInternetSocket()
+        except OSError as e:
+            raise error.CannotListenError(None, self.path, e) from None
         try:
             sock.bind(self.path)
         except OSError as e:
