@@ -16,14 +16,16 @@ import pytest
 
 HERE = Path(__file__).resolve().parents[1] / "conformance"
 RUNNER = HERE / "run_reactor_suite.py"
-MODULES = [f"twisted.internet.test.test_{name}" for name in ("tcp", "unix", "udp", "core", "time", "tls", "fdset")]
+# newtls: startTLS with producers registered before and after it, on server connections too.
+MODULES = [f"twisted.internet.test.test_{name}" for name in ("tcp", "unix", "udp", "core", "time", "tls", "newtls",
+                                                             "fdset")]
 ID = re.compile(r"^twisted\.internet\.test\.(test_\w+)\.(\w+?)_(\w+Tests)\.(test_\w+)$")
 KIND = re.compile(r"^\[(FAIL|ERROR|SKIPPED|EXPECTED FAILURE|UNEXPECTED SUCCESS)\]$")
 SUMMARY = re.compile(r"^(PASSED|FAILED) \((.*)\)$")
 
 
 def runSuite(reactorClass: str, tmp: Path) -> tuple[dict[str, set[str]], dict[str, int], str]:
-    """Run the seven suites against one reactor class: test ids by outcome kind, the summary counts, the output."""
+    """Run the suites against one reactor class: test ids by outcome kind, the summary counts, the output."""
     result = subprocess.run([sys.executable, str(RUNNER), reactorClass, "--temp-directory", str(tmp / "_trial"),
                              *MODULES], capture_output=True, text=True, cwd=tmp, timeout=600)
     outcomes: dict[str, set[str]] = {}
