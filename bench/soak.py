@@ -1035,7 +1035,7 @@ def render(options: argparse.Namespace, tally: Tally, figures: dict[str, Any], f
         "",
         f"Fresh clients after the soak: {'all answered correctly' if not figures['fresh'] else figures['fresh']}."
         f" SIGTERM: exit {figures['exit']} after {figures['stopSeconds']:.2f} s"
-        " (twistd re-raises SIGTERM, so -15 is its clean exit). "
+        " (0: the drain finished). "
         f"Tracebacks in sockd's log: {figures['tracebacks']}.",
     ]
     step = max(1, len(rss) // 12)
