@@ -89,8 +89,8 @@ def answers(address: tuple[str, int]) -> bool:
 
 
 def events(logs: str) -> list[dict]:
-    """The JSON log events the image writes (twist's JSON format when the log is not a terminal)."""
-    return [json.loads(record) for record in logs.split("\x1e") if record.strip().startswith("{")]
+    """The JSON log records the image writes: one object per line (sockd's format when the log is not a terminal)."""
+    return [json.loads(line) for line in logs.splitlines() if line.strip().startswith("{")]
 
 
 def defaultPorts() -> set[str]:
@@ -132,7 +132,8 @@ def test_defaults_serve_and_the_health_check_passes(container) -> None:
     assert c.exec("cat", "/proc/1/cmdline").stdout.split("\0")[:2][1] == "/opt/sockd/bin/sockd"
     health = pm.podman("healthcheck", "run", c.name, check=False)
     assert health.returncode == 0, health.stdout + health.stderr
-    assert "healthcheck" in [e.get("message") for e in events(c.logs()) if e.get("log_namespace") == "sockd.messages"]
+    assert "Here is the message: healthcheck" in [e.get("text") for e in events(c.logs())
+                                                  if e.get("namespace") == "sockd.messages"]
 
 
 def test_plugin_cache_was_built_at_image_time(container) -> None:

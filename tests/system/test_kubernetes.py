@@ -214,7 +214,7 @@ class Played:
         return result.stdout + result.stderr
 
     def events(self) -> list[dict]:
-        return [json.loads(r) for r in self.logs().split("\x1e") if r.strip().startswith("{")]
+        return [json.loads(line) for line in self.logs().splitlines() if line.strip().startswith("{")]
 
     def exec(self, *command: str) -> subprocess.CompletedProcess:
         return pm.podman("exec", self.container, *command, check=False)
@@ -262,7 +262,7 @@ def test_pod_serves_ack_echo_and_udp(played: Played) -> None:
 
 @pytest.mark.slow
 def test_pod_runs_the_configmap_as_non_root_on_a_read_only_root(played: Played) -> None:
-    announced = {(e["service"], e["transport"]) for e in played.events() if e.get("log_namespace") == "sockd.listeners"}
+    announced = {(e["service"], e["transport"]) for e in played.events() if e.get("namespace") == "sockd.listeners"}
     wanted = {(name, d.partition(":")[0]) for name, ds in sockdToml()["listen"].items() for d in ds}
     assert wanted <= announced, announced
     assert played.exec("id", "-u").stdout.strip() == "10001"
@@ -272,7 +272,7 @@ def test_pod_runs_the_configmap_as_non_root_on_a_read_only_root(played: Played) 
 
 
 def reloads(played: Played) -> int:
-    return sum(1 for e in played.events() if e.get("log_namespace") == "sockd.reload")
+    return sum(1 for e in played.events() if e.get("namespace") == "sockd.reload")
 
 
 @pytest.mark.slow
