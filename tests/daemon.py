@@ -193,6 +193,17 @@ def _ipv6Loopback() -> bool:
 HAVE_IPV6 = _ipv6Loopback()
 
 
+def descriptorLimit(count: int) -> Callable[[], None]:
+    """A C{preexec} that gives the child at most C{count} open descriptors (to make EMFILE happen on purpose)."""
+
+    def limit() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (count, count))
+
+    return limit
+
+
 def withStderrOnATerminal(command: list[str], timeout: float = 30.0) -> tuple[int, str, bytes]:
     """Run C{command} with its standard error on a pseudo-terminal (as at a shell); its status, standard output
     (as text) and all it wrote to the terminal."""

@@ -7,21 +7,15 @@ daemon with 64 descriptors and connects 300 times.
 from __future__ import annotations
 
 
-def _fewDescriptors() -> None:
-    import resource
-
-    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
-
-
 def test_emfile_burst_is_logged_as_a_few_lines_with_counts(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """300 connections at a daemon with 64 descriptors: not one line per refused connection, but a count."""
     import re
     import socket
 
-    from tests.daemon import Daemon, connect, recvExactly, waitFor
+    from tests.daemon import Daemon, connect, descriptorLimit, recvExactly, waitFor
 
     d = Daemon(["--ack", "tcp:0:interface=127.0.0.1", "--refusal-log-interval", "1"], tmp_path,
-               preexec=_fewDescriptors)
+               preexec=descriptorLimit(64))
     held: list[socket.socket] = []
     try:
         address = d.address("ack", "tcp")

@@ -10,7 +10,7 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.daemon import connect, recvAll, recvExactly, udpExchange
+from tests.daemon import connect, descriptorLimit, recvAll, recvExactly, udpExchange
 
 
 def scrape(address: tuple[str, int]) -> dict[tuple[str, tuple], float]:
@@ -109,12 +109,6 @@ def _ended(s, timeout: float) -> bool:
         return True
 
 
-def _lowFileLimit() -> None:
-    import resource
-
-    resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
-
-
 def test_idle_metrics_connections_cannot_starve_the_services(tmp_path):
     """More idle connections to /metrics than sockd has descriptors: the excess is refused, ack still serves."""
     import socket
@@ -125,7 +119,7 @@ def test_idle_metrics_connections_cannot_starve_the_services(tmp_path):
 
     d = Daemon(["--ack", "tcp:0:interface=127.0.0.1", "--metrics", "tcp:0:interface=127.0.0.1",
                 "--metrics-max-connections", "8", "--metrics-idle-timeout", "5"], tmp_path, expect=2,
-               preexec=_lowFileLimit)
+               preexec=descriptorLimit(128))
     idle: list[socket.socket] = []
     try:
         address = d.address("metrics", "tcp")

@@ -138,9 +138,8 @@ def test_reload_reaches_workers(daemon, tmp_path):
     config = tmp_path / "sockd.toml"
     config.write_text('[listen]\nack = ["tcp:0:interface=127.0.0.1"]\n')
     d = daemon("--workers", "2", "--config", str(config), "--exempt", "none", expect=1)
-    waitFor(lambda: len(children(d.pid)) == 2, "two workers")
+    waitFor(lambda: "all 2 workers ready" in d.log(), "both workers ready:\n" + d.log())
     address = d.address("ack", "tcp")
-    time.sleep(1.0)
     assert ack(address) == b"I got your message"
     config.write_text('deny = ["127.0.0.1/32"]\n[listen]\nack = ["tcp:0:interface=127.0.0.1"]\n')
     os.kill(d.pid, signal.SIGHUP)
