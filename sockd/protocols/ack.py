@@ -13,6 +13,8 @@ C{Got your message\\n}.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime, IUDPTransport
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.python.failure import Failure
@@ -34,12 +36,16 @@ class AckProtocol(Protocol):
     transport: IStreamTransport
     _quietCall: IDelayedCall | None = None
     _closing = False
+    #: This connection's message log (L{MessageLog.forConnection}); None: messages are not logged.
+    _logMessage: Callable[[bytes], None] | None = None
 
     def __init__(self) -> None:
         self._pending = b""
 
     def connectionMade(self) -> None:
         pauseReadingWhileBlocked(self.transport)
+        # The transport stands for the peer: asked for its address only if the log needs it.
+        self._logMessage = self.factory.messageLog.forConnection(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
@@ -51,7 +57,9 @@ class AckProtocol(Protocol):
         end = len(buffer)
         if buffer[-1:] == b"\n" and end <= maxLength and buffer.find(b"\n") == end - 1:
             # The usual case, one whole message: answered without the framing loop.
-            factory.messageLog.stream(buffer, self.transport)
+            logMessage = self._logMessage
+            if logMessage is not None:
+                logMessage(buffer)
             self.transport.write(STREAM_ANSWER)
             if pending:
                 self._pending = b""
@@ -84,8 +92,9 @@ class AckProtocol(Protocol):
             self._cancelQuietCall()
 
     def _answer(self, message: bytes) -> None:
-        # The transport stands for the peer: asked for its address only if the log line shows it.
-        self.factory.messageLog.stream(message, self.transport)
+        logMessage = self._logMessage
+        if logMessage is not None:
+            logMessage(message)
         self.transport.write(STREAM_ANSWER)
 
     def flushPending(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import io
 import json
 import os
@@ -381,15 +382,23 @@ def test_above_info_the_message_log_is_off_and_asks_for_no_peer():
     with capturedEvents(events):
         log.stream(b"unseen\n", quiet)
     assert not log.enabled and quiet.asked == 0 and events == []
+    assert log.forConnection(quiet) is None and quiet.asked == 0
     structured = Connection()
     with capturedEvents(events):
         MessageLog("ack", logging=MessageLogging(level=LogLevel.info)).stream(b"seen\n", structured)
-    assert structured.asked == 1
-    assert [(e["peer"], e["transport"]) for e in events] == [("/run/peer.sock", "unix")]
+        MessageLog("ack", logging=MessageLogging(level=LogLevel.info)).forConnection(structured)(b"again\n")
+    assert structured.asked == 2
+    assert [(e["peer"], e["transport"], e["message"]) for e in events] == [
+        ("/run/peer.sock", "unix", "seen"), ("/run/peer.sock", "unix", "again")]
     sink, written = makeSink()[:2]
     text = Connection()
     MessageLog("ack", logging=attached(sink)).stream(b"line\n", text)
-    assert text.asked == 0  # the text line shows no peer
+    unlimited = MessageLog("ack", logging=attached(sink)).forConnection(text)
+    assert unlimited is not None
+    unlimited(b"second\n")
+    assert text.asked == 0  # the text line shows no peer (and no limiter asks for its source)
+    sink.flush()
+    assert [line.split(": ", 1)[1] for line in written.text().splitlines()] == ["line", "second"]
 
 
 def test_json_and_text_loggers_filter_by_level(monkeypatch):
@@ -546,19 +555,26 @@ class Peer:
         return self.address
 
 
-def test_each_source_logs_its_burst_then_its_rate_and_the_rest_is_summarised():
+@pytest.mark.parametrize("perConnection", [False, True], ids=["stream", "forConnection"])
+def test_each_source_logs_its_burst_then_its_rate_and_the_rest_is_summarised(perConnection: bool):
     clock = task.Clock()
     limiter = MessageLimiter(rate=10, burst=50, clock=clock)
     sink, output, sinkClock, _ = makeSink()
     log = MessageLog("ack", logging=MessageLogging(sink, limiter=limiter))
     flooder, other = Peer("192.0.2.1"), Peer("192.0.2.2")
+
+    def logOf(peer: Peer) -> Any:
+        """A connection's message log: the per-connection one, or stream() with the connection each time."""
+        return log.forConnection(peer) if perConnection else functools.partial(log.stream, peer=peer)
+
+    flooding = logOf(flooder)
     for i in range(200):
-        log.stream(b"f%d\n" % i, flooder)
-    log.stream(b"other\n", other)  # another source has its own bucket
+        flooding(b"f%d\n" % i)
+    logOf(other)(b"other\n")  # another source has its own bucket
     log.datagram(b"dgram\n", ("192.0.2.1", 7))  # the flooder's datagrams share its bucket
     clock.advance(1.0)  # one second: ten more
     for i in range(200, 230):
-        log.stream(b"f%d\n" % i, flooder)
+        flooding(b"f%d\n" % i)
     sinkClock.advance(1)
     texts = [line.split(": ", 1)[1] for line in output.text().splitlines()]
     assert texts == [f"f{i}" for i in range(50)] + ["other"] + [f"f{i}" for i in range(200, 210)]
@@ -570,7 +586,7 @@ def test_each_source_logs_its_burst_then_its_rate_and_the_rest_is_summarised():
     assert (events[0]["source"], events[0]["count"]) == ("192.0.2.1", 171)
     assert clock.getDelayedCalls() == []  # no timer while nothing is held back
     clock.advance(100)
-    log.stream(b"again\n", flooder)  # the bucket filled up again meanwhile
+    flooding(b"again\n")  # the bucket filled up again meanwhile (and the summary dropped the full bucket)
     sinkClock.advance(1)
     assert output.text().endswith("Here is the message: again\n")
 
@@ -612,9 +628,17 @@ def test_sources_of_peers():
 
 def test_a_reload_to_rate_zero_lifts_the_limit():
     limiter = MessageLimiter(rate=1, burst=1, clock=task.Clock())
+    written: list[bytes] = []
+    gated = limiter.gate("b", written.append)  # an open connection's log keeps its gate across the reload
     assert [limiter.allow("a") for _ in range(3)] == [True, False, False]
+    for _ in range(3):
+        gated(b"x")
+    assert len(written) == 1
     limiter.reconfigure(0, 1)
     assert all(limiter.allow("a") for _ in range(10_000))
+    for _ in range(10_000):
+        gated(b"y")
+    assert len(written) == 10_001 and limiter.suppressed == 4
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,8 +54,8 @@ class RecordingLog(MessageLog):
         super().__init__("ack", False)
         self.messages: list[bytes] = []
 
-    def stream(self, message: bytes, peer: object, transport: str = "tcp") -> None:
-        self.messages.append(message)
+    def forConnection(self, connection: object) -> Callable[[bytes], None]:
+        return self.messages.append
 
 
 # -- the ack reference model ---------------------------------------------------------------------------------------

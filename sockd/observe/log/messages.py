@@ -24,6 +24,8 @@ are counted and summarised, not written.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from time import time
 from typing import Any
 
@@ -118,6 +120,21 @@ class MessageLog:
             "log_format": format,
             "log_time": time(),
         })
+
+    def forConnection(self, connection: object) -> Callable[[bytes], None] | None:
+        """How one connection's stream messages are logged: its source and the path chosen once, not per message.
+
+        L{None} when messages are not logged.  Each call of what it returns is
+        what L{stream}C{(message, connection)} does.
+        """
+        if not self.enabled:
+            return None
+        sink = self._sink
+        if sink is None:
+            return partial(self.stream, peer=connection)
+        write = partial(sink.message, STREAM_TAIL)
+        limiter = self._limiter
+        return write if limiter is None else limiter.gate(sourceOf(connection), write)
 
     def stream(self, message: bytes, peer: object, transport: str = "tcp") -> None:
         """Log one framed stream message as the tutorial's server prints it.
