@@ -203,6 +203,14 @@ class SockdReactor(PosixReactorBase):
     def removeWriter(self, writer: Any) -> None:
         self._unregister(writer, self._writeFds, self._readFds, _IN, self._alwaysWriters)
 
+    def removeSelectable(self, selectable: Any) -> None:
+        """C{removeReader} and C{removeWriter} in one call: what sockd's transports do as they close."""
+        if selectable in self._fdOf:
+            self._forget(selectable)
+        else:
+            self._alwaysReaders.discard(selectable)
+            self._alwaysWriters.discard(selectable)
+
     def getReaders(self) -> list[Any]:
         return [self._selectableOf[fd] for fd in self._readFds] + list(self._alwaysReaders)
 

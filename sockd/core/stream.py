@@ -406,8 +406,13 @@ class StreamConnection:  # type: ignore[misc]
         producer, self.producer = self.producer, None
         if producer is not None:
             producer.stopProducing()
-        self.reactor.removeReader(self)
-        self.reactor.removeWriter(self)
+        reactor = self.reactor
+        removeSelectable = getattr(reactor, "removeSelectable", None)  # sockd's reactor: both in one call
+        if removeSelectable is not None:
+            removeSelectable(self)
+        else:
+            reactor.removeReader(self)
+            reactor.removeWriter(self)
         sock = self.socket
         try:
             if reason.type is error.ConnectionAborted:
@@ -561,6 +566,8 @@ class StreamPort(base.BasePort):
             sock = self.bind()
             sock.listen(self.backlog)
         self.socket = sock
+        #: What an accepted socket is made with: the listening socket's family, type and protocol, as plain ints.
+        self._socketKind = (int(sock.family), int(sock.type), sock.proto)
         self.realPortNumber = self.boundName(sock)
         log.msg(f"{_prefixOf(self.factory)} starting on {self.startedText()}")
         self.factory.doStart()
@@ -584,9 +591,12 @@ class StreamPort(base.BasePort):
             factory = self.factory
             transport = self.transport
             reactor = self.reactor
+            # socket.accept() is _accept() and a socket made of its descriptor, less two enum conversions a call.
+            accept = sock._accept  # type: ignore[attr-defined]  # the C method socket.accept() wraps
+            family, kind, proto = self._socketKind
             for _ in range(self.numberAccepts):
                 try:
-                    client, addr = sock.accept()
+                    fd, addr = accept()
                 except OSError as e:
                     if e.errno in _ACCEPT_AGAIN:
                         break
@@ -601,6 +611,7 @@ class StreamPort(base.BasePort):
                         break
                     raise
                 accepted += 1
+                client = socket.socket(family, kind, proto, fd)
                 peer = self.peerAddress(addr)
                 protocol = factory.buildProtocol(peer)
                 if protocol is None:

@@ -11,12 +11,10 @@ and answers for the metrics, and lets shutdown drain the connection.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import cast
 
 from twisted.internet import defer
 from twisted.internet.interfaces import (
     IAddress,
-    IConsumer,
     IDelayedCall,
     IHalfCloseableProtocol,
     IProducer,
@@ -199,7 +197,7 @@ class PolicyProtocol(TransportRelay, Protocol):
             noDelay(True)
         self.connectionMade()  # type: ignore[no-untyped-call]  # Twisted's, untyped
         # It provides what its transport provides (C{_provideLikeTransport} above).
-        self.wrappedProtocol.makeConnection(cast(IStreamTransport, self))
+        self.wrappedProtocol.makeConnection(self)  # type: ignore[arg-type]  # (not cast(): a call per connection)
 
     def logPrefix(self) -> str:
         """ProtocolWrapper's C{"Wrapped (PolicyProtocol)"}, cached per class when it is just the class name."""
@@ -214,7 +212,7 @@ class PolicyProtocol(TransportRelay, Protocol):
     def pauseReadingWhileBlocked(self) -> None:
         """L{IReadPausingTransport}, passed on; on a transport without it, a producer registered through this layer."""
         # It relays IConsumer (TransportRelay declares what its transport provides, at makeConnection).
-        pauseReadingWhileBlocked(self.transport, cast(IConsumer, self))
+        pauseReadingWhileBlocked(self.transport, self)  # type: ignore[arg-type]  # (not cast(): a call per connection)
 
     def dataReceived(self, data: bytes) -> None:
         factory = self.factory

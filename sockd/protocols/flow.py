@@ -17,8 +17,6 @@ C{-r epoll}) gets the producer here, registered at once.
 
 from __future__ import annotations
 
-from typing import cast
-
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from zope.interface import implementer
 
@@ -51,6 +49,6 @@ def pauseReadingWhileBlocked(transport: IStreamTransport, consumer: IConsumer | 
     """
     # Asked of the class: a wrapper declares what its transport provides without having the method.
     if IReadPausingTransport.implementedBy(type(transport)):
-        cast(IReadPausingTransport, transport).pauseReadingWhileBlocked()
+        transport.pauseReadingWhileBlocked()  # type: ignore[attr-defined]  # implementedBy says (cast(): a call)
     else:
         (transport if consumer is None else consumer).registerProducer(ReadPauser(transport), True)

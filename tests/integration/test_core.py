@@ -142,6 +142,28 @@ def test_reader_and_writer_share_one_registration(own, pair):
     assert both not in own.getWriters()
 
 
+def test_remove_selectable_drops_reading_and_writing_in_one_call(own, pair, tmp_path):
+    left, right = pair
+    both = Selectable(left)
+    own.addReader(both)
+    own.addWriter(both)
+    regular = Selectable(open(tmp_path / "file", "w"))  # epoll refuses regular files: polled every turn
+    own.addReader(regular)
+    own.addWriter(regular)
+    own.removeSelectable(both)
+    own.removeSelectable(regular)
+    own.removeSelectable(both)  # again: nothing left to remove, no error
+    assert both not in own.getReaders() + own.getWriters() and regular not in own.getReaders() + own.getWriters()
+    right.send(b"x")
+    own.doIteration(0.1)
+    assert both.calls == [] and regular.calls == []  # epoll no longer reports it
+    own.addReader(both)  # and it can be registered afresh
+    own.doIteration(0.1)
+    assert [call[0] for call in both.calls] == ["read"]
+    own.removeSelectable(both)
+    regular.sock.close()
+
+
 def test_remove_all_keeps_the_reactors_own_descriptors(own, pair):
     left, right = pair
     reader, writer = Selectable(left), Selectable(right)
