@@ -591,6 +591,24 @@ def test_each_source_logs_its_burst_then_its_rate_and_the_rest_is_summarised(per
     assert output.text().endswith("Here is the message: again\n")
 
 
+def test_connections_from_one_source_share_their_logger_and_the_table_is_bounded():
+    clock = task.Clock()
+    limiter = MessageLimiter(rate=10, burst=2, clock=clock)
+    sink, output, sinkClock, _ = makeSink()
+    log = MessageLog("ack", logging=MessageLogging(sink, limiter=limiter))
+    log.maxSources = 2
+    first, second, other = Peer("192.0.2.1"), Peer("192.0.2.1"), Peer("192.0.2.2")
+    assert log.forConnection(first) is log.forConnection(second) is not log.forConnection(other)
+    third = log.forConnection(Peer("192.0.2.3"))  # beyond the table: its own logger, not kept, still limited
+    assert third is not None and len(log._bySource) == 2
+    for i in range(3):
+        third(b"t%d\n" % i)
+    sinkClock.advance(1)
+    assert [line.split(": ", 1)[1] for line in output.text().splitlines()] == ["t0", "t1"]
+    unlimited = MessageLog("ack", logging=MessageLogging(sink))
+    assert unlimited.forConnection(first) is unlimited.forConnection(other)
+
+
 def test_summaries_use_thousands_separators_and_report_at_shutdown():
     clock = task.Clock()
     limiter = MessageLimiter(rate=100, burst=1000, clock=clock)

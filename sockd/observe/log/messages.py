@@ -33,7 +33,7 @@ from twisted.logger import Logger, LogLevel
 
 from sockd.interfaces import IMessageSink
 from sockd.observe.addresses import formatAddress, transportOf
-from sockd.observe.log.limit import MessageLimiter, sourceOf
+from sockd.observe.log.limit import UNIX, MessageLimiter, sourceOf
 from sockd.observe.log.text import messageText, withoutLineEnd
 
 NAMESPACE = "sockd.messages"
@@ -98,6 +98,8 @@ class MessageLog:
         self.enabled = enabled and logging.messagesWanted
         self._sink = logging.sink
         self._limiter = logging.limiter
+        #: What L{forConnection} hands out on the sink's path, per source: shared, so an idle connection holds none.
+        self._bySource: dict[str, Callable[[bytes], None]] = {}
 
     def _emit(self, format: str, message: bytes, transport: str, peer: object) -> None:
         """What C{log.info(format, message=..., service=..., transport=..., peer=..., bytes=...)} emits."""
@@ -121,20 +123,31 @@ class MessageLog:
             "log_time": time(),
         })
 
+    #: Sources whose logger L{forConnection} keeps (the limiter tracks as many).
+    maxSources = MessageLimiter.maxSources
+
     def forConnection(self, connection: object) -> Callable[[bytes], None] | None:
         """How one connection's stream messages are logged: its source and the path chosen once, not per message.
 
         L{None} when messages are not logged.  Each call of what it returns is
-        what L{stream}C{(message, connection)} does.
+        what L{stream}C{(message, connection)} does.  Connections from one
+        source share one function (on the sink's path), so an open connection
+        costs the log no memory of its own.
         """
         if not self.enabled:
             return None
         sink = self._sink
         if sink is None:
             return partial(self.stream, peer=connection)
-        write = partial(sink.message, STREAM_TAIL)
         limiter = self._limiter
-        return write if limiter is None else limiter.gate(sourceOf(connection), write)
+        source = UNIX if limiter is None else sourceOf(connection)  # without a limiter all sources write alike
+        logger = self._bySource.get(source)
+        if logger is None:
+            write = partial(sink.message, STREAM_TAIL)
+            logger = write if limiter is None else limiter.gate(source, write)
+            if len(self._bySource) < self.maxSources:
+                self._bySource[source] = logger
+        return logger
 
     def stream(self, message: bytes, peer: object, transport: str = "tcp") -> None:
         """Log one framed stream message as the tutorial's server prints it.
