@@ -2,21 +2,32 @@
 # A server's user and system CPU per request under one load, from /proc: where bench/run.py's CPU per request
 # (user + system together) cannot tell a few hundred nanoseconds of Python from the kernel's share.
 #
-#   bench/cpusplit.sh NAME [ack|echo] COMMAND...     COMMAND must listen on the Unix socket $SOCK
+#   bench/cpusplit.sh NAME [ack|echo] COMMAND...     COMMAND must listen where ADDR (or SOCK) says
 #   e.g. SOCK=/tmp/cpusplit/a.sock bench/cpusplit.sh logged ack .venv/bin/twistd -n --pidfile= sockd --ack unix:/tmp/cpusplit/a.sock
+#        ADDR=127.0.0.1:7321 NEWCONN=1 bench/cpusplit.sh logged ack .venv/bin/twistd -n --pidfile= sockd --ack tcp:7321:interface=127.0.0.1
 #
-# Builds nothing: run bench/run.py once first (it compiles bench/build/loadgen). 32 connections, 0.5 s warm-up,
-# then 3 s measured.
+# Without ADDR: a Unix socket at $SOCK (default /tmp/cpusplit/a.sock). With ADDR=HOST:PORT: TCP; NEWCONN=1 opens
+# a new connection per request. Builds nothing: run bench/run.py once first (it compiles bench/build/loadgen).
+# 32 connections, 0.5 s warm-up, then 3 s measured.
 set -euo pipefail
 name=$1 pattern=$2; shift 2
 here=$(cd "$(dirname "$0")" && pwd)
 sock=${SOCK:-/tmp/cpusplit/a.sock}
-mkdir -p "$(dirname "$sock")"; rm -f "$sock"
-"$@" > "$(dirname "$sock")/$name.log" 2>&1 &
+addr=${ADDR:-}
+logdir=$(dirname "$sock")
+mkdir -p "$logdir"
+if [ -z "$addr" ]; then rm -f "$sock"; fi
+"$@" > "$logdir/$name.log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
-for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
-load() { "$here/build/loadgen" --transport unix --addr "$sock" --pattern "$pattern" --size 64 --conns 32 --warmup 0 --duration "$1"; }
+ready() {
+  if [ -n "$addr" ]; then (exec 3<>"/dev/tcp/${addr%:*}/${addr##*:}") 2>/dev/null; else [ -S "$sock" ]; fi
+}
+for _ in $(seq 100); do ready && break; sleep 0.1; done
+if [ -n "$addr" ]; then target=(--transport tcp --addr "$addr"); else target=(--transport unix --addr "$sock"); fi
+extra=()
+if [ "${NEWCONN:-0}" = 1 ]; then extra=(--new-conn); fi
+load() { "$here/build/loadgen" "${target[@]}" "${extra[@]}" --pattern "$pattern" --size 64 --conns 32 --warmup 0 --duration "$1"; }
 load 0.5 > /dev/null
 read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
 out=$(load 3)
