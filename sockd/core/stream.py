@@ -611,7 +611,11 @@ class StreamPort(base.BasePort):
                         break
                     raise
                 accepted += 1
-                client = socket.socket(family, kind, proto, fd)
+                try:
+                    client = socket.socket(family, kind, proto, fd)
+                except OSError:  # CPython's check of the descriptor failed: nothing to serve, nothing to leak
+                    os.close(fd)
+                    continue
                 peer = self.peerAddress(addr)
                 protocol = factory.buildProtocol(peer)
                 if protocol is None:

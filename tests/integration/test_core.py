@@ -23,7 +23,7 @@ import pytest_twisted
 from twisted.internet import abstract, defer, error, reactor, task, threads
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
-from twisted.internet.testing import MemoryReactor
+from twisted.internet.testing import MemoryReactor, MemoryReactorClock
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -658,3 +658,37 @@ def test_sockd_touches_no_private_attribute_of_twisted():
                 if name in privates:
                     problems.append(f"{path.relative_to(ROOT)}:{inner.lineno} {node.name}.{name}")
     assert problems == []
+
+
+def test_an_accepted_descriptor_python_refuses_is_closed_not_served(monkeypatch):
+    """If CPython's check of an accepted descriptor fails, the port closes it and goes on accepting."""
+    from twisted.python import log
+
+    from sockd.core import stream
+
+    built: list[Any] = []
+    factory = Factory.forProtocol(Protocol)
+    factory.buildProtocol = lambda addr: built.append(addr)  # type: ignore[method-assign]
+    port = stream.TCPPort(0, factory, 5, "127.0.0.1", MemoryReactorClock())
+    port.startListening()
+    client = socket.create_connection(("127.0.0.1", port.getHost().port))
+    client.settimeout(5)
+    real = socket.socket
+
+    def refusing(*args: Any, **kwargs: Any) -> socket.socket:
+        if len(args) == 4:  # (family, type, proto, fileno): the accepted descriptor
+            raise OSError(88, "Socket operation on non-socket")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stream.socket, "socket", refusing)
+    errors: list[Any] = []
+    log.addObserver(errors.append)
+    try:
+        port.doRead()
+    finally:
+        log.removeObserver(errors.append)
+        monkeypatch.undo()
+    assert built == [] and not [e for e in errors if e.get("isError")]  # no traceback logged either
+    assert client.recv(10) == b""  # closed by the server, not left open
+    client.close()
+    port.loseConnection()
